@@ -1,0 +1,32 @@
+//! Every default in one place: the daemon, the CLI and the docs agree.
+
+use std::time::Duration;
+
+pub const ADMIN: &str = "127.0.0.1:9900";
+pub const STATE_DIR: &str = ".handoff";
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const HEALTH_PATH: &str = "/healthz";
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HEALTHY_THRESHOLD: u32 = 2;
+pub const UNHEALTHY_THRESHOLD: u32 = 2;
+pub const MIN_HEALTHY_TIME: Duration = Duration::from_secs(5);
+pub const PASSIVE_FAILURES: u32 = 5;
+pub const EJECTION_TIME: Duration = Duration::from_secs(5);
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(60);
+
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+pub const STRATEGY: &str = "in-place";
+pub const BATCH: &str = "50%";
+pub const MIN_HEALTHY: &str = "50%";
+pub const TRAFFIC_STEPS: &[u32] = &[50];
+pub const BAKE: Duration = Duration::from_secs(5);
+pub const RETENTION: Duration = Duration::from_secs(600);

@@ -1,0 +1,344 @@
+//! The validated configuration of a `handoff.toml`, and how it is loaded.
+//!
+//! `load(path)` reads the file, deserializes it into [`raw::RawConfig`] while
+//! collecting unknown keys, then [`validate`] builds a [`Config`] or returns
+//! every problem, each located at `FILE:LINE:COL` with its dotted key path.
+//! Defaults are the named constants in [`defaults`], shared by the daemon,
+//! the CLI and `docs/config.md`.
+
+pub mod defaults;
+mod locate;
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    pub server: Server,
+    /// Services by name, in name order.
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// API, events, `/metrics`, dashboard.
+    pub admin: SocketAddr,
+    /// SQLite database, instance logs, releases. Relative paths are relative
+    /// to the config file's directory, so `handoff serve -c x/handoff.toml`
+    /// behaves the same from any working directory.
+    pub state_dir: PathBuf,
+    /// Proxy worker threads (one current-thread runtime and one
+    /// `SO_REUSEPORT` listener per service each). Default: number of cores.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    pub shutdown_timeout: Duration,
+    /// Ports for managed instances; `None` means ephemeral ports.
+    pub port_range: Option<(u16, u16)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub health: Health,
+    pub drain: Drain,
+    pub proxy: ProxySettings,
+    pub strategy: Strategy,
+    pub in_place: InPlace,
+    pub blue_green: BlueGreen,
+}
+
+/// Who runs the service's targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// Fixed, externally run targets: handoff as a plain load balancer.
+    Static { targets: Vec<SocketAddr> },
+    /// Instances handoff starts and replaces itself.
+    Managed(Managed),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    /// Revision to bring up on first start.
+    pub revision: String,
+    pub instances: u32,
+    /// Command template; placeholders `{port}`, `{revision}`, `{instance}`,
+    /// `{service}`, `{release_dir}`.
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    InPlace,
+    BlueGreen,
+    AllAtOnce,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::InPlace => "in-place",
+            Strategy::BlueGreen => "blue-green",
+            Strategy::AllAtOnce => "all-at-once",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "in-place" | "rolling" => Some(Strategy::InPlace),
+            "blue-green" => Some(Strategy::BlueGreen),
+            "all-at-once" => Some(Strategy::AllAtOnce),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// Active checks on; when off a target is healthy as soon as registered.
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub min_healthy_time: Duration,
+    /// Consecutive connect failures or 5xx from real traffic that eject a target.
+    pub passive_failures: u32,
+    /// First ejection length; doubles on each repeat up to `max_ejection_time`.
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drain {
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Least outstanding requests, power of two random choices.
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Time from request sent to response head received (504 after).
+    pub response_timeout: Duration,
+    /// Time a client has to send a whole request head (408 after).
+    pub header_timeout: Duration,
+    /// Idle keep-alive time of client connections.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// A count (`"2"`) or a share of the fleet (`"50%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Amount {
+    /// The amount out of `n` instances. Percentages round *down* for a floor
+    /// and *up* for a batch, so each errs on the side of safety/progress.
+    pub fn of(self, n: u32, round_up: bool) -> u32 {
+        match self {
+            Amount::Count(c) => c,
+            Amount::Percent(p) => {
+                let x = n as u64 * p as u64;
+                let v = if round_up { x.div_ceil(100) } else { x / 100 };
+                v as u32
+            }
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(c) => write!(f, "{c}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InPlace {
+    pub batch: Amount,
+    pub min_healthy: Amount,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlueGreen {
+    pub traffic_steps: Vec<u32>,
+    pub bake: Duration,
+    pub retention: Duration,
+}
+
+/// One thing wrong with a config, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub line: usize,
+    pub col: usize,
+    /// Dotted key path, e.g. `services.web.health.interval`.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}; pass an existing file with -c", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{col}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
+    let mut s = format!(
+        "{} has {} problem{}:",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str(&format!(
+            "\n  {}:{}:{}: {}: {}",
+            path.display(),
+            p.line,
+            p.col,
+            p.key,
+            p.message
+        ));
+    }
+    s
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// `services.web.helth`, without serde_ignored's `?` markers for `Option`s.
+fn dotted(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => join(dotted(parent), &index.to_string()),
+        P::Map { parent, key } => join(dotted(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            dotted(parent)
+        }
+    }
+}
+
+fn join(a: String, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// Validates config text as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let doc = locate::Doc::parse(text).map_err(|(offset, message)| {
+        let (line, col) = locate::line_col(text, offset);
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message,
+        }
+    })?;
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let raw: raw::RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(dotted(&p)))
+    {
+        Ok(raw) => raw,
+        Err(e) => {
+            // A value of the wrong type: serde cannot go on past it, so this
+            // is the one case where we report a single problem.
+            let (line, col) = e
+                .span()
+                .map(|s| locate::line_col(text, s.start))
+                .unwrap_or((1, 1));
+            return Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message: e
+                    .message()
+                    .trim()
+                    .replace("expected i64", "expected an integer"),
+            });
+        }
+    };
+    let mut problems = Vec::new();
+    for key in unknown {
+        let segs: Vec<&str> = key.split('.').collect();
+        let (table, leaf) = segs.split_at(segs.len() - 1);
+        let known = raw::known_keys(table);
+        let mut message = format!("unknown key '{}'", leaf[0]);
+        if let Some(near) = locate::nearest(leaf[0], known) {
+            message.push_str(&format!("; did you mean '{near}'?"));
+        } else if !known.is_empty() {
+            message.push_str(&format!("; this table takes: {}", known.join(", ")));
+        }
+        problems.push(doc.problem(&key, message));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    match validate(raw, base) {
+        Ok(cfg) if problems.is_empty() => Ok(Config {
+            path: path.to_path_buf(),
+            ..cfg
+        }),
+        Ok(_) => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+        Err(more) => {
+            problems.extend(more.into_iter().map(|(k, m)| doc.problem(&k, m)));
+            problems.sort_by_key(|p| (p.line, p.col));
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Stage one: the file as serde sees it.
+//!
+//! Every field is optional and leaves that carry units (durations, amounts)
+//! are kept as strings, so that one bad value does not stop the reading of
+//! the rest: stage two ([`super::validate`]) reports every problem at once.
+//! Unknown keys are collected by `serde_ignored` (see `super::load`) rather
+//! than `#[serde(deny_unknown_fields)]`, because the derive stops at the first
+//! unknown key and we promise the user the whole list.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub server: Option<RawServer>,
+    pub services: Option<BTreeMap<String, RawService>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub admin: Option<String>,
+    pub state_dir: Option<String>,
+    pub workers: Option<i64>,
+    pub shutdown_timeout: Option<String>,
+    pub port_range: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawService {
+    pub listen: Option<String>,
+    pub targets: Option<Vec<String>>,
+    pub revision: Option<String>,
+    pub instances: Option<i64>,
+    pub command: Option<String>,
+    pub strategy: Option<String>,
+    pub health: Option<RawHealth>,
+    pub drain: Option<RawDrain>,
+    pub proxy: Option<RawProxy>,
+    pub in_place: Option<RawInPlace>,
+    pub blue_green: Option<RawBlueGreen>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHealth {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub min_healthy_time: Option<String>,
+    pub passive_failures: Option<i64>,
+    pub ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDrain {
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawProxy {
+    pub balance: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawInPlace {
+    pub batch: Option<CountOrText>,
+    pub min_healthy: Option<CountOrText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBlueGreen {
+    pub traffic_steps: Option<Vec<i64>>,
+    pub bake: Option<String>,
+    pub retention: Option<String>,
+}
+
+/// `batch = 1` and `batch = "50%"` are both natural to write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CountOrText {
+    Count(i64),
+    Text(String),
+}
+
+/// The keys each table accepts, for "did you mean" hints on unknown keys.
+pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
+    match table {
+        [] => &["server", "services"],
+        ["server"] => &[
+            "admin",
+            "state_dir",
+            "workers",
+            "shutdown_timeout",
+            "port_range",
+        ],
+        ["services", _] => &[
+            "listen",
+            "targets",
+            "revision",
+            "instances",
+            "command",
+            "strategy",
+            "health",
+            "drain",
+            "proxy",
+            "in_place",
+            "blue_green",
+        ],
+        ["services", _, "health"] => &[
+            "enabled",
+            "path",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "min_healthy_time",
+            "passive_failures",
+            "ejection_time",
+            "max_ejection_time",
+        ],
+        ["services", _, "drain"] => &["timeout"],
+        ["services", _, "proxy"] => &[
+            "balance",
+            "connect_timeout",
+            "response_timeout",
+            "header_timeout",
+            "idle_timeout",
+            "max_header_bytes",
+        ],
+        ["services", _, "in_place"] => &["batch", "min_healthy"],
+        ["services", _, "blue_green"] => &["traffic_steps", "bake", "retention"],
+        _ => &[],
+    }
+}

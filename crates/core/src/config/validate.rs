@@ -1,0 +1,454 @@
+//! Stage two: raw values → typed [`Config`], collecting every problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::defaults as d;
+use super::raw::*;
+use super::*;
+use crate::duration;
+
+/// Problems as `(dotted key, message)`; `load` turns keys into positions.
+type Problems = Vec<(String, String)>;
+
+/// Placeholders a `command` template may use.
+pub const PLACEHOLDERS: &[&str] = &["port", "revision", "instance", "service", "release_dir"];
+
+struct Ctx {
+    problems: Problems,
+}
+
+impl Ctx {
+    fn err(&mut self, key: impl Into<String>, msg: impl Into<String>) {
+        self.problems.push((key.into(), msg.into()));
+    }
+
+    fn duration(&mut self, key: String, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => duration::parse(s).unwrap_or_else(|m| {
+                self.err(key, m);
+                default
+            }),
+        }
+    }
+
+    fn positive(&mut self, key: String, v: Option<i64>, default: u32, max: u32) -> u32 {
+        match v {
+            None => default,
+            Some(n) if n >= 1 && n <= max as i64 => n as u32,
+            Some(n) => {
+                self.err(key, format!("must be between 1 and {max}, got {n}"));
+                default
+            }
+        }
+    }
+
+    fn amount(&mut self, key: String, v: Option<&CountOrText>, default: &str) -> Amount {
+        let parsed = match v {
+            None => parse_amount(default),
+            Some(CountOrText::Count(n)) if *n >= 0 => Ok(Amount::Count(*n as u32)),
+            Some(CountOrText::Count(n)) => Err(format!("must not be negative, got {n}")),
+            Some(CountOrText::Text(s)) => parse_amount(s),
+        };
+        parsed.unwrap_or_else(|m| {
+            self.err(key, m);
+            parse_amount(default).expect("defaults parse")
+        })
+    }
+}
+
+/// `"2"`, `2` or `"50%"`.
+pub fn parse_amount(s: &str) -> Result<Amount, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        match p.trim().parse::<u32>() {
+            Ok(p) if p <= 100 => Ok(Amount::Percent(p)),
+            _ => Err(format!("'{s}' is not a percentage from 0% to 100%")),
+        }
+    } else {
+        t.parse::<u32>()
+            .map(Amount::Count)
+            .map_err(|_| format!("'{s}' is neither a count (\"2\") nor a percentage (\"50%\")"))
+    }
+}
+
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
+    let mut cx = Ctx {
+        problems: Vec::new(),
+    };
+    let server = server(&mut cx, raw.server.unwrap_or_default(), base);
+    let mut services = BTreeMap::new();
+    let raw_services = raw.services.unwrap_or_default();
+    if raw_services.is_empty() {
+        cx.err(
+            "services",
+            "no services; add a [services.NAME] table with `listen` and `targets` or `command`",
+        );
+    }
+    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (name, rs) in raw_services {
+        let key = format!("services.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            cx.err(
+                key.clone(),
+                format!("service name '{name}' may only use letters, digits, '-' and '_'"),
+            );
+        }
+        if let Some(svc) = service(&mut cx, &name, rs) {
+            if svc.listen == server.admin {
+                cx.err(
+                    format!("{key}.listen"),
+                    format!("{} is also server.admin; pick another port", svc.listen),
+                );
+            }
+            if let Some(other) = listens.insert(svc.listen, name.clone()) {
+                cx.err(
+                    format!("{key}.listen"),
+                    format!("{} is already the listen address of service '{other}'", svc.listen),
+                );
+            }
+            services.insert(name, svc);
+        }
+    }
+    if cx.problems.is_empty() {
+        Ok(Config {
+            path: PathBuf::new(),
+            server,
+            services,
+        })
+    } else {
+        Err(cx.problems)
+    }
+}
+
+fn socket_addr(cx: &mut Ctx, key: String, s: &str) -> Option<SocketAddr> {
+    let t = s.trim();
+    let t2 = t.strip_prefix("localhost:").map(|p| format!("127.0.0.1:{p}"));
+    match t2.as_deref().unwrap_or(t).parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                key,
+                format!("'{s}' is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
+    let admin = r
+        .admin
+        .as_deref()
+        .and_then(|s| socket_addr(cx, "server.admin".into(), s))
+        .unwrap_or_else(|| d::ADMIN.parse().expect("default admin"));
+    let state_dir = base.join(r.state_dir.as_deref().unwrap_or(d::STATE_DIR));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match r.workers {
+        None => cores,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => {
+            cx.err("server.workers", format!("must be between 1 and 256, got {n}"));
+            cores
+        }
+    };
+    let shutdown_timeout = cx.duration(
+        "server.shutdown_timeout".into(),
+        r.shutdown_timeout.as_ref(),
+        d::SHUTDOWN_TIMEOUT,
+    );
+    let port_range = r.port_range.as_deref().and_then(|s| {
+        let parsed = s
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+        match parsed {
+            Some((a, b)) if a >= 1 && a <= b => Some((a, b)),
+            _ => {
+                cx.err(
+                    "server.port_range",
+                    format!("'{s}' is not a port range; write e.g. \"20000-20999\""),
+                );
+                None
+            }
+        }
+    });
+    Server {
+        admin,
+        state_dir,
+        workers,
+        shutdown_timeout,
+        port_range,
+    }
+}
+
+fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
+    let k = |s: &str| format!("services.{name}.{s}");
+    let listen = match r.listen.as_deref() {
+        Some(s) => socket_addr(cx, k("listen"), s),
+        None => {
+            cx.err(
+                format!("services.{name}"),
+                "missing `listen`, the address clients connect to (e.g. \"127.0.0.1:8080\")",
+            );
+            None
+        }
+    };
+    let managed_keys = r.command.is_some() || r.instances.is_some() || r.revision.is_some();
+    let backend = match (&r.targets, managed_keys) {
+        (Some(_), true) => {
+            cx.err(
+                k("targets"),
+                "a service has either fixed `targets` or managed instances \
+                 (`command`, `instances`, `revision`), not both",
+            );
+            None
+        }
+        (Some(ts), false) => {
+            if ts.is_empty() {
+                cx.err(k("targets"), "is empty; list at least one \"IP:PORT\"");
+            }
+            let mut addrs = Vec::new();
+            for (i, t) in ts.iter().enumerate() {
+                if let Some(a) = socket_addr(cx, format!("services.{name}.targets.{i}"), t) {
+                    if addrs.contains(&a) {
+                        cx.err(format!("services.{name}.targets.{i}"), format!("{a} is listed twice"));
+                    }
+                    addrs.push(a);
+                }
+            }
+            Some(Backend::Static { targets: addrs })
+        }
+        (None, true) => managed(cx, name, &r),
+        (None, false) => {
+            cx.err(
+                format!("services.{name}"),
+                "has no targets; give `targets = [\"IP:PORT\", ...]` or `command` + `instances` + `revision`",
+            );
+            None
+        }
+    };
+    let strategy = match r.strategy.as_deref() {
+        None => Strategy::InPlace,
+        Some(s) => Strategy::parse(s).unwrap_or_else(|| {
+            cx.err(
+                k("strategy"),
+                format!("unknown strategy '{s}'; use in-place, blue-green or all-at-once"),
+            );
+            Strategy::InPlace
+        }),
+    };
+    let health = health(cx, name, r.health.unwrap_or_default());
+    let rd = r.drain.unwrap_or_default();
+    let drain = Drain {
+        timeout: cx.duration(k("drain.timeout"), rd.timeout.as_ref(), d::DRAIN_TIMEOUT),
+    };
+    let proxy = proxy(cx, name, r.proxy.unwrap_or_default());
+    let ri = r.in_place.unwrap_or_default();
+    let in_place = InPlace {
+        batch: cx.amount(k("in_place.batch"), ri.batch.as_ref(), d::BATCH),
+        min_healthy: cx.amount(k("in_place.min_healthy"), ri.min_healthy.as_ref(), d::MIN_HEALTHY),
+    };
+    if let Some(Backend::Managed(m)) = &backend {
+        check_in_place(cx, name, &in_place, m.instances, ri.min_healthy.is_some());
+    }
+    let rb = r.blue_green.unwrap_or_default();
+    let blue_green = BlueGreen {
+        traffic_steps: traffic_steps(cx, name, rb.traffic_steps),
+        bake: cx.duration(k("blue_green.bake"), rb.bake.as_ref(), d::BAKE),
+        retention: cx.duration(k("blue_green.retention"), rb.retention.as_ref(), d::RETENTION),
+    };
+    Some(Service {
+        name: name.to_string(),
+        listen: listen?,
+        backend: backend?,
+        health,
+        drain,
+        proxy,
+        strategy,
+        in_place,
+        blue_green,
+    })
+}
+
+fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
+    let k = |s: &str| format!("services.{name}.{s}");
+    let mut ok = true;
+    let mut need = |cx: &mut Ctx, present: bool, key: &str, example: &str| {
+        if !present {
+            cx.err(
+                format!("services.{name}"),
+                format!("managed service is missing `{key}` (e.g. {key} = {example})"),
+            );
+            ok = false;
+        }
+    };
+    need(cx, r.command.is_some(), "command", "\"./server --port {port}\"");
+    need(cx, r.revision.is_some(), "revision", "\"v1\"");
+    need(cx, r.instances.is_some(), "instances", "2");
+    let instances = cx.positive(k("instances"), r.instances, 1, 1000);
+    if let Some(c) = &r.command {
+        check_template(cx, k("command"), c);
+    }
+    if let Some(rev) = &r.revision {
+        if rev.is_empty() || rev.contains('/') || rev.starts_with('.') {
+            cx.err(k("revision"), format!("'{rev}' is not a usable revision id (no '/', not empty, not starting with '.')"));
+        }
+    }
+    ok.then(|| {
+        Backend::Managed(Managed {
+            revision: r.revision.clone().unwrap_or_default(),
+            instances,
+            command: r.command.clone().unwrap_or_default(),
+        })
+    })
+}
+
+/// Unknown `{placeholders}` are caught here rather than at start time.
+pub fn check_template(cx_err: &mut impl TemplateSink, key: String, cmd: &str) {
+    if cmd.split_whitespace().next().is_none() {
+        cx_err.template_problem(key, "is empty; give the command that starts one instance".into());
+        return;
+    }
+    let mut rest = cmd;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            cx_err.template_problem(key, "has a '{' without a matching '}'".into());
+            return;
+        };
+        let ph = &after[..close];
+        if !PLACEHOLDERS.contains(&ph) {
+            cx_err.template_problem(
+                key.clone(),
+                format!("unknown placeholder {{{ph}}}; known: {{port}}, {{revision}}, {{instance}}, {{service}}, {{release_dir}}"),
+            );
+        }
+        rest = &after[close + 1..];
+    }
+}
+
+/// Lets the template check report into the validator or anywhere else.
+pub trait TemplateSink {
+    fn template_problem(&mut self, key: String, msg: String);
+}
+
+impl TemplateSink for Ctx {
+    fn template_problem(&mut self, key: String, msg: String) {
+        self.err(key, msg);
+    }
+}
+
+fn check_in_place(cx: &mut Ctx, name: &str, ip: &InPlace, n: u32, explicit_floor: bool) {
+    let batch = ip.batch.of(n, true).max(1);
+    let floor = ip.min_healthy.of(n, false);
+    if batch > n {
+        cx.err(
+            format!("services.{name}.in_place.batch"),
+            format!("batch {} is larger than the {n} instances", ip.batch),
+        );
+    } else if n - batch < floor && explicit_floor {
+        cx.err(
+            format!("services.{name}.in_place.min_healthy"),
+            format!(
+                "batch {} of {n} instances leaves {} in service, below min_healthy {} ({floor}); \
+                 lower the batch or the floor",
+                ip.batch,
+                n - batch,
+                ip.min_healthy
+            ),
+        );
+    }
+}
+
+fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
+    let k = |s: &str| format!("services.{name}.health.{s}");
+    let path = r.path.unwrap_or_else(|| d::HEALTH_PATH.to_string());
+    if !path.starts_with('/') {
+        cx.err(k("path"), format!("'{path}' must start with '/'"));
+    }
+    let interval = cx.duration(k("interval"), r.interval.as_ref(), d::HEALTH_INTERVAL);
+    let timeout = cx.duration(k("timeout"), r.timeout.as_ref(), d::HEALTH_TIMEOUT);
+    if interval < Duration::from_millis(10) {
+        cx.err(k("interval"), "must be at least 10ms");
+    }
+    if timeout.is_zero() {
+        cx.err(k("timeout"), "must be more than 0s");
+    }
+    let ejection_time = cx.duration(k("ejection_time"), r.ejection_time.as_ref(), d::EJECTION_TIME);
+    let max_ejection_time = cx.duration(
+        k("max_ejection_time"),
+        r.max_ejection_time.as_ref(),
+        d::MAX_EJECTION_TIME,
+    );
+    if max_ejection_time < ejection_time {
+        cx.err(k("max_ejection_time"), "must not be shorter than ejection_time");
+    }
+    Health {
+        enabled: r.enabled.unwrap_or(true),
+        path,
+        interval,
+        timeout,
+        healthy_threshold: cx.positive(k("healthy_threshold"), r.healthy_threshold, d::HEALTHY_THRESHOLD, 100),
+        unhealthy_threshold: cx.positive(k("unhealthy_threshold"), r.unhealthy_threshold, d::UNHEALTHY_THRESHOLD, 100),
+        min_healthy_time: cx.duration(k("min_healthy_time"), r.min_healthy_time.as_ref(), d::MIN_HEALTHY_TIME),
+        passive_failures: cx.positive(k("passive_failures"), r.passive_failures, d::PASSIVE_FAILURES, 10_000),
+        ejection_time,
+        max_ejection_time,
+    }
+}
+
+fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
+    let k = |s: &str| format!("services.{name}.proxy.{s}");
+    let balance = match r.balance.as_deref() {
+        None | Some("least-outstanding") => Balance::LeastOutstanding,
+        Some("round-robin") => Balance::RoundRobin,
+        Some(o) => {
+            cx.err(k("balance"), format!("unknown balance '{o}'; use round-robin or least-outstanding"));
+            Balance::LeastOutstanding
+        }
+    };
+    let max_header_bytes = match r.max_header_bytes {
+        None => d::MAX_HEADER_BYTES,
+        Some(n) if (1024..=1 << 20).contains(&n) => n as usize,
+        Some(n) => {
+            cx.err(k("max_header_bytes"), format!("must be between 1024 and 1048576, got {n}"));
+            d::MAX_HEADER_BYTES
+        }
+    };
+    ProxySettings {
+        balance,
+        connect_timeout: cx.duration(k("connect_timeout"), r.connect_timeout.as_ref(), d::CONNECT_TIMEOUT),
+        response_timeout: cx.duration(k("response_timeout"), r.response_timeout.as_ref(), d::RESPONSE_TIMEOUT),
+        header_timeout: cx.duration(k("header_timeout"), r.header_timeout.as_ref(), d::HEADER_TIMEOUT),
+        idle_timeout: cx.duration(k("idle_timeout"), r.idle_timeout.as_ref(), d::IDLE_TIMEOUT),
+        max_header_bytes,
+    }
+}
+
+fn traffic_steps(cx: &mut Ctx, name: &str, v: Option<Vec<i64>>) -> Vec<u32> {
+    let key = format!("services.{name}.blue_green.traffic_steps");
+    let Some(v) = v else {
+        return d::TRAFFIC_STEPS.to_vec();
+    };
+    let mut prev = 0;
+    let mut out = Vec::new();
+    for s in v {
+        if !(1..=100).contains(&s) || s <= prev {
+            cx.err(
+                key.clone(),
+                format!("steps must rise strictly within 1..=100 (% of traffic on green); {s} does not"),
+            );
+            return d::TRAFFIC_STEPS.to_vec();
+        }
+        prev = s;
+        out.push(s as u32);
+    }
+    out
+}
