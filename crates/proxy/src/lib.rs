@@ -1,1 +1,105 @@
-//! placeholder
+//! handoff-proxy: the data plane.
+//!
+//! It owns the routing of client requests to targets and everything the
+//! deployment invariants need from a load balancer:
+//!
+//! ```text
+//! client ──► server.rs (per-worker SO_REUSEPORT listener, io.rs timers/guard)
+//!              └─► forward.rs: table.load() → pick healthy target → pooled
+//!                  upstream conn (target.rs) → relay, retry, metrics
+//! control ──► service.rs: add_target / set_weights / drain / remove
+//!              └─► builds a new RoutingTable (table.rs), swaps it whole
+//! health.rs ──► active probes + passive ejection → Target state (atomic CAS)
+//!              └─► TargetEvent broadcast (events.rs)
+//! metrics.rs ──► prometheus-client Collector reading the live tables
+//! ```
+//!
+//! The request path never takes a lock shared with the control plane: it
+//! reads an `ArcSwap` snapshot and the target's atomics. Drain correctness
+//! rests on one ordering argument, documented at `Target::acquire`.
+
+mod body;
+pub mod error;
+pub mod events;
+mod forward;
+pub mod health;
+mod io;
+pub mod metrics;
+mod server;
+pub mod service;
+pub mod table;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use handoff_core::config::Service;
+use tokio::sync::broadcast;
+
+pub use error::ControlError;
+pub use events::TargetEvent;
+pub use metrics::ProxyCollector;
+pub use server::ProxyServer;
+pub use service::{ServiceProxy, DEFAULT_GROUP};
+pub use target::{DrainOutcome, Target, TargetId, TargetSpec};
+
+/// All proxied services of one daemon, before and after they listen.
+pub struct Proxy {
+    services: BTreeMap<String, Arc<ServiceProxy>>,
+    workers: usize,
+    events: broadcast::Sender<TargetEvent>,
+}
+
+impl Proxy {
+    pub fn new(workers: usize) -> Proxy {
+        let (events, _) = broadcast::channel(4096);
+        Proxy {
+            services: BTreeMap::new(),
+            workers: workers.max(1),
+            events,
+        }
+    }
+
+    /// Adds a service with an empty `default` group.
+    pub fn add_service(&mut self, cfg: &Service) -> Arc<ServiceProxy> {
+        let s = ServiceProxy::new(
+            &cfg.name,
+            cfg.listen,
+            cfg.proxy.clone(),
+            cfg.health.clone(),
+            self.workers,
+            self.events.clone(),
+        );
+        self.services.insert(cfg.name.clone(), s.clone());
+        s
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceProxy>> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceProxy>> {
+        self.services.values()
+    }
+
+    /// Every target state change, across services.
+    pub fn subscribe(&self) -> broadcast::Receiver<TargetEvent> {
+        self.events.subscribe()
+    }
+
+    /// The Prometheus collector over this proxy's live tables.
+    pub fn collector(&self) -> ProxyCollector {
+        ProxyCollector {
+            services: self.services.values().cloned().collect(),
+        }
+    }
+
+    /// Binds and starts the workers.
+    pub fn start(
+        &self,
+        shutdown_timeout: std::time::Duration,
+    ) -> Result<ProxyServer, ControlError> {
+        let svcs: Vec<_> = self.services.values().cloned().collect();
+        ProxyServer::start(&svcs, self.workers, shutdown_timeout)
+    }
+}

@@ -285,8 +285,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })?;
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);
-    let raw: raw::RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(dotted(&p)))
-    {
+    let raw: raw::RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(dotted(&p))) {
         Ok(raw) => raw,
         Err(e) => {
             // A value of the wrong type: serde cannot go on past it, so this

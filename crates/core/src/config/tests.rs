@@ -24,7 +24,10 @@ targets = ["127.0.0.1:9001", "localhost:9002"]
     assert_eq!(
         s.backend,
         Backend::Static {
-            targets: vec!["127.0.0.1:9001".parse().unwrap(), "127.0.0.1:9002".parse().unwrap()]
+            targets: vec![
+                "127.0.0.1:9001".parse().unwrap(),
+                "127.0.0.1:9002".parse().unwrap()
+            ]
         }
     );
     assert_eq!(s.health.path, "/healthz");
@@ -77,7 +80,10 @@ targets = ["127.0.0.1:9001", "127.0.0.1:9002"]
     let web = &c.services["web"];
     assert_eq!(web.strategy, Strategy::InPlace);
     assert_eq!(web.in_place.batch, Amount::Percent(50));
-    assert_eq!(web.blue_green.retention, std::time::Duration::from_secs(600));
+    assert_eq!(
+        web.blue_green.retention,
+        std::time::Duration::from_secs(600)
+    );
     match &web.backend {
         Backend::Managed(m) => assert_eq!(m.instances, 4),
         b => panic!("{b:?}"),
@@ -111,11 +117,18 @@ intervall = "1s"
     assert_eq!(find("services.web.health.healthy_threshold").line, 11);
     let typo = find("services.web.health.intervall");
     assert_eq!(typo.line, 12);
-    assert!(typo.message.contains("did you mean 'interval'"), "{}", typo.message);
+    assert!(
+        typo.message.contains("did you mean 'interval'"),
+        "{}",
+        typo.message
+    );
     assert_eq!(ps.len(), 5, "{ps:#?}");
     // The rendered error names the file on every line.
     let rendered = p(text).unwrap_err().to_string();
-    assert!(rendered.contains("/etc/handoff/handoff.toml:10:"), "{rendered}");
+    assert!(
+        rendered.contains("/etc/handoff/handoff.toml:10:"),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -154,10 +167,19 @@ listen = "127.0.0.1:8084"
 command = "app --port {prot}"
 "#,
     );
-    let msgs: Vec<String> = ps.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+    let msgs: Vec<String> = ps
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
     let has = |s: &str| msgs.iter().any(|m| m.contains(s));
-    assert!(has("services.a.targets.1: 127.0.0.1:1 is listed twice"), "{msgs:#?}");
-    assert!(has("already the listen address of service 'a'"), "{msgs:#?}");
+    assert!(
+        has("services.a.targets.1: 127.0.0.1:1 is listed twice"),
+        "{msgs:#?}"
+    );
+    assert!(
+        has("already the listen address of service 'a'"),
+        "{msgs:#?}"
+    );
     assert!(has("services.c: has no targets"), "{msgs:#?}");
     assert!(has("not both"), "{msgs:#?}");
     assert!(has("unknown placeholder {prot}"), "{msgs:#?}");
@@ -178,7 +200,12 @@ batch = 3
 min_healthy = "50%"
 "#,
     );
-    assert!(ps[0].message.contains("leaves 1 in service, below min_healthy 50%"), "{ps:?}");
+    assert!(
+        ps[0]
+            .message
+            .contains("leaves 1 in service, below min_healthy 50%"),
+        "{ps:?}"
+    );
 }
 
 #[test]

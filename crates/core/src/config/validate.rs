@@ -111,7 +111,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
             if let Some(other) = listens.insert(svc.listen, name.clone()) {
                 cx.err(
                     format!("{key}.listen"),
-                    format!("{} is already the listen address of service '{other}'", svc.listen),
+                    format!(
+                        "{} is already the listen address of service '{other}'",
+                        svc.listen
+                    ),
                 );
             }
             services.insert(name, svc);
@@ -130,7 +133,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
 
 fn socket_addr(cx: &mut Ctx, key: String, s: &str) -> Option<SocketAddr> {
     let t = s.trim();
-    let t2 = t.strip_prefix("localhost:").map(|p| format!("127.0.0.1:{p}"));
+    let t2 = t
+        .strip_prefix("localhost:")
+        .map(|p| format!("127.0.0.1:{p}"));
     match t2.as_deref().unwrap_or(t).parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -155,7 +160,10 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
         None => cores,
         Some(n) if (1..=256).contains(&n) => n as usize,
         Some(n) => {
-            cx.err("server.workers", format!("must be between 1 and 256, got {n}"));
+            cx.err(
+                "server.workers",
+                format!("must be between 1 and 256, got {n}"),
+            );
             cores
         }
     };
@@ -165,9 +173,9 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
         d::SHUTDOWN_TIMEOUT,
     );
     let port_range = r.port_range.as_deref().and_then(|s| {
-        let parsed = s
-            .split_once('-')
-            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+        let parsed = s.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+        });
         match parsed {
             Some((a, b)) if a >= 1 && a <= b => Some((a, b)),
             _ => {
@@ -218,7 +226,10 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
             for (i, t) in ts.iter().enumerate() {
                 if let Some(a) = socket_addr(cx, format!("services.{name}.targets.{i}"), t) {
                     if addrs.contains(&a) {
-                        cx.err(format!("services.{name}.targets.{i}"), format!("{a} is listed twice"));
+                        cx.err(
+                            format!("services.{name}.targets.{i}"),
+                            format!("{a} is listed twice"),
+                        );
                     }
                     addrs.push(a);
                 }
@@ -253,7 +264,11 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
     let ri = r.in_place.unwrap_or_default();
     let in_place = InPlace {
         batch: cx.amount(k("in_place.batch"), ri.batch.as_ref(), d::BATCH),
-        min_healthy: cx.amount(k("in_place.min_healthy"), ri.min_healthy.as_ref(), d::MIN_HEALTHY),
+        min_healthy: cx.amount(
+            k("in_place.min_healthy"),
+            ri.min_healthy.as_ref(),
+            d::MIN_HEALTHY,
+        ),
     };
     if let Some(Backend::Managed(m)) = &backend {
         check_in_place(cx, name, &in_place, m.instances, ri.min_healthy.is_some());
@@ -262,7 +277,11 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
     let blue_green = BlueGreen {
         traffic_steps: traffic_steps(cx, name, rb.traffic_steps),
         bake: cx.duration(k("blue_green.bake"), rb.bake.as_ref(), d::BAKE),
-        retention: cx.duration(k("blue_green.retention"), rb.retention.as_ref(), d::RETENTION),
+        retention: cx.duration(
+            k("blue_green.retention"),
+            rb.retention.as_ref(),
+            d::RETENTION,
+        ),
     };
     Some(Service {
         name: name.to_string(),
@@ -289,7 +308,12 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
             ok = false;
         }
     };
-    need(cx, r.command.is_some(), "command", "\"./server --port {port}\"");
+    need(
+        cx,
+        r.command.is_some(),
+        "command",
+        "\"./server --port {port}\"",
+    );
     need(cx, r.revision.is_some(), "revision", "\"v1\"");
     need(cx, r.instances.is_some(), "instances", "2");
     let instances = cx.positive(k("instances"), r.instances, 1, 1000);
@@ -313,7 +337,10 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
 /// Unknown `{placeholders}` are caught here rather than at start time.
 pub fn check_template(cx_err: &mut impl TemplateSink, key: String, cmd: &str) {
     if cmd.split_whitespace().next().is_none() {
-        cx_err.template_problem(key, "is empty; give the command that starts one instance".into());
+        cx_err.template_problem(
+            key,
+            "is empty; give the command that starts one instance".into(),
+        );
         return;
     }
     let mut rest = cmd;
@@ -381,24 +408,50 @@ fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
     if timeout.is_zero() {
         cx.err(k("timeout"), "must be more than 0s");
     }
-    let ejection_time = cx.duration(k("ejection_time"), r.ejection_time.as_ref(), d::EJECTION_TIME);
+    let ejection_time = cx.duration(
+        k("ejection_time"),
+        r.ejection_time.as_ref(),
+        d::EJECTION_TIME,
+    );
     let max_ejection_time = cx.duration(
         k("max_ejection_time"),
         r.max_ejection_time.as_ref(),
         d::MAX_EJECTION_TIME,
     );
     if max_ejection_time < ejection_time {
-        cx.err(k("max_ejection_time"), "must not be shorter than ejection_time");
+        cx.err(
+            k("max_ejection_time"),
+            "must not be shorter than ejection_time",
+        );
     }
     Health {
         enabled: r.enabled.unwrap_or(true),
         path,
         interval,
         timeout,
-        healthy_threshold: cx.positive(k("healthy_threshold"), r.healthy_threshold, d::HEALTHY_THRESHOLD, 100),
-        unhealthy_threshold: cx.positive(k("unhealthy_threshold"), r.unhealthy_threshold, d::UNHEALTHY_THRESHOLD, 100),
-        min_healthy_time: cx.duration(k("min_healthy_time"), r.min_healthy_time.as_ref(), d::MIN_HEALTHY_TIME),
-        passive_failures: cx.positive(k("passive_failures"), r.passive_failures, d::PASSIVE_FAILURES, 10_000),
+        healthy_threshold: cx.positive(
+            k("healthy_threshold"),
+            r.healthy_threshold,
+            d::HEALTHY_THRESHOLD,
+            100,
+        ),
+        unhealthy_threshold: cx.positive(
+            k("unhealthy_threshold"),
+            r.unhealthy_threshold,
+            d::UNHEALTHY_THRESHOLD,
+            100,
+        ),
+        min_healthy_time: cx.duration(
+            k("min_healthy_time"),
+            r.min_healthy_time.as_ref(),
+            d::MIN_HEALTHY_TIME,
+        ),
+        passive_failures: cx.positive(
+            k("passive_failures"),
+            r.passive_failures,
+            d::PASSIVE_FAILURES,
+            10_000,
+        ),
         ejection_time,
         max_ejection_time,
     }
@@ -410,7 +463,10 @@ fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
         None | Some("least-outstanding") => Balance::LeastOutstanding,
         Some("round-robin") => Balance::RoundRobin,
         Some(o) => {
-            cx.err(k("balance"), format!("unknown balance '{o}'; use round-robin or least-outstanding"));
+            cx.err(
+                k("balance"),
+                format!("unknown balance '{o}'; use round-robin or least-outstanding"),
+            );
             Balance::LeastOutstanding
         }
     };
@@ -418,15 +474,30 @@ fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
         None => d::MAX_HEADER_BYTES,
         Some(n) if (1024..=1 << 20).contains(&n) => n as usize,
         Some(n) => {
-            cx.err(k("max_header_bytes"), format!("must be between 1024 and 1048576, got {n}"));
+            cx.err(
+                k("max_header_bytes"),
+                format!("must be between 1024 and 1048576, got {n}"),
+            );
             d::MAX_HEADER_BYTES
         }
     };
     ProxySettings {
         balance,
-        connect_timeout: cx.duration(k("connect_timeout"), r.connect_timeout.as_ref(), d::CONNECT_TIMEOUT),
-        response_timeout: cx.duration(k("response_timeout"), r.response_timeout.as_ref(), d::RESPONSE_TIMEOUT),
-        header_timeout: cx.duration(k("header_timeout"), r.header_timeout.as_ref(), d::HEADER_TIMEOUT),
+        connect_timeout: cx.duration(
+            k("connect_timeout"),
+            r.connect_timeout.as_ref(),
+            d::CONNECT_TIMEOUT,
+        ),
+        response_timeout: cx.duration(
+            k("response_timeout"),
+            r.response_timeout.as_ref(),
+            d::RESPONSE_TIMEOUT,
+        ),
+        header_timeout: cx.duration(
+            k("header_timeout"),
+            r.header_timeout.as_ref(),
+            d::HEADER_TIMEOUT,
+        ),
         idle_timeout: cx.duration(k("idle_timeout"), r.idle_timeout.as_ref(), d::IDLE_TIMEOUT),
         max_header_bytes,
     }
@@ -443,7 +514,9 @@ fn traffic_steps(cx: &mut Ctx, name: &str, v: Option<Vec<i64>>) -> Vec<u32> {
         if !(1..=100).contains(&s) || s <= prev {
             cx.err(
                 key.clone(),
-                format!("steps must rise strictly within 1..=100 (% of traffic on green); {s} does not"),
+                format!(
+                    "steps must rise strictly within 1..=100 (% of traffic on green); {s} does not"
+                ),
             );
             return d::TRAFFIC_STEPS.to_vec();
         }

@@ -1,0 +1,217 @@
+//! One proxied service: its routing table and the control handle that the
+//! daemon (and later the controller) changes it through.
+//!
+//! Every change builds a new [`RoutingTable`] from the current one and swaps
+//! it in whole; the `Arc<Target>`s carry over, so a swap keeps every target's
+//! identity, counters, pool and in-flight requests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use handoff_core::config::{Health, ProxySettings};
+use handoff_core::TargetState;
+use tokio::sync::broadcast;
+
+use crate::error::ControlError;
+use crate::events::TargetEvent;
+use crate::metrics::ServiceStats;
+use crate::table::{Group, RoutingTable};
+use crate::target::{DrainOutcome, Target, TargetId, TargetSpec};
+
+pub const DEFAULT_GROUP: &str = "default";
+
+pub struct ServiceProxy {
+    pub name: Arc<str>,
+    /// The address from config; the bound one is in `ProxyServer::addrs`.
+    pub listen: SocketAddr,
+    pub settings: ProxySettings,
+    pub health: Health,
+    table: ArcSwap<RoutingTable>,
+    /// Serialises writers; readers never touch it.
+    write: Mutex<()>,
+    pub(crate) rr: AtomicUsize,
+    pub stats: ServiceStats,
+    pub(crate) workers: usize,
+    events: broadcast::Sender<TargetEvent>,
+}
+
+impl std::fmt::Debug for ServiceProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceProxy")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ServiceProxy {
+    pub(crate) fn new(
+        name: &str,
+        listen: SocketAddr,
+        settings: ProxySettings,
+        health: Health,
+        workers: usize,
+        events: broadcast::Sender<TargetEvent>,
+    ) -> Arc<Self> {
+        Arc::new(ServiceProxy {
+            name: name.into(),
+            listen,
+            settings,
+            health,
+            table: ArcSwap::from_pointee(RoutingTable {
+                groups: vec![Group {
+                    name: DEFAULT_GROUP.into(),
+                    weight: 100,
+                    targets: Vec::new(),
+                }],
+            }),
+            write: Mutex::new(()),
+            rr: AtomicUsize::new(0),
+            stats: ServiceStats::default(),
+            workers,
+            events,
+        })
+    }
+
+    /// The current routing table (a cheap snapshot).
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    pub(crate) fn table_guard(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.table.load()
+    }
+
+    fn update(
+        &self,
+        f: impl FnOnce(&mut RoutingTable) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = RoutingTable::clone(&self.table.load());
+        f(&mut next)?;
+        self.table.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Registers a new target in `group` (created with weight 0 if new).
+    ///
+    /// The target starts `initial` and gets traffic only after its health
+    /// checks pass (`healthy` at once when active checks are disabled). Its
+    /// health checker runs on the caller's tokio runtime.
+    pub fn add_target(
+        self: &Arc<Self>,
+        group: &str,
+        spec: TargetSpec,
+    ) -> Result<Arc<Target>, ControlError> {
+        let initial = if self.health.enabled {
+            TargetState::Initial
+        } else {
+            TargetState::Healthy
+        };
+        let target = Target::new(
+            &spec,
+            self.name.clone(),
+            group.into(),
+            self.workers,
+            initial,
+            self.events.clone(),
+        );
+        self.update(|t| {
+            if let Some((g, _)) = t.targets().find(|(_, x)| x.addr == spec.addr) {
+                return Err(ControlError::DuplicateTarget {
+                    service: self.name.to_string(),
+                    addr: spec.addr,
+                    group: g.name.to_string(),
+                });
+            }
+            match t.groups.iter_mut().find(|g| &*g.name == group) {
+                Some(g) => g.targets.push(target.clone()),
+                None => t.groups.push(Group {
+                    name: group.into(),
+                    weight: 0,
+                    targets: vec![target.clone()],
+                }),
+            }
+            Ok(())
+        })?;
+        crate::health::spawn(self.clone(), target.clone());
+        Ok(target)
+    }
+
+    /// Sets the weight of each named group; groups not named keep theirs.
+    pub fn set_weights(&self, weights: &[(&str, u32)]) -> Result<(), ControlError> {
+        self.update(|t| {
+            for (name, w) in weights {
+                let g = t
+                    .groups
+                    .iter_mut()
+                    .find(|g| &*g.name == *name)
+                    .ok_or_else(|| ControlError::UnknownGroup {
+                        service: self.name.to_string(),
+                        group: name.to_string(),
+                    })?;
+                g.weight = *w;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn target(&self, id: TargetId) -> Result<Arc<Target>, ControlError> {
+        self.table
+            .load()
+            .find(id)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownTarget {
+                service: self.name.to_string(),
+                target: id,
+            })
+    }
+
+    /// Stops new requests to the target at once and waits until its in-flight
+    /// requests finish or `timeout` passes. The target stays listed (state
+    /// `unused`) until [`remove`](Self::remove), so its counters stay visible.
+    pub async fn drain(
+        &self,
+        id: TargetId,
+        timeout: Duration,
+    ) -> Result<DrainOutcome, ControlError> {
+        let t = self.target(id)?;
+        let out = t.drain(timeout).await;
+        tracing::info!(service = %self.name, target = %t.name, ?out, "drain finished");
+        Ok(out)
+    }
+
+    /// Drops the target from the table. A target still in service is drained
+    /// with the service's drain timeout first, so removal never cuts requests.
+    pub async fn remove(
+        &self,
+        id: TargetId,
+        drain_timeout: Duration,
+    ) -> Result<DrainOutcome, ControlError> {
+        let t = self.target(id)?;
+        let out = if t.state() == TargetState::Unused {
+            DrainOutcome::Drained {
+                waited: Duration::ZERO,
+            }
+        } else {
+            t.drain(drain_timeout).await
+        };
+        self.update(|tab| {
+            for g in tab.groups.iter_mut() {
+                g.targets.retain(|x| x.id != id);
+            }
+            // Empty non-default groups are gone once their last target is.
+            tab.groups
+                .retain(|g| !g.targets.is_empty() || &*g.name == DEFAULT_GROUP);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Target state changes of this proxy (all services), in order.
+    pub fn subscribe(&self) -> broadcast::Receiver<TargetEvent> {
+        self.events.subscribe()
+    }
+}
