@@ -102,13 +102,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
             );
         }
         if let Some(svc) = service(&mut cx, &name, rs) {
-            if svc.listen == server.admin {
+            // Port 0 (tests, "any free port") never conflicts.
+            let fixed = svc.listen.port() != 0;
+            if fixed && svc.listen == server.admin {
                 cx.err(
                     format!("{key}.listen"),
                     format!("{} is also server.admin; pick another port", svc.listen),
                 );
             }
-            if let Some(other) = listens.insert(svc.listen, name.clone()) {
+            if let Some(other) = listens.insert(svc.listen, name.clone()).filter(|_| fixed) {
                 cx.err(
                     format!("{key}.listen"),
                     format!(

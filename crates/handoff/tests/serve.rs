@@ -1,0 +1,158 @@
+//! End to end: the real binary serving static targets, its config errors,
+//! its metrics and its shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn check_lists_every_problem_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nadmin = \"127.0.0.1:0\"\n\n[services.web]\nlisten = \"127.0.0.1:99999\"\ntargets = []\n\n[services.web.health]\nintervall = \"1s\"\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    for cmd in ["check", "serve"] {
+        let out = std::process::Command::new(bin())
+            .args([cmd, "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} accepted a bad config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let f = cfg.display().to_string();
+        assert!(err.contains("has 4 problems"), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{f}:5:1: services.web.listen: '127.0.0.1:99999' is not an address"
+            )),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains(&format!("{f}:6:1: services.web.targets: is empty")),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains(&format!("{f}:9:1: services.web.health.intervall: unknown key 'intervall'; did you mean 'interval'?")), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{f}:10:1: services.web.health.timeout: 'soon' is not a duration"
+            )),
+            "{cmd}: {err}"
+        );
+    }
+    let out = std::process::Command::new(bin())
+        .args([
+            "check",
+            "-c",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = std::process::Command::new(bin())
+                .args(["check", "-c", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn serves_static_targets_reports_metrics_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a, a) = sample_app("v1", &["--instance", "a"], dir.path());
+    let (_b, b) = sample_app("v1", &["--instance", "b"], dir.path());
+    let cfg = dir.path().join("handoff.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nadmin = \"127.0.0.1:0\"\n[services.api]\nlisten = \"127.0.0.1:0\"\ntargets = [\"{a}\", \"{b}\"]\n[services.api.health]\ninterval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir.path());
+    let api = addr_of(&d.wait_line("listening service=api", Duration::from_secs(10)));
+    let admin = addr_of(&d.wait_line("admin", Duration::from_secs(10)));
+    d.wait_line("ready", Duration::from_secs(10));
+    // Both targets come into service.
+    poll("both instances serve", Duration::from_secs(10), || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..40 {
+            if let Ok((200, body)) = http_get(api, "/") {
+                seen.insert(body.contains("\"instance\":\"a\""));
+            }
+        }
+        (seen.len() == 2).then_some(())
+    });
+    assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
+    let (s, metrics) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(s, 200);
+    assert!(metrics.contains(&format!("handoff_requests_total{{service=\"api\",group=\"default\",target=\"{a}\",revision=\"static\",code=\"2xx\"}}")), "{metrics}");
+    assert!(metrics.contains(&format!("handoff_target_state{{service=\"api\",group=\"default\",target=\"{b}\",revision=\"static\",state=\"healthy\"}} 1")), "{metrics}");
+    assert!(
+        metrics.contains("handoff_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
+    // SIGTERM while a slow request is in flight: it completes, then exit 0.
+    let slow = std::thread::spawn(move || http_get(api, "/sleep?ms=700"));
+    poll("slow request in flight", Duration::from_secs(5), || {
+        let (_, m) = http_get(admin, "/metrics").ok()?;
+        m.lines()
+            .any(|l| l.starts_with("handoff_target_in_flight") && l.ends_with(" 1"))
+            .then_some(())
+    });
+    d.signal(libc::SIGTERM);
+    let (s, body) = slow.join().unwrap().unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("slept_ms"), "{body}");
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", d.stderr());
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect_timeout(&api, Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn sample_app_knobs_and_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, sick) = sample_app("v2", &["--fail-health", "--error-rate", "1.0"], dir.path());
+    assert_eq!(http_get(sick, "/healthz").unwrap().0, 503);
+    let (s, body) = http_get(sick, "/").unwrap();
+    assert_eq!(s, 500);
+    assert!(body.contains("\"version\":\"v2\""), "{body}");
+
+    let (mut app, addr) = sample_app("v3", &["--instance", "web-1"], dir.path());
+    let (s, body) = http_get(addr, "/").unwrap();
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["version"], "v3");
+    assert_eq!(v["instance"], "web-1");
+    assert_eq!(v["pid"], app.child.id());
+    // SIGTERM mid-request: the request finishes, the app exits 0.
+    let slow = std::thread::spawn(move || http_get(addr, "/sleep?ms=500"));
+    std::thread::sleep(Duration::from_millis(150)); // let the request arrive; the app has no probe for it
+    app.signal(libc::SIGTERM);
+    assert_eq!(slow.join().unwrap().unwrap().0, 200);
+    assert!(app.wait_exit(Duration::from_secs(10)).success());
+
+    let (mut crash, _) = sample_app("v4", &["--crash-after", "200ms"], dir.path());
+    let st = crash.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1));
+}

@@ -1,0 +1,229 @@
+//! Routing, balancing, health and retries through a real proxy.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use handoff_core::config::Balance;
+use handoff_core::TargetState;
+
+async fn tally(addr: std::net::SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut c = Client::connect(addr).await;
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let (s, body) = c.get("/").await.unwrap();
+        assert_eq!(s, 200, "{body}");
+        *m.entry(body).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly() {
+    let ups = [
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    for u in &ups {
+        p.add_default(u);
+    }
+    p.wait_healthy(3).await;
+    let m = tally(p.addr, 300).await;
+    for u in &ups {
+        assert_eq!(m[&u.name], 100, "{m:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_uses_every_target() {
+    let ups = [upstream("a").await, upstream("b").await];
+    let p = TestProxy::start(service_cfg(Balance::LeastOutstanding, health(50))).await;
+    for u in &ups {
+        p.add_default(u);
+    }
+    p.wait_healthy(2).await;
+    let m = tally(p.addr, 400).await;
+    // Sequential requests tie on in-flight, so the pick is random: each
+    // side gets 200 ± a wide margin (p < 1e-9 of falling outside).
+    for u in &ups {
+        assert!((130..=270).contains(&m[&u.name]), "{m:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_traffic_between_groups() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    p.add("blue", &blue);
+    p.add("green", &green);
+    p.svc
+        .set_weights(&[("default", 0), ("blue", 80), ("green", 20)])
+        .unwrap();
+    p.wait_healthy(2).await;
+    let m = tally(p.addr, 1000).await;
+    // Binomial(1000, 0.2): sd ≈ 12.6; ±60 is > 4.7 sd.
+    let g = m.get("green").copied().unwrap_or(0);
+    assert!((140..=260).contains(&g), "{m:?}");
+    p.svc.set_weights(&[("blue", 0), ("green", 100)]).unwrap();
+    let m = tally(p.addr, 50).await;
+    assert_eq!(m.get("green"), Some(&50), "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_no_healthy_target_sheds_its_share() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    green.healthy.store(false, Relaxed);
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    p.add("blue", &blue);
+    p.add("green", &green);
+    p.svc
+        .set_weights(&[("default", 0), ("blue", 50), ("green", 50)])
+        .unwrap();
+    p.wait_healthy(1).await;
+    let m = tally(p.addr, 100).await;
+    assert_eq!(m.get("blue"), Some(&100), "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_thresholds_gate_traffic_both_ways() {
+    let a = upstream("a").await;
+    let mut cfg = service_cfg(Balance::RoundRobin, health(50));
+    cfg.health.healthy_threshold = 3;
+    cfg.health.unhealthy_threshold = 2;
+    let p = TestProxy::start(cfg).await;
+    let mut events = p.svc.subscribe();
+    a.healthy.store(false, Relaxed);
+    let id = p.add_default(&a);
+    // Initial, failing checks: no traffic, a clear 503.
+    let (s, body) = get(p.addr, "/").await.unwrap();
+    assert_eq!(s, 503);
+    assert!(body.contains("has no healthy target"), "{body}");
+    assert_eq!(a.hits.load(Relaxed), 0);
+    let t = p.svc.target(id).unwrap();
+    wait_for("unhealthy", Duration::from_secs(5), || {
+        t.state() == TargetState::Unhealthy
+    })
+    .await;
+    a.healthy.store(true, Relaxed);
+    p.wait_healthy(1).await;
+    assert_eq!(get(p.addr, "/").await.unwrap().1, "a");
+    a.healthy.store(false, Relaxed);
+    wait_for("unhealthy again", Duration::from_secs(5), || {
+        t.state() == TargetState::Unhealthy
+    })
+    .await;
+    // The exact sequence of transitions, with thresholds in the reasons.
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.from, e.to, e.reason));
+    }
+    use TargetState::*;
+    assert_eq!(
+        seen.iter().map(|(f, t, _)| (*f, *t)).collect::<Vec<_>>(),
+        vec![
+            (Initial, Unhealthy),
+            (Unhealthy, Healthy),
+            (Healthy, Unhealthy)
+        ]
+    );
+    assert!(seen[1].2.contains("3 health checks passed"), "{seen:?}");
+    assert!(seen[2].2.contains("2 health checks failed"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_on_another_target() {
+    let a = upstream("a").await;
+    // A port with nothing listening: bind, note, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut h = health(50);
+    h.enabled = false; // both count as healthy: the retry must save us
+    h.passive_failures = 1000;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
+    p.add_default(&a);
+    p.svc
+        .add_target(
+            "default",
+            handoff_proxy::TargetSpec {
+                addr: dead,
+                revision: "x".into(),
+                name: "dead".into(),
+            },
+        )
+        .unwrap();
+    let m = tally(p.addr, 50).await;
+    assert_eq!(m.get("a"), Some(&50), "{m:?}");
+    assert!(p.svc.stats.retries.load(Relaxed) >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_checks_eject_a_failing_target() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let mut h = health(50);
+    h.ejection_time = Duration::from_secs(30);
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
+    p.add_default(&a);
+    let bid = p.add_default(&b);
+    p.wait_healthy(2).await;
+    b.fail.store(true, Relaxed);
+    let mut c = Client::connect(p.addr).await;
+    let mut fails = 0;
+    for _ in 0..40 {
+        if c.get("/").await.unwrap().0 == 500 {
+            fails += 1;
+        }
+    }
+    // 3 failures in a row eject b; /healthz still passes but the ejection
+    // holds it out for its back-off.
+    assert_eq!(fails, 3);
+    assert_eq!(p.svc.target(bid).unwrap().state(), TargetState::Unhealthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeout_is_504_with_a_clear_body() {
+    let a = upstream("a").await;
+    let mut cfg = service_cfg(Balance::RoundRobin, health(50));
+    cfg.proxy.response_timeout = Duration::from_millis(200);
+    let p = TestProxy::start(cfg).await;
+    p.add_default(&a);
+    p.wait_healthy(1).await;
+    let (s, body) = get(p.addr, "/sleep?ms=2000").await.unwrap();
+    assert_eq!(s, 504);
+    assert!(body.contains("did not answer within 200ms"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_set_and_hop_by_hop_removed() {
+    let a = upstream("a").await;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    p.add_default(&a);
+    p.wait_healthy(1).await;
+    let mut c = Client::connect(p.addr).await;
+    let req = http::Request::get("/headers?x=1")
+        .header("host", "app.example")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-forwarded-proto", "https")
+        .body(empty())
+        .unwrap();
+    let (_, h) = c.request(req).await.unwrap();
+    assert!(h.contains("host: app.example\n"), "{h}");
+    assert!(h.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1\n"), "{h}");
+    assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
+    assert!(h.contains("x-forwarded-host: app.example\n"), "{h}");
+    assert!(h.contains("uri: /headers?x=1\n"), "{h}");
+    assert!(!h.contains("x-secret"), "{h}");
+    assert!(!h.contains("keep-alive"), "{h}");
+}
