@@ -1,1 +1,245 @@
-//! placeholder
+//! handoff-store: the daemon's memory, in SQLite (WAL) under `state_dir`.
+//!
+//! It owns what must survive a restart or a crash of handoff: revisions,
+//! instances (with pid *and* process start time, so a recycled pid is never
+//! mistaken for ours) and an append-only event log. Every write is one
+//! transaction. The schema is versioned with `PRAGMA user_version` and
+//! migrated forward in code at open ([`migrations`]).
+//!
+//! Data flow: the controller writes here *before* it acts (start, stop,
+//! replace), and reads it back at boot to adopt live instances.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state database {}: {source}; check that state_dir is writable", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {} has schema version {found}, newer than this handoff understands ({known}); upgrade handoff", path.display())]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// An instance as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub service: String,
+    /// Stable name, e.g. `web-1`; keeps its port across restarts.
+    pub name: String,
+    pub revision: String,
+    pub port: u16,
+    /// 0 while not running.
+    pub pid: u32,
+    /// Process start time (clock ticks since boot, from /proc); with `pid`
+    /// it identifies the process.
+    pub start_time: u64,
+    /// `starting`, `running`, `stopping`, `stopped`, `failed`.
+    pub status: String,
+    pub restarts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub service: String,
+    pub instance: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionRecord {
+    pub service: String,
+    pub id: String,
+    pub artifact: Option<String>,
+    pub sha256: Option<String>,
+    pub created_ms: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/handoff.db` and migrates it.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("handoff.db");
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        migrations::migrate(&conn, &path)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// An in-memory store (tests).
+    pub fn memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        migrations::migrate(&conn, Path::new(":memory:"))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: PathBuf::from(":memory:"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a revision once; a second call with the same id keeps the
+    /// first record (revisions are immutable).
+    pub fn put_revision(&self, r: &RevisionRecord) -> Result<RevisionRecord, StoreError> {
+        let c = self.lock();
+        c.execute(
+            "INSERT OR IGNORE INTO revisions (service, id, artifact, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.service, r.id, r.artifact, r.sha256, r.created_ms],
+        )?;
+        Ok(c.query_row(
+            "SELECT service, id, artifact, sha256, created_ms FROM revisions WHERE service = ?1 AND id = ?2",
+            params![r.service, r.id],
+            |row| {
+                Ok(RevisionRecord {
+                    service: row.get(0)?,
+                    id: row.get(1)?,
+                    artifact: row.get(2)?,
+                    sha256: row.get(3)?,
+                    created_ms: row.get(4)?,
+                })
+            },
+        )?)
+    }
+
+    pub fn revision(&self, service: &str, id: &str) -> Result<Option<RevisionRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT service, id, artifact, sha256, created_ms FROM revisions WHERE service = ?1 AND id = ?2",
+                params![service, id],
+                |row| {
+                    Ok(RevisionRecord {
+                        service: row.get(0)?,
+                        id: row.get(1)?,
+                        artifact: row.get(2)?,
+                        sha256: row.get(3)?,
+                        created_ms: row.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Inserts or replaces the instance record (keyed by service + name).
+    pub fn put_instance(&self, i: &InstanceRecord) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, restarts, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (service, name) DO UPDATE SET revision = excluded.revision, port = excluded.port,
+               pid = excluded.pid, start_time = excluded.start_time, status = excluded.status,
+               restarts = excluded.restarts, updated_ms = excluded.updated_ms",
+            params![i.service, i.name, i.revision, i.port, i.pid, i.start_time as i64, i.status, i.restarts, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn instances(&self, service: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT service, name, revision, port, pid, start_time, status, restarts FROM instances
+             WHERE service = ?1 ORDER BY length(name), name",
+        )?;
+        let rows = st.query_map(params![service], |r| {
+            Ok(InstanceRecord {
+                service: r.get(0)?,
+                name: r.get(1)?,
+                revision: r.get(2)?,
+                port: r.get(3)?,
+                pid: r.get(4)?,
+                start_time: r.get::<_, i64>(5)? as u64,
+                status: r.get(6)?,
+                restarts: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_instance(&self, service: &str, name: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM instances WHERE service = ?1 AND name = ?2",
+            params![service, name],
+        )?;
+        Ok(())
+    }
+
+    /// Appends to the event log.
+    pub fn event(&self, service: &str, instance: Option<&str>, kind: &str, message: &str) -> Result<i64, StoreError> {
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO events (at_ms, service, instance, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), service, instance, kind, message],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    /// The last `limit` events of a service, oldest first.
+    pub fn events(&self, service: &str, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT id, at_ms, service, instance, kind, message FROM
+               (SELECT * FROM events WHERE service = ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )?;
+        let rows = st.query_map(params![service, limit as i64], |r| {
+            Ok(EventRecord {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                service: r.get(2)?,
+                instance: r.get(3)?,
+                kind: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! Versioned schema migrations, applied in order inside one transaction each.
+//!
+//! Never edit a released step: add a new one. `tests::migrates_a_v1_database`
+//! keeps an old database opening.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Step N brings the schema from version N to N+1.
+const STEPS: &[&str] = &[
+    // v1: revisions, instances, events.
+    "CREATE TABLE revisions (
+        service TEXT NOT NULL,
+        id TEXT NOT NULL,
+        artifact TEXT,
+        sha256 TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (service, id)
+     );
+     CREATE TABLE instances (
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        pid INTEGER NOT NULL DEFAULT 0,
+        start_time INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (service, name)
+     );
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        instance TEXT,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX events_by_service ON events (service, id);",
+    // v2: restart counts survive a daemon restart (the back-off resumes).
+    "ALTER TABLE instances ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
+];
+
+pub const LATEST: i64 = STEPS.len() as i64;
+
+pub fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > LATEST {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known: LATEST,
+        });
+    }
+    while version < LATEST {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(STEPS[version as usize])?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        version += 1;
+    }
+    Ok(())
+}
+
+/// Applies only the first `n` steps (tests of upgrades from old versions).
+#[cfg(test)]
+pub fn migrate_to(conn: &Connection, n: i64) -> Result<(), StoreError> {
+    for v in 0..n {
+        conn.execute_batch(STEPS[v as usize])?;
+        conn.pragma_update(None, "user_version", v + 1)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+use super::*;
+
+fn inst(name: &str, port: u16) -> InstanceRecord {
+    InstanceRecord {
+        service: "web".into(),
+        name: name.into(),
+        revision: "v1".into(),
+        port,
+        pid: 42,
+        start_time: 123,
+        status: "running".into(),
+        restarts: 0,
+    }
+}
+
+#[test]
+fn instances_round_trip_in_name_order() {
+    let s = Store::memory().unwrap();
+    s.put_instance(&inst("web-10", 3)).unwrap();
+    s.put_instance(&inst("web-2", 2)).unwrap();
+    s.put_instance(&inst("web-1", 1)).unwrap();
+    let mut changed = inst("web-2", 2);
+    changed.pid = 99;
+    changed.restarts = 3;
+    s.put_instance(&changed).unwrap();
+    let all = s.instances("web").unwrap();
+    assert_eq!(all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["web-1", "web-2", "web-10"]);
+    assert_eq!(all[1], changed);
+    s.delete_instance("web", "web-1").unwrap();
+    assert_eq!(s.instances("web").unwrap().len(), 2);
+    assert!(s.instances("other").unwrap().is_empty());
+}
+
+#[test]
+fn revisions_are_immutable() {
+    let s = Store::memory().unwrap();
+    let r = RevisionRecord {
+        service: "web".into(),
+        id: "v1".into(),
+        artifact: Some("/a.tgz".into()),
+        sha256: Some("abc".into()),
+        created_ms: 1,
+    };
+    assert_eq!(s.put_revision(&r).unwrap(), r);
+    let again = RevisionRecord { sha256: Some("other".into()), ..r.clone() };
+    assert_eq!(s.put_revision(&again).unwrap(), r, "first record wins");
+    assert_eq!(s.revision("web", "v1").unwrap(), Some(r));
+    assert_eq!(s.revision("web", "v2").unwrap(), None);
+}
+
+#[test]
+fn events_keep_order_and_limit() {
+    let s = Store::memory().unwrap();
+    for i in 0..5 {
+        s.event("web", Some("web-1"), "restart", &format!("n{i}")).unwrap();
+    }
+    s.event("api", None, "x", "other service").unwrap();
+    let ev = s.events("web", 3).unwrap();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["n2", "n3", "n4"]);
+}
+
+#[test]
+fn file_database_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.put_instance(&inst("web-1", 7)).unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.instances("web").unwrap()[0].port, 7);
+    assert_eq!(s.schema_version().unwrap(), migrations::LATEST);
+}
+
+#[test]
+fn migrates_a_v1_database() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join("handoff.db")).unwrap();
+        migrations::migrate_to(&c, 1).unwrap();
+        c.execute(
+            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, updated_ms)
+             VALUES ('web', 'web-1', 'v1', 5000, 10, 20, 'running', 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let i = &s.instances("web").unwrap()[0];
+    assert_eq!((i.port, i.restarts), (5000, 0));
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join("handoff.db")).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+    }
+    let e = Store::open(dir.path()).err().unwrap();
+    assert!(e.to_string().contains("newer than this handoff understands"), "{e}");
+}
