@@ -80,7 +80,7 @@ nginx -c "$W/ng.conf" -p "$W"
 cat > "$W/ha.cfg" <<C
 global
   nbthread $CORES
-  maxconn 20000
+  maxconn 4000
   pidfile $W/ha.pid
 defaults
   mode http

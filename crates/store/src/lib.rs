@@ -93,10 +93,14 @@ impl Store {
             source,
         };
         let conn = Connection::open(&path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         migrations::migrate(&conn, &path)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -119,7 +123,9 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -211,7 +217,13 @@ impl Store {
     }
 
     /// Appends to the event log.
-    pub fn event(&self, service: &str, instance: Option<&str>, kind: &str, message: &str) -> Result<i64, StoreError> {
+    pub fn event(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) -> Result<i64, StoreError> {
         let c = self.lock();
         c.execute(
             "INSERT INTO events (at_ms, service, instance, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",

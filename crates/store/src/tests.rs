@@ -24,7 +24,10 @@ fn instances_round_trip_in_name_order() {
     changed.restarts = 3;
     s.put_instance(&changed).unwrap();
     let all = s.instances("web").unwrap();
-    assert_eq!(all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["web-1", "web-2", "web-10"]);
+    assert_eq!(
+        all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["web-1", "web-2", "web-10"]
+    );
     assert_eq!(all[1], changed);
     s.delete_instance("web", "web-1").unwrap();
     assert_eq!(s.instances("web").unwrap().len(), 2);
@@ -42,7 +45,10 @@ fn revisions_are_immutable() {
         created_ms: 1,
     };
     assert_eq!(s.put_revision(&r).unwrap(), r);
-    let again = RevisionRecord { sha256: Some("other".into()), ..r.clone() };
+    let again = RevisionRecord {
+        sha256: Some("other".into()),
+        ..r.clone()
+    };
     assert_eq!(s.put_revision(&again).unwrap(), r, "first record wins");
     assert_eq!(s.revision("web", "v1").unwrap(), Some(r));
     assert_eq!(s.revision("web", "v2").unwrap(), None);
@@ -52,11 +58,15 @@ fn revisions_are_immutable() {
 fn events_keep_order_and_limit() {
     let s = Store::memory().unwrap();
     for i in 0..5 {
-        s.event("web", Some("web-1"), "restart", &format!("n{i}")).unwrap();
+        s.event("web", Some("web-1"), "restart", &format!("n{i}"))
+            .unwrap();
     }
     s.event("api", None, "x", "other service").unwrap();
     let ev = s.events("web", 3).unwrap();
-    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["n2", "n3", "n4"]);
+    assert_eq!(
+        ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["n2", "n3", "n4"]
+    );
 }
 
 #[test]
@@ -97,5 +107,9 @@ fn refuses_a_newer_schema() {
         c.pragma_update(None, "user_version", 999).unwrap();
     }
     let e = Store::open(dir.path()).err().unwrap();
-    assert!(e.to_string().contains("newer than this handoff understands"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("newer than this handoff understands"),
+        "{e}"
+    );
 }
