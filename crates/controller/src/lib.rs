@@ -1,18 +1,40 @@
 //! handoff-controller: decides what the fleet of each service should be and
 //! makes the proxy and the runtime agree with it.
 //!
-//! Today it attaches fixed targets (`targets = [...]`) to their service's
-//! `default` group. Managed instances and the deployment strategies build on
-//! the same narrow interfaces: the proxy's control handle (`ServiceProxy`)
-//! and, later, the `Runtime` trait and the store.
+//! - Fixed targets (`targets = [...]`) are attached to their service's
+//!   `default` group ([`attach_static`]).
+//! - Managed services get a [`fleet::Fleet`]: N instances of a revision,
+//!   started through the `Runtime`, registered in the proxy when healthy,
+//!   restarted with back-off when they die, adopted after a restart of
+//!   handoff, all recorded in the store before each side effect.
+//!
+//! The controller talks to the rest only through narrow interfaces: the
+//! proxy's control handle (`ServiceProxy`), the `Runtime` trait and the
+//! `Store`. Deployment strategies build on the same three.
+
+pub mod fleet;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use handoff_proxy::{ControlError, ServiceProxy, TargetSpec, DEFAULT_GROUP};
 
+pub use fleet::{Fleet, FleetOptions};
+
 /// Revision label of targets handoff does not run itself.
 pub const STATIC_REVISION: &str = "static";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Proxy(#[from] ControlError),
+    #[error(transparent)]
+    Store(#[from] handoff_store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] handoff_runtime::RuntimeError),
+    #[error("service '{0}' has fixed targets, not managed instances")]
+    NotManaged(String),
+}
 
 /// Registers a service's fixed targets; each enters service once its health
 /// checks pass.

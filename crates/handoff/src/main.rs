@@ -27,6 +27,21 @@ enum Cmd {
         /// Config file.
         #[arg(short, long, default_value = "handoff.toml")]
         config: PathBuf,
+        /// Leave managed instances running when handoff exits; the next
+        /// `serve` adopts them instead of restarting them.
+        #[arg(long)]
+        keep_instances: bool,
+    },
+    /// Print the tail of an instance's log (from the running daemon).
+    Logs {
+        service: String,
+        instance: String,
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Admin address of the daemon.
+        #[arg(long, env = "HANDOFF_ADMIN", default_value = "http://127.0.0.1:9900")]
+        admin: String,
     },
     /// Validate a config file and print every problem in it.
     Check {
@@ -40,7 +55,16 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve { config } => serve::run(&config),
+        Cmd::Serve {
+            config,
+            keep_instances,
+        } => serve::run(&config, serve::Options { keep_instances }),
+        Cmd::Logs {
+            service,
+            instance,
+            lines,
+            admin,
+        } => logs(&admin, &service, &instance, lines),
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
     };
@@ -72,5 +96,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         };
         println!("  {} on {}: {what}", s.name, s.listen);
     }
+    Ok(())
+}
+
+/// A minimal blocking GET against the admin address (the full CLI client
+/// arrives with the API).
+fn logs(admin: &str, service: &str, instance: &str, lines: usize) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let hostport = admin.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).map_err(|e| {
+        anyhow::anyhow!("cannot reach the handoff daemon at {admin}: {e}; is `handoff serve` running? (set --admin or HANDOFF_ADMIN)")
+    })?;
+    write!(s, "GET /logs/{service}/{instance}?lines={lines} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{}", body.trim());
+    }
+    print!("{body}");
     Ok(())
 }

@@ -1,18 +1,31 @@
 //! `handoff serve`: start everything, run until SIGTERM/SIGINT, stop cleanly.
 //!
+//! Order matters: bind every listener first (fail fast on a taken port),
+//! then boot managed fleets (adopting live instances), then announce. On
+//! shutdown the proxy stops taking requests and finishes in-flight ones
+//! *before* instances are stopped, so no request meets a stopping instance.
+//!
 //! The lines printed on stdout are part of the interface (tests and scripts
-//! read them): `listening service=NAME addr=IP:PORT` per service and
+//! read them): `listening service=NAME addr=IP:PORT` per service,
 //! `admin addr=IP:PORT`, then `ready`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use handoff_controller::{Fleet, FleetOptions};
 use handoff_core::config::{self, Backend};
 use handoff_proxy::Proxy;
+use handoff_runtime::ProcessRuntime;
+use handoff_store::Store;
 use prometheus_client::registry::Registry;
 
-pub fn run(path: &Path) -> anyhow::Result<()> {
+pub struct Options {
+    /// Leave managed instances running on exit (the next start adopts them).
+    pub keep_instances: bool,
+}
+
+pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
     init_tracing();
     let cfg = config::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -20,7 +33,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .thread_name("control")
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, opts))
 }
 
 fn init_tracing() {
@@ -32,35 +45,110 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+/// Holds an exclusive lock on the state dir for the daemon's life: two
+/// daemons on one state dir would fight over the same instances.
+struct StateLock {
+    _file: std::fs::File,
+}
+
+fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+    let path = dir.join("handoff.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::bail!(
+            "another handoff (pid {}) is already running with state_dir {}; stop it or use another state_dir",
+            holder.trim(),
+            dir.display()
+        );
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(StateLock { _file: f })
+}
+
+async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
+    let needs_state = cfg
+        .services
+        .values()
+        .any(|s| matches!(s.backend, Backend::Managed(_)));
+    let _lock = if needs_state {
+        Some(lock_state_dir(&cfg.server.state_dir)?)
+    } else {
+        None
+    };
     let mut proxy = Proxy::new(cfg.server.workers);
     for svc in cfg.services.values() {
-        let sp = proxy.add_service(svc);
-        match &svc.backend {
-            Backend::Static { targets } => handoff_controller::attach_static(&sp, targets)?,
-            Backend::Managed(_) => anyhow::bail!(
-                "{}: service '{}' has managed instances (`command`), which this build cannot run yet; \
-                 use `targets = [...]` for now",
-                cfg.path.display(),
-                svc.name
-            ),
-        }
+        proxy.add_service(svc);
     }
-    let admin = tokio::net::TcpListener::bind(cfg.server.admin)
-        .await
-        .with_context(|| format!("cannot listen on server.admin {}; is another handoff running? set [server] admin in {}", cfg.server.admin, cfg.path.display()))?;
+    let admin = tokio::net::TcpListener::bind(cfg.server.admin).await.with_context(|| {
+        format!(
+            "cannot listen on server.admin {}; is another handoff running? set [server] admin in {}",
+            cfg.server.admin,
+            cfg.path.display()
+        )
+    })?;
     let admin_addr = admin.local_addr()?;
     let server = proxy.start(cfg.server.shutdown_timeout)?;
+
+    let mut fleets = Vec::new();
+    if needs_state {
+        let store = Arc::new(Store::open(&cfg.server.state_dir)?);
+        let runtime = Arc::new(ProcessRuntime::new(&cfg.server.state_dir));
+        let base_dir = cfg.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            std::env::current_dir()?
+        } else {
+            base_dir
+        };
+        for svc in cfg.services.values() {
+            if let Backend::Managed(_) = svc.backend {
+                let sp = proxy.service(&svc.name).expect("added above").clone();
+                let fleet = Fleet::new(
+                    svc.clone(),
+                    sp,
+                    runtime.clone(),
+                    store.clone(),
+                    FleetOptions {
+                        state_dir: cfg.server.state_dir.clone(),
+                        base_dir: base_dir.clone(),
+                        port_range: cfg.server.port_range,
+                    },
+                )?;
+                fleet.boot().await?;
+                fleets.push(fleet);
+            }
+        }
+    }
+    for svc in cfg.services.values() {
+        if let Backend::Static { targets } = &svc.backend {
+            let sp = proxy.service(&svc.name).expect("added above");
+            handoff_controller::attach_static(sp, targets)?;
+        }
+    }
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(proxy.collector()));
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
+        logs_dir: cfg.server.state_dir.join("logs"),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {
         let _ = admin_stopped.await;
     }));
+    let rotation = tokio::spawn(rotate_logs(cfg.server.state_dir.join("logs")));
 
     for (name, addr) in &server.addrs {
         println!("listening service={name} addr={addr}");
@@ -68,15 +156,50 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     }
     println!("admin addr={admin_addr}");
     println!("ready");
-    tracing::info!(%admin_addr, "admin API listening (/metrics, /healthz)");
+    tracing::info!(%admin_addr, "admin API listening (/metrics, /healthz, /logs)");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     tokio::task::spawn_blocking(move || server.shutdown()).await?;
+    if opts.keep_instances {
+        tracing::info!(
+            "leaving managed instances running (--keep-instances); the next start adopts them"
+        );
+    } else {
+        for f in &fleets {
+            f.shutdown().await;
+        }
+    }
+    rotation.abort();
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Rotates instance logs by size (the instances write to them directly).
+async fn rotate_logs(dir: std::path::PathBuf) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let Ok(services) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for s in services.flatten() {
+            let Ok(files) = std::fs::read_dir(s.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "log") {
+                    let _ = handoff_runtime::logs::rotate_if_large(
+                        &p,
+                        handoff_runtime::logs::MAX_BYTES,
+                        handoff_runtime::logs::KEEP,
+                    );
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

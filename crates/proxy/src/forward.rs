@@ -7,8 +7,9 @@
 //!
 //! - connect failures are always retried elsewhere (nothing was sent);
 //! - a request hyper never dispatched (connection not ready) is retried;
-//! - an idempotent, body-less request that failed on a *reused* connection
-//!   before any response byte is retried once (the stale keep-alive race);
+//! - an idempotent, body-less request that failed before any response byte
+//!   is retried once (the stale keep-alive race, or an instance that died
+//!   mid-request);
 //! - nothing is retried once response bytes have begun.
 
 use std::convert::Infallible;
@@ -152,7 +153,11 @@ pub(crate) async fn handle(
                     svc.health.ejection_time,
                     svc.health.max_ejection_time,
                 );
-                if !(reused && replay.is_some() && !replayed) {
+                // Nothing of the response arrived, so an idempotent,
+                // body-less request is safe to send once more elsewhere:
+                // a stale keep-alive connection (reused) or an instance
+                // killed mid-request (fresh) look the same from here.
+                if replay.is_none() || replayed {
                     break;
                 }
             }

@@ -179,6 +179,7 @@ mod tests {
             healthy_threshold: h,
             unhealthy_threshold: u,
             min_healthy_time: Duration::ZERO,
+            healthy_deadline: Duration::from_secs(10),
             passive_failures: 5,
             ejection_time: Duration::from_secs(1),
             max_ejection_time: Duration::from_secs(10),

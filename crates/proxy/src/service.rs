@@ -210,6 +210,18 @@ impl ServiceProxy {
         Ok(out)
     }
 
+    /// Takes a target out of service at once because it is known dead (its
+    /// process exited): no waiting for health checks to notice.
+    pub fn mark_unhealthy(&self, id: TargetId, reason: &str) {
+        if let Ok(t) = self.target(id) {
+            for from in [TargetState::Healthy, TargetState::Initial] {
+                if t.transition(from, TargetState::Unhealthy, reason) {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Target state changes of this proxy (all services), in order.
     pub fn subscribe(&self) -> broadcast::Receiver<TargetEvent> {
         self.events.subscribe()

@@ -77,6 +77,8 @@ pub struct Managed {
     /// Command template; placeholders `{port}`, `{revision}`, `{instance}`,
     /// `{service}`, `{release_dir}`.
     pub command: String,
+    /// SIGTERM → SIGKILL grace when stopping an instance.
+    pub stop_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,9 @@ pub struct Health {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub min_healthy_time: Duration,
+    /// A new (or adopted) instance that is not healthy this long after it
+    /// started is replaced (and fails a deploy).
+    pub healthy_deadline: Duration,
     /// Consecutive connect failures or 5xx from real traffic that eject a target.
     pub passive_failures: u32,
     /// First ejection length; doubles on each repeat up to `max_ejection_time`.

@@ -327,11 +327,13 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
             cx.err(k("revision"), format!("'{rev}' is not a usable revision id (no '/', not empty, not starting with '.')"));
         }
     }
+    let stop_grace = cx.duration(k("stop_grace"), r.stop_grace.as_ref(), d::STOP_GRACE);
     ok.then(|| {
         Backend::Managed(Managed {
             revision: r.revision.clone().unwrap_or_default(),
             instances,
             command: r.command.clone().unwrap_or_default(),
+            stop_grace,
         })
     })
 }
@@ -447,6 +449,11 @@ fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
             k("min_healthy_time"),
             r.min_healthy_time.as_ref(),
             d::MIN_HEALTHY_TIME,
+        ),
+        healthy_deadline: cx.duration(
+            k("healthy_deadline"),
+            r.healthy_deadline.as_ref(),
+            d::HEALTHY_DEADLINE,
         ),
         passive_failures: cx.positive(
             k("passive_failures"),

@@ -197,6 +197,7 @@ pub fn health(interval_ms: u64) -> Health {
         healthy_threshold: 2,
         unhealthy_threshold: 2,
         min_healthy_time: Duration::ZERO,
+        healthy_deadline: Duration::from_secs(10),
         passive_failures: 3,
         ejection_time: Duration::from_millis(500),
         max_ejection_time: Duration::from_secs(5),
