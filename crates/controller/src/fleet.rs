@@ -51,6 +51,9 @@ pub struct Fleet<R: Runtime> {
     state_dir: PathBuf,
     /// Working directory of instances whose revision has no artifact.
     base_dir: PathBuf,
+    /// The revision's release directory once installed (else `base_dir`).
+    release_dir: Mutex<PathBuf>,
+    releases_kept: usize,
     port_range: Option<(u16, u16)>,
     slots: Mutex<BTreeMap<String, Slot>>,
 }
@@ -59,6 +62,7 @@ pub struct FleetOptions {
     pub state_dir: PathBuf,
     pub base_dir: PathBuf,
     pub port_range: Option<(u16, u16)>,
+    pub releases_kept: usize,
 }
 
 impl<R: Runtime> Fleet<R> {
@@ -81,7 +85,9 @@ impl<R: Runtime> Fleet<R> {
             runtime,
             store,
             state_dir: opts.state_dir,
+            release_dir: Mutex::new(opts.base_dir.clone()),
             base_dir: opts.base_dir,
+            releases_kept: opts.releases_kept,
             port_range: opts.port_range,
             slots: Mutex::new(BTreeMap::new()),
         }))
@@ -111,13 +117,7 @@ impl<R: Runtime> Fleet<R> {
     /// was started (not necessarily healthy yet).
     pub async fn boot(self: &Arc<Self>) -> Result<(), ControllerError> {
         let revision = self.managed.revision.clone();
-        self.store.put_revision(&handoff_store::RevisionRecord {
-            service: self.name().to_string(),
-            id: revision.clone(),
-            artifact: None,
-            sha256: None,
-            created_ms: handoff_store::now_ms(),
-        })?;
+        self.install_release().await?;
         let records = self.store.instances(self.name())?;
         self.stop_strays(&records).await;
         let wanted: Vec<String> = (1..=self.managed.instances)
@@ -212,6 +212,58 @@ impl<R: Runtime> Fleet<R> {
         Ok(())
     }
 
+    /// Installs the revision's artifact (once; verified by sha256 against
+    /// both the release and the store) and prunes old releases.
+    async fn install_release(&self) -> Result<(), ControllerError> {
+        let revision = self.managed.revision.clone();
+        let (dir, sha) = match self.managed.artifact.clone() {
+            Some(a) => {
+                let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
+                let (svc, rev) = (self.name().to_string(), revision.clone());
+                let rel = tokio::task::spawn_blocking(move || releases.install(&svc, &rev, &a))
+                    .await
+                    .map_err(|e| ControllerError::Internal(e.to_string()))??;
+                (rel.dir, Some(rel.sha256))
+            }
+            None => (self.base_dir.clone(), None),
+        };
+        let stored = self.store.put_revision(&handoff_store::RevisionRecord {
+            service: self.name().to_string(),
+            id: revision.clone(),
+            artifact: self
+                .managed
+                .artifact
+                .as_ref()
+                .map(|a| a.display().to_string()),
+            sha256: sha.clone(),
+            created_ms: handoff_store::now_ms(),
+        })?;
+        if let (Some(old), Some(new)) = (&stored.sha256, &sha) {
+            if old != new {
+                return Err(handoff_runtime::RuntimeError::RevisionChanged {
+                    service: self.name().to_string(),
+                    revision,
+                    existing: old.clone(),
+                    new: new.clone(),
+                }
+                .into());
+            }
+        }
+        if sha.is_some() {
+            let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
+            let removed = releases.prune(self.name(), self.releases_kept, &[&revision])?;
+            if !removed.is_empty() {
+                self.event(
+                    None,
+                    "releases-pruned",
+                    &format!("removed old releases {}", removed.join(", ")),
+                );
+            }
+        }
+        *self.release_dir.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+        Ok(())
+    }
+
     /// Processes marked with our state dir and service that no record names
     /// (handoff died between spawning them and writing their pid).
     async fn stop_strays(&self, records: &[InstanceRecord]) {
@@ -246,7 +298,11 @@ impl<R: Runtime> Fleet<R> {
             revision: self.managed.revision.clone(),
             port,
             command: self.managed.command.clone(),
-            release_dir: self.base_dir.clone(),
+            release_dir: self
+                .release_dir
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

@@ -34,6 +34,8 @@ pub enum ControllerError {
     Runtime(#[from] handoff_runtime::RuntimeError),
     #[error("service '{0}' has fixed targets, not managed instances")]
     NotManaged(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Registers a service's fixed targets; each enters service once its health

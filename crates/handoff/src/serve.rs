@@ -124,6 +124,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                         state_dir: cfg.server.state_dir.clone(),
                         base_dir: base_dir.clone(),
                         port_range: cfg.server.port_range,
+                        releases_kept: cfg.server.releases_kept,
                     },
                 )?;
                 fleet.boot().await?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 pub const ADMIN: &str = "127.0.0.1:9900";
 pub const STATE_DIR: &str = ".handoff";
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RELEASES_KEPT: usize = 5;
 
 pub const HEALTH_PATH: &str = "/healthz";
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);

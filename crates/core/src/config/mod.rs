@@ -44,6 +44,8 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Ports for managed instances; `None` means ephemeral ports.
     pub port_range: Option<(u16, u16)>,
+    /// Installed releases kept per service (besides those in use).
+    pub releases_kept: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +81,9 @@ pub struct Managed {
     pub command: String,
     /// SIGTERM → SIGKILL grace when stopping an instance.
     pub stop_grace: Duration,
+    /// Directory or `.tar.gz` holding the revision's files (absolute, or
+    /// resolved against the config file's directory).
+    pub artifact: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub struct RawServer {
     pub workers: Option<i64>,
     pub shutdown_timeout: Option<String>,
     pub port_range: Option<String>,
+    pub releases_kept: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +34,7 @@ pub struct RawService {
     pub revision: Option<String>,
     pub instances: Option<i64>,
     pub command: Option<String>,
+    pub artifact: Option<String>,
     pub strategy: Option<String>,
     pub stop_grace: Option<String>,
     pub health: Option<RawHealth>,
@@ -103,6 +105,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "workers",
             "shutdown_timeout",
             "port_range",
+            "releases_kept",
         ],
         ["services", _] => &[
             "listen",
@@ -110,6 +113,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "revision",
             "instances",
             "command",
+            "artifact",
             "strategy",
             "stop_grace",
             "health",

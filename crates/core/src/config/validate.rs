@@ -101,7 +101,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
                 format!("service name '{name}' may only use letters, digits, '-' and '_'"),
             );
         }
-        if let Some(svc) = service(&mut cx, &name, rs) {
+        if let Some(svc) = service(&mut cx, &name, rs, base) {
             // Port 0 (tests, "any free port") never conflicts.
             let fixed = svc.listen.port() != 0;
             if fixed && svc.listen == server.admin {
@@ -189,16 +189,28 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
             }
         }
     });
+    let releases_kept = match r.releases_kept {
+        None => d::RELEASES_KEPT,
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        Some(n) => {
+            cx.err(
+                "server.releases_kept",
+                format!("must be between 1 and 1000, got {n}"),
+            );
+            d::RELEASES_KEPT
+        }
+    };
     Server {
         admin,
         state_dir,
         workers,
         shutdown_timeout,
         port_range,
+        releases_kept,
     }
 }
 
-fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
+fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Service> {
     let k = |s: &str| format!("services.{name}.{s}");
     let listen = match r.listen.as_deref() {
         Some(s) => socket_addr(cx, k("listen"), s),
@@ -210,7 +222,10 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
             None
         }
     };
-    let managed_keys = r.command.is_some() || r.instances.is_some() || r.revision.is_some();
+    let managed_keys = r.command.is_some()
+        || r.instances.is_some()
+        || r.revision.is_some()
+        || r.artifact.is_some();
     let backend = match (&r.targets, managed_keys) {
         (Some(_), true) => {
             cx.err(
@@ -238,7 +253,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
             }
             Some(Backend::Static { targets: addrs })
         }
-        (None, true) => managed(cx, name, &r),
+        (None, true) => managed(cx, name, &r, base),
         (None, false) => {
             cx.err(
                 format!("services.{name}"),
@@ -298,7 +313,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService) -> Option<Service> {
     })
 }
 
-fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
+fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Backend> {
     let k = |s: &str| format!("services.{name}.{s}");
     let mut ok = true;
     let mut need = |cx: &mut Ctx, present: bool, key: &str, example: &str| {
@@ -328,12 +343,25 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService) -> Option<Backend> {
         }
     }
     let stop_grace = cx.duration(k("stop_grace"), r.stop_grace.as_ref(), d::STOP_GRACE);
+    let artifact = r.artifact.as_ref().map(|a| base.join(a));
+    if let Some(a) = &artifact {
+        if !a.exists() {
+            cx.err(
+                k("artifact"),
+                format!(
+                    "{} does not exist; give a directory or a .tar.gz",
+                    a.display()
+                ),
+            );
+        }
+    }
     ok.then(|| {
         Backend::Managed(Managed {
             revision: r.revision.clone().unwrap_or_default(),
             instances,
             command: r.command.clone().unwrap_or_default(),
             stop_grace,
+            artifact,
         })
     })
 }
