@@ -54,3 +54,4 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
     }
     Ok(())
 }
+pub mod plan;
