@@ -1,12 +1,16 @@
-//! A managed service's fleet: N instances of one revision, kept running.
+//! A managed service's fleet: its instances, kept running, and the
+//! operations a deployment performs on them.
 //!
 //! ```text
-//! boot:   store records ──► alive (pid + start time) & right revision? ──► adopt
-//!                       └─► otherwise stop what is left, start again on the same port
+//! boot:   store records ──► alive (pid + start time) & current revision? ──► adopt
+//!                       └─► otherwise stop what is left, start again (same name, same port)
 //!         /proc marks of this state dir that no record names ──► strays, stopped
 //! run:    instance exits ──► target unhealthy at once ──► event ──► restart with
 //!         back-off (1 s doubling to 30 s) on the same port
 //!         not healthy within healthy_deadline ──► replaced the same way
+//! deploy: start / await_healthy / drain / stop / supervise / weights / quiesce
+//!         (see `executor`); instances a deploy starts are supervised only once
+//!         the deploy accepts them
 //! stop:   (after the proxy stopped) SIGTERM → grace → SIGKILL each instance
 //! ```
 //!
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use handoff_core::config::{Managed, Service};
 use handoff_core::TargetState;
-use handoff_proxy::{ServiceProxy, TargetId, TargetSpec, DEFAULT_GROUP};
+use handoff_proxy::{ServiceProxy, TargetId, TargetSpec};
 use handoff_runtime::{ports, procfs, InstanceSpec, RunningInstance, Runtime};
 use handoff_store::{InstanceRecord, Store};
 use tokio::task::JoinHandle;
@@ -32,30 +36,50 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// An instance up this long has its restart back-off forgiven.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// The group instances start in on a first boot.
+pub const FIRST_GROUP: &str = "blue";
 
 struct Slot {
     port: u16,
+    revision: String,
+    group: String,
     running: Option<RunningInstance>,
     target: Option<TargetId>,
     restarts: u32,
-    /// Watches the process and its health; aborted before deliberate stops.
+    /// Watches the process and its health (or waits to restart it);
+    /// aborted before every deliberate stop.
     watcher: Option<JoinHandle<()>>,
+}
+
+/// A snapshot of one instance, for status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    pub name: String,
+    pub revision: String,
+    pub group: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub target: Option<TargetId>,
 }
 
 pub struct Fleet<R: Runtime> {
     pub service: Service,
     managed: Managed,
-    proxy: Arc<ServiceProxy>,
+    pub proxy: Arc<ServiceProxy>,
     runtime: Arc<R>,
-    store: Arc<Store>,
+    pub store: Arc<Store>,
     state_dir: PathBuf,
     /// Working directory of instances whose revision has no artifact.
     base_dir: PathBuf,
-    /// The revision's release directory once installed (else `base_dir`).
-    release_dir: Mutex<PathBuf>,
+    /// Release directory per installed revision.
+    release_dirs: Mutex<BTreeMap<String, PathBuf>>,
     releases_kept: usize,
     port_range: Option<(u16, u16)>,
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// The revision that serves (moves when a deployment succeeds).
+    current: Mutex<String>,
+    /// The group that carries traffic (`blue` or `green`).
+    live_group: Mutex<String>,
 }
 
 pub struct FleetOptions {
@@ -63,6 +87,13 @@ pub struct FleetOptions {
     pub base_dir: PathBuf,
     pub port_range: Option<(u16, u16)>,
     pub releases_kept: usize,
+}
+
+fn index_of(name: &str) -> u32 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 impl<R: Runtime> Fleet<R> {
@@ -77,7 +108,14 @@ impl<R: Runtime> Fleet<R> {
             handoff_core::config::Backend::Managed(m) => m.clone(),
             _ => return Err(ControllerError::NotManaged(service.name.clone())),
         };
-        proxy.set_weights(&[(DEFAULT_GROUP, 100)])?;
+        // The config's revision is what to bring up on a first start, and
+        // whenever the user edits it; otherwise the last deployed one serves.
+        let edited =
+            store.config_revision(&service.name)?.as_deref() != Some(managed.revision.as_str());
+        let current = match store.current_revision(&service.name)? {
+            Some(r) if !edited => r,
+            _ => managed.revision.clone(),
+        };
         Ok(Arc::new(Fleet {
             service,
             managed,
@@ -85,15 +123,17 @@ impl<R: Runtime> Fleet<R> {
             runtime,
             store,
             state_dir: opts.state_dir,
-            release_dir: Mutex::new(opts.base_dir.clone()),
             base_dir: opts.base_dir,
+            release_dirs: Mutex::new(BTreeMap::new()),
             releases_kept: opts.releases_kept,
             port_range: opts.port_range,
             slots: Mutex::new(BTreeMap::new()),
+            current: Mutex::new(current),
+            live_group: Mutex::new(FIRST_GROUP.into()),
         }))
     }
 
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.service.name
     }
 
@@ -101,67 +141,87 @@ impl<R: Runtime> Fleet<R> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn event(&self, instance: Option<&str>, kind: &str, message: &str) {
+    pub fn current_revision(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn live_group(&self) -> String {
+        self.live_group
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records an event of the fleet (or of a deployment) in the store.
+    pub fn event(&self, instance: Option<&str>, kind: &str, message: &str) {
         tracing::info!(service = %self.name(), instance = instance.unwrap_or("-"), kind, "{message}");
         if let Err(e) = self.store.event(self.name(), instance, kind, message) {
             tracing::error!(error = %e, "cannot record event");
         }
     }
 
-    fn instance_name(&self, i: u32) -> String {
-        format!("{}-{i}", self.name())
+    /// Instances by name order of their index (`web-2` before `web-10`).
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let mut v: Vec<InstanceView> = self
+            .slots()
+            .iter()
+            .map(|(n, s)| InstanceView {
+                name: n.clone(),
+                revision: s.revision.clone(),
+                group: s.group.clone(),
+                port: s.port,
+                pid: s.running.as_ref().map(|r| r.pid),
+                target: s.target,
+            })
+            .collect();
+        v.sort_by_key(|i| index_of(&i.name));
+        v
     }
 
-    /// Brings the fleet to `instances` × `revision`: adopts what is alive and
-    /// right, stops what is not, starts the rest. Returns once every instance
-    /// was started (not necessarily healthy yet).
+    /// The instances of the live group, in index order.
+    pub fn serving(&self) -> Vec<String> {
+        let live = self.live_group();
+        self.instances()
+            .into_iter()
+            .filter(|i| i.group == live)
+            .map(|i| i.name)
+            .collect()
+    }
+
+    /// `n` fresh instance names, after every name in use.
+    pub fn new_names(&self, n: usize) -> Vec<String> {
+        let top = self.slots().keys().map(|k| index_of(k)).max().unwrap_or(0);
+        (1..=n as u32)
+            .map(|i| format!("{}-{}", self.name(), top + i))
+            .collect()
+    }
+
+    /// Brings the fleet to `instances` × the current revision: adopts what is
+    /// alive and right, stops what is not, starts the rest.
     pub async fn boot(self: &Arc<Self>) -> Result<(), ControllerError> {
-        let revision = self.managed.revision.clone();
-        self.install_release().await?;
+        let revision = self.current_revision();
+        self.install_release(&revision).await?;
         let records = self.store.instances(self.name())?;
         self.stop_strays(&records).await;
-        let wanted: Vec<String> = (1..=self.managed.instances)
-            .map(|i| self.instance_name(i))
-            .collect();
-        let mut to_start = Vec::new();
+        let want = self.managed.instances as usize;
+        let mut kept: Vec<InstanceRecord> = Vec::new();
+        let mut restart: Vec<InstanceRecord> = Vec::new();
         for rec in records {
-            let run = RunningInstance {
-                service: rec.service.clone(),
-                instance: rec.name.clone(),
-                revision: rec.revision.clone(),
-                port: rec.port,
-                pid: rec.pid,
-                start_time: rec.start_time,
-            };
+            let run = running_of(&rec);
             let alive = rec.pid != 0 && self.runtime.is_alive(&run);
-            let keep = wanted.contains(&rec.name);
-            if alive && keep && rec.revision == revision {
-                self.event(
-                    Some(&rec.name),
-                    "adopted",
-                    &format!(
-                        "adopted live instance pid {} on port {} ({})",
-                        rec.pid, rec.port, rec.revision
-                    ),
-                );
-                self.slots().insert(
-                    rec.name.clone(),
-                    Slot {
-                        port: rec.port,
-                        running: None,
-                        target: None,
-                        restarts: rec.restarts,
-                        watcher: None,
-                    },
-                );
-                self.register(&rec.name, run)?;
+            let right = rec.revision == revision;
+            if alive && right && kept.len() < want {
+                kept.push(rec);
                 continue;
             }
             if alive {
-                let why = if keep {
-                    format!("runs revision {}, not {revision}", rec.revision)
+                let why = if right {
+                    "is beyond the configured instance count".to_string()
                 } else {
-                    "is beyond the configured instance count".into()
+                    format!("runs revision {}, not {revision}", rec.revision)
                 };
                 self.event(
                     Some(&rec.name),
@@ -170,56 +230,103 @@ impl<R: Runtime> Fleet<R> {
                 );
                 self.runtime.stop(&run, self.managed.stop_grace).await;
             }
-            if keep {
-                to_start.push((rec.name.clone(), rec.port, rec.restarts));
+            if right && kept.len() + restart.len() < want {
+                restart.push(rec);
             } else {
                 self.store.delete_instance(self.name(), &rec.name)?;
             }
         }
-        for name in &wanted {
-            if !self.slots().contains_key(name) && !to_start.iter().any(|(n, _, _)| n == name) {
-                to_start.push((name.clone(), 0, 0));
-            }
-        }
-        let mut taken: Vec<u16> = self.slots().values().map(|s| s.port).collect();
-        taken.extend(to_start.iter().map(|(_, p, _)| *p).filter(|p| *p != 0));
-        let mut starts = Vec::new();
-        for (name, port, restarts) in to_start {
-            let port = if port != 0 && ports::is_free(port) {
-                port
-            } else {
-                let p = ports::allocate(self.port_range, &taken)?;
-                taken.push(p);
-                p
-            };
-            self.slots().insert(
-                name.clone(),
-                Slot {
-                    port,
-                    running: None,
-                    target: None,
-                    restarts,
-                    watcher: None,
-                },
+        let group = kept
+            .first()
+            .map(|r| r.group.clone())
+            .unwrap_or_else(|| FIRST_GROUP.to_string());
+        *self.live_group.lock().unwrap_or_else(|e| e.into_inner()) = group.clone();
+        self.proxy
+            .set_weights(&[(handoff_proxy::DEFAULT_GROUP, 0), (&group, 100)])?;
+        for rec in &kept {
+            self.event(
+                Some(&rec.name),
+                "adopted",
+                &format!(
+                    "adopted live instance pid {} on port {} ({})",
+                    rec.pid, rec.port, rec.revision
+                ),
             );
+            self.slots().insert(
+                rec.name.clone(),
+                slot(rec.port, &rec.revision, &group, rec.restarts),
+            );
+            self.register(&rec.name, running_of(rec), true)?;
+        }
+        let mut names: Vec<(String, u16, u32)> = restart
+            .iter()
+            .map(|r| (r.name.clone(), r.port, r.restarts))
+            .collect();
+        let missing = want.saturating_sub(kept.len() + names.len());
+        for n in self.new_names_after(&kept, &names, missing) {
+            names.push((n, 0, 0));
+        }
+        let mut starts = Vec::new();
+        for (name, port, restarts) in names {
+            let port = self.port_for(port)?;
+            self.slots()
+                .insert(name.clone(), slot(port, &revision, &group, restarts));
             let me = self.clone();
-            starts.push(tokio::spawn(async move { me.start(&name).await }));
+            starts.push(tokio::spawn(async move {
+                if let Err(e) = me.start_one(&name, true).await {
+                    me.event(Some(&name), "start-failed", &e);
+                    me.retry_later(&name);
+                }
+            }));
         }
         for s in starts {
-            // A failed start is already recorded and scheduled for retry.
             let _ = s.await;
         }
+        self.store.set_current_revision(self.name(), &revision)?;
+        self.store
+            .set_config_revision(self.name(), &self.managed.revision)?;
         Ok(())
     }
 
-    /// Installs the revision's artifact (once; verified by sha256 against
-    /// both the release and the store) and prunes old releases.
-    async fn install_release(&self) -> Result<(), ControllerError> {
-        let revision = self.managed.revision.clone();
-        let (dir, sha) = match self.managed.artifact.clone() {
+    fn new_names_after(
+        &self,
+        kept: &[InstanceRecord],
+        restart: &[(String, u16, u32)],
+        n: usize,
+    ) -> Vec<String> {
+        let top = kept
+            .iter()
+            .map(|r| index_of(&r.name))
+            .chain(restart.iter().map(|(n, _, _)| index_of(n)))
+            .chain(self.slots().keys().map(|k| index_of(k)))
+            .max()
+            .unwrap_or(0);
+        (1..=n as u32)
+            .map(|i| format!("{}-{}", self.name(), top + i))
+            .collect()
+    }
+
+    /// A port for an instance: its old one if still free, else a new one.
+    fn port_for(&self, old: u16) -> Result<u16, ControllerError> {
+        if old != 0 && ports::is_free(old) {
+            return Ok(old);
+        }
+        let taken: Vec<u16> = self.slots().values().map(|s| s.port).collect();
+        Ok(ports::allocate(self.port_range, &taken)?)
+    }
+
+    /// Installs `revision`'s artifact (once; verified by sha256 against both
+    /// the release and the store) and prunes old releases. Revisions other
+    /// than the configured one carry no artifact yet (that comes with
+    /// `deploy --artifact`) and run in the config's directory.
+    pub async fn install_release(&self, revision: &str) -> Result<PathBuf, ControllerError> {
+        let artifact = (revision == self.managed.revision)
+            .then(|| self.managed.artifact.clone())
+            .flatten();
+        let (dir, sha) = match artifact.clone() {
             Some(a) => {
                 let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
-                let (svc, rev) = (self.name().to_string(), revision.clone());
+                let (svc, rev) = (self.name().to_string(), revision.to_string());
                 let rel = tokio::task::spawn_blocking(move || releases.install(&svc, &rev, &a))
                     .await
                     .map_err(|e| ControllerError::Internal(e.to_string()))??;
@@ -229,12 +336,8 @@ impl<R: Runtime> Fleet<R> {
         };
         let stored = self.store.put_revision(&handoff_store::RevisionRecord {
             service: self.name().to_string(),
-            id: revision.clone(),
-            artifact: self
-                .managed
-                .artifact
-                .as_ref()
-                .map(|a| a.display().to_string()),
+            id: revision.to_string(),
+            artifact: artifact.as_ref().map(|a| a.display().to_string()),
             sha256: sha.clone(),
             created_ms: handoff_store::now_ms(),
         })?;
@@ -242,7 +345,7 @@ impl<R: Runtime> Fleet<R> {
             if old != new {
                 return Err(handoff_runtime::RuntimeError::RevisionChanged {
                     service: self.name().to_string(),
-                    revision,
+                    revision: revision.to_string(),
                     existing: old.clone(),
                     new: new.clone(),
                 }
@@ -251,7 +354,14 @@ impl<R: Runtime> Fleet<R> {
         }
         if sha.is_some() {
             let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
-            let removed = releases.prune(self.name(), self.releases_kept, &[&revision])?;
+            let in_use: Vec<String> = self
+                .slots()
+                .values()
+                .map(|s| s.revision.clone())
+                .chain([revision.to_string()])
+                .collect();
+            let in_use: Vec<&str> = in_use.iter().map(String::as_str).collect();
+            let removed = releases.prune(self.name(), self.releases_kept, &in_use)?;
             if !removed.is_empty() {
                 self.event(
                     None,
@@ -260,8 +370,11 @@ impl<R: Runtime> Fleet<R> {
                 );
             }
         }
-        *self.release_dir.lock().unwrap_or_else(|e| e.into_inner()) = dir;
-        Ok(())
+        self.release_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(revision.to_string(), dir.clone());
+        Ok(dir)
     }
 
     /// Processes marked with our state dir and service that no record names
@@ -291,101 +404,135 @@ impl<R: Runtime> Fleet<R> {
         }
     }
 
-    fn spec(&self, name: &str, port: u16) -> InstanceSpec {
-        InstanceSpec {
-            service: self.name().to_string(),
-            instance: name.to_string(),
-            revision: self.managed.revision.clone(),
-            port,
-            command: self.managed.command.clone(),
-            release_dir: self
-                .release_dir
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        }
-    }
-
     fn record(
         &self,
         name: &str,
-        port: u16,
-        run: Option<&RunningInstance>,
         status: &str,
-        restarts: u32,
+        run: Option<&RunningInstance>,
     ) -> Result<(), ControllerError> {
+        let (port, revision, group, restarts) = match self.slots().get(name) {
+            Some(s) => (s.port, s.revision.clone(), s.group.clone(), s.restarts),
+            None => return Ok(()),
+        };
         self.store.put_instance(&InstanceRecord {
             service: self.name().to_string(),
             name: name.to_string(),
-            revision: run.map_or(self.managed.revision.clone(), |r| r.revision.clone()),
+            revision,
             port,
             pid: run.map_or(0, |r| r.pid),
             start_time: run.map_or(0, |r| r.start_time),
             status: status.to_string(),
             restarts,
+            group,
         })?;
         Ok(())
     }
 
-    /// Starts (or restarts) instance `name` on its port; on failure records
-    /// it and schedules a retry with back-off.
-    async fn start(self: &Arc<Self>, name: &str) {
-        let Some((port, restarts)) = self.slots().get(name).map(|s| (s.port, s.restarts)) else {
-            return;
+    /// Starts instance `name` as its slot says and registers it (as
+    /// `initial`: traffic only after its checks pass). `supervise` starts
+    /// the watcher that restarts it if it dies.
+    async fn start_one(self: &Arc<Self>, name: &str, supervise: bool) -> Result<(), String> {
+        let Some((port, revision)) = self.slots().get(name).map(|s| (s.port, s.revision.clone()))
+        else {
+            return Err(format!("no instance {name}"));
+        };
+        let known = self
+            .release_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&revision)
+            .cloned();
+        let dir = match known {
+            Some(d) => d,
+            None => self
+                .install_release(&revision)
+                .await
+                .map_err(|e| e.to_string())?,
         };
         // Persist the intent before the process exists.
-        if let Err(e) = self.record(name, port, None, "starting", restarts) {
-            tracing::error!(error = %e, "cannot record instance start");
-        }
-        match self.runtime.start(&self.spec(name, port)).await {
+        let _ = self.record(name, "starting", None);
+        let spec = InstanceSpec {
+            service: self.name().to_string(),
+            instance: name.to_string(),
+            revision: revision.clone(),
+            port,
+            command: self.managed.command.clone(),
+            release_dir: dir,
+        };
+        match self.runtime.start(&spec).await {
             Ok(run) => {
-                if let Err(e) = self.record(name, port, Some(&run), "running", restarts) {
-                    tracing::error!(error = %e, "cannot record started instance");
-                }
+                let _ = self.record(name, "running", Some(&run));
                 self.event(
                     Some(name),
                     "started",
-                    &format!("pid {} on port {port} ({})", run.pid, run.revision),
+                    &format!("pid {} on port {port} ({revision})", run.pid),
                 );
-                if let Err(e) = self.register(name, run) {
-                    tracing::error!(service = %self.name(), instance = name, error = %e, "cannot register target");
-                }
+                self.register(name, run, supervise)
+                    .map_err(|e| e.to_string())
             }
             Err(e) => {
-                let _ = self.record(name, port, None, "failed", restarts);
-                self.event(Some(name), "start-failed", &e.to_string());
-                self.retry_later(name);
+                let _ = self.record(name, "failed", None);
+                Err(e.to_string())
             }
         }
     }
 
-    /// Puts a running instance behind the proxy (as `initial`: no traffic
-    /// until its health checks pass) and starts watching it.
-    fn register(self: &Arc<Self>, name: &str, run: RunningInstance) -> Result<(), ControllerError> {
+    fn register(
+        self: &Arc<Self>,
+        name: &str,
+        run: RunningInstance,
+        supervise: bool,
+    ) -> Result<(), ControllerError> {
+        let group = self
+            .slots()
+            .get(name)
+            .map(|s| s.group.clone())
+            .unwrap_or_else(|| self.live_group());
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], run.port));
         let target = self.proxy.add_target(
-            DEFAULT_GROUP,
+            &group,
             TargetSpec {
                 addr,
                 revision: run.revision.clone(),
                 name: name.to_string(),
             },
         )?;
-        let me = self.clone();
-        let (n, r, t) = (name.to_string(), run.clone(), target.id);
-        let watcher = tokio::spawn(async move { me.watch(n, r, t).await });
         if let Some(s) = self.slots().get_mut(name) {
             s.running = Some(run);
             s.target = Some(target.id);
-            if let Some(old) = s.watcher.replace(watcher) {
-                // The old handle may be the restart task running this very
-                // call; it ends by itself.
-                if tokio::task::try_id() != Some(old.id()) {
-                    old.abort();
-                }
-            }
+        }
+        if supervise {
+            self.supervise(&[name.to_string()]);
         }
         Ok(())
+    }
+
+    /// Hands instances to the supervisor: from now on a death or a missed
+    /// health deadline restarts them.
+    pub fn supervise(self: &Arc<Self>, names: &[String]) {
+        for name in names {
+            let mut slots = self.slots();
+            let Some(s) = slots.get_mut(name) else {
+                continue;
+            };
+            if s.watcher.as_ref().is_some_and(|w| !w.is_finished()) {
+                continue;
+            }
+            let (Some(run), Some(t)) = (s.running.clone(), s.target) else {
+                continue;
+            };
+            let me = self.clone();
+            let n = name.clone();
+            s.watcher = Some(tokio::spawn(async move { me.watch(n, run, t).await }));
+        }
+    }
+
+    fn unsupervise(&self, name: &str) {
+        if let Some(w) = self.slots().get_mut(name).and_then(|s| s.watcher.take()) {
+            if tokio::task::try_id() != Some(w.id()) {
+                w.abort();
+            }
+        }
     }
 
     /// Waits for the instance to die or to miss its health deadline; then
@@ -451,51 +598,224 @@ impl<R: Runtime> Fleet<R> {
         let n = name.to_string();
         let h = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            me.start(&n).await;
+            if let Err(e) = me.start_one(&n, true).await {
+                me.event(Some(&n), "start-failed", &e);
+                me.retry_later(&n);
+            }
         });
-        // Kept as the slot's watcher so that shutdown cancels the restart.
+        // Kept as the slot's watcher so that a deliberate stop cancels it.
         if let Some(s) = self.slots().get_mut(name) {
             if let Some(old) = s.watcher.replace(h) {
-                old.abort();
+                if tokio::task::try_id() != Some(old.id()) {
+                    old.abort();
+                }
             }
         }
     }
 
-    /// Instances as they stand now: name, port, pid, target state.
-    pub fn instances(&self) -> Vec<(String, u16, Option<RunningInstance>, Option<TargetId>)> {
-        self.slots()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.port, s.running.clone(), s.target))
-            .collect()
+    // ---- operations of a deployment -------------------------------------
+
+    /// Starts `names` on `revision` in `group` (new names get a port; known
+    /// ones keep theirs), concurrently. Not supervised until `supervise`.
+    pub async fn start(
+        self: &Arc<Self>,
+        names: &[String],
+        revision: &str,
+        group: &str,
+    ) -> Result<(), String> {
+        self.install_release(revision)
+            .await
+            .map_err(|e| e.to_string())?;
+        for n in names {
+            let known = self.slots().get(n).map(|s| s.port);
+            let port = self
+                .port_for(known.unwrap_or(0))
+                .map_err(|e| e.to_string())?;
+            let mut slots = self.slots();
+            let s = slots
+                .entry(n.clone())
+                .or_insert_with(|| slot(port, revision, group, 0));
+            s.port = port;
+            s.revision = revision.to_string();
+            s.group = group.to_string();
+        }
+        let mut jobs = Vec::new();
+        for n in names {
+            let me = self.clone();
+            let n = n.clone();
+            jobs.push(tokio::spawn(async move { me.start_one(&n, false).await }));
+        }
+        let mut errors = Vec::new();
+        for j in jobs {
+            if let Ok(Err(e)) = j.await {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// All `names` pass their health checks within `healthy_deadline`, then
+    /// stay healthy (and alive) for `min_healthy_time`.
+    pub async fn await_healthy(&self, names: &[String]) -> Result<(), String> {
+        let h = &self.service.health;
+        let deadline = Instant::now() + h.healthy_deadline;
+        let state = |n: &String| -> Result<bool, String> {
+            let (run, target) = self
+                .slots()
+                .get(n)
+                .map(|s| (s.running.clone(), s.target))
+                .unwrap_or((None, None));
+            let (Some(run), Some(t)) = (run, target) else {
+                return Err(format!("{n} is not running"));
+            };
+            if !self.runtime.is_alive(&run) {
+                return Err(format!(
+                    "{n} exited (see `handoff logs {} {n}`)",
+                    self.name()
+                ));
+            }
+            Ok(self
+                .proxy
+                .target(t)
+                .map(|t| t.state() == TargetState::Healthy)
+                .unwrap_or(false))
+        };
+        loop {
+            let mut all = true;
+            for n in names {
+                all &= state(n)?;
+            }
+            if all {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let sick: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !state(n).unwrap_or(false))
+                    .collect();
+                return Err(format!(
+                    "{} not healthy within healthy_deadline {}",
+                    sick.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    handoff_core::duration::format(h.healthy_deadline)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let stay_until = Instant::now() + h.min_healthy_time;
+        while Instant::now() < stay_until {
+            for n in names {
+                if !state(n)? {
+                    return Err(format!(
+                        "{n} did not stay healthy for min_healthy_time {}",
+                        handoff_core::duration::format(h.min_healthy_time)
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(())
+    }
+
+    /// Deregisters `names` and waits for their in-flight requests (all at
+    /// once, each up to the drain timeout). Their supervision ends first so
+    /// that the stop that follows is not taken for a crash.
+    pub async fn drain(&self, names: &[String]) -> Vec<(String, handoff_proxy::DrainOutcome)> {
+        let mut jobs = Vec::new();
+        for n in names {
+            self.unsupervise(n);
+            let Some(t) = self.slots().get(n).and_then(|s| s.target) else {
+                continue;
+            };
+            let (p, n, timeout) = (self.proxy.clone(), n.clone(), self.service.drain.timeout);
+            jobs.push(tokio::spawn(async move { (n, p.drain(t, timeout).await) }));
+        }
+        let mut out = Vec::new();
+        for j in jobs {
+            if let Ok((n, Ok(o))) = j.await {
+                out.push((n, o));
+            }
+        }
+        out
+    }
+
+    /// Stops `names` (drained before) and takes their targets out of the
+    /// table. `forget` also drops them from the fleet (blue/green groups
+    /// that are done); otherwise they keep their name and port for a start.
+    pub async fn stop(&self, names: &[String], forget: bool) {
+        let mut jobs = Vec::new();
+        for n in names {
+            self.unsupervise(n);
+            let (run, target) = match self.slots().get_mut(n) {
+                Some(s) => (s.running.take(), s.target.take()),
+                None => continue,
+            };
+            let _ = self.record(n, "stopping", run.as_ref());
+            if let Some(t) = target {
+                let _ = self.proxy.remove(t, Duration::ZERO).await;
+            }
+            let (rt, grace) = (self.runtime.clone(), self.managed.stop_grace);
+            let n = n.clone();
+            jobs.push(tokio::spawn(async move {
+                if let Some(run) = run {
+                    rt.stop(&run, grace).await;
+                }
+                n
+            }));
+        }
+        for j in jobs {
+            if let Ok(n) = j.await {
+                if forget {
+                    self.slots().remove(&n);
+                    let _ = self.store.delete_instance(self.name(), &n);
+                } else {
+                    let _ = self.record(&n, "stopped", None);
+                }
+            }
+        }
+    }
+
+    /// Records `revision` as the one that serves, from `group`.
+    pub fn mark_current(&self, revision: &str, group: &str) -> Result<(), ControllerError> {
+        self.store.set_current_revision(self.name(), revision)?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = revision.to_string();
+        *self.live_group.lock().unwrap_or_else(|e| e.into_inner()) = group.to_string();
+        Ok(())
     }
 
     /// Stops every instance (after the proxy has stopped taking requests).
     pub async fn shutdown(&self) {
-        let all: Vec<(String, u16, u32, Option<RunningInstance>)> = {
-            let mut slots = self.slots();
-            slots
-                .iter_mut()
-                .map(|(n, s)| {
-                    if let Some(w) = s.watcher.take() {
-                        w.abort();
-                    }
-                    (n.clone(), s.port, s.restarts, s.running.take())
-                })
-                .collect()
-        };
-        let mut stops = Vec::new();
-        for (name, port, restarts, run) in all {
-            let _ = self.record(&name, port, run.as_ref(), "stopping", restarts);
-            if let Some(run) = run {
-                let rt = self.runtime.clone();
-                let grace = self.managed.stop_grace;
-                stops.push(tokio::spawn(async move { rt.stop(&run, grace).await }));
-            }
-            let _ = self.record(&name, port, None, "stopped", restarts);
-        }
-        for s in stops {
-            let _ = s.await;
-        }
+        let names: Vec<String> = self.slots().keys().cloned().collect();
+        self.stop(&names, false).await;
         self.event(None, "stopped", "all instances stopped");
+    }
+}
+
+fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
+    Slot {
+        port,
+        revision: revision.to_string(),
+        group: group.to_string(),
+        running: None,
+        target: None,
+        restarts,
+        watcher: None,
+    }
+}
+
+fn running_of(r: &InstanceRecord) -> RunningInstance {
+    RunningInstance {
+        service: r.service.clone(),
+        instance: r.name.clone(),
+        revision: r.revision.clone(),
+        port: r.port,
+        pid: r.pid,
+        start_time: r.start_time,
     }
 }

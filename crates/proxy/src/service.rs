@@ -140,22 +140,46 @@ impl ServiceProxy {
         Ok(target)
     }
 
-    /// Sets the weight of each named group; groups not named keep theirs.
+    /// Sets the weight of each named group (creating it if needed); groups
+    /// not named keep theirs. Groups left empty with weight 0 are dropped.
+    /// One swap: a blue/green flip takes effect for the next request.
     pub fn set_weights(&self, weights: &[(&str, u32)]) -> Result<(), ControlError> {
         self.update(|t| {
             for (name, w) in weights {
-                let g = t
-                    .groups
-                    .iter_mut()
-                    .find(|g| &*g.name == *name)
-                    .ok_or_else(|| ControlError::UnknownGroup {
-                        service: self.name.to_string(),
-                        group: name.to_string(),
-                    })?;
-                g.weight = *w;
+                match t.groups.iter_mut().find(|g| &*g.name == *name) {
+                    Some(g) => g.weight = *w,
+                    None => t.groups.push(Group {
+                        name: (*name).into(),
+                        weight: *w,
+                        targets: Vec::new(),
+                    }),
+                }
             }
+            t.groups.retain(|g| !g.targets.is_empty() || g.weight > 0);
             Ok(())
         })
+    }
+
+    /// Waits until no request is in flight on `group`'s targets (after its
+    /// weight went to 0), or `timeout`; returns how many were still open.
+    /// Unlike a drain, the targets stay registered and healthy, so putting
+    /// the weight back is instant.
+    pub async fn quiesce(&self, group: &str, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open: u64 = self
+                .table()
+                .groups
+                .iter()
+                .filter(|g| &*g.name == group)
+                .flat_map(|g| g.targets.iter())
+                .map(|t| t.in_flight())
+                .sum();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn target(&self, id: TargetId) -> Result<Arc<Target>, ControlError> {
@@ -202,9 +226,8 @@ impl ServiceProxy {
             for g in tab.groups.iter_mut() {
                 g.targets.retain(|x| x.id != id);
             }
-            // Empty non-default groups are gone once their last target is.
-            tab.groups
-                .retain(|g| !g.targets.is_empty() || &*g.name == DEFAULT_GROUP);
+            // Groups that can no longer serve anything are dropped.
+            tab.groups.retain(|g| !g.targets.is_empty() || g.weight > 0);
             Ok(())
         })?;
         Ok(out)

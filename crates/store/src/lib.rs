@@ -50,6 +50,8 @@ pub struct InstanceRecord {
     /// `starting`, `running`, `stopping`, `stopped`, `failed`.
     pub status: String,
     pub restarts: u32,
+    /// Target group (`blue` / `green`).
+    pub group: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,12 +179,12 @@ impl Store {
     /// Inserts or replaces the instance record (keyed by service + name).
     pub fn put_instance(&self, i: &InstanceRecord) -> Result<(), StoreError> {
         self.lock().execute(
-            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, restarts, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, restarts, updated_ms, grp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (service, name) DO UPDATE SET revision = excluded.revision, port = excluded.port,
                pid = excluded.pid, start_time = excluded.start_time, status = excluded.status,
-               restarts = excluded.restarts, updated_ms = excluded.updated_ms",
-            params![i.service, i.name, i.revision, i.port, i.pid, i.start_time as i64, i.status, i.restarts, now_ms()],
+               restarts = excluded.restarts, updated_ms = excluded.updated_ms, grp = excluded.grp",
+            params![i.service, i.name, i.revision, i.port, i.pid, i.start_time as i64, i.status, i.restarts, now_ms(), i.group],
         )?;
         Ok(())
     }
@@ -190,7 +192,7 @@ impl Store {
     pub fn instances(&self, service: &str) -> Result<Vec<InstanceRecord>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT service, name, revision, port, pid, start_time, status, restarts FROM instances
+            "SELECT service, name, revision, port, pid, start_time, status, restarts, grp FROM instances
              WHERE service = ?1 ORDER BY length(name), name",
         )?;
         let rows = st.query_map(params![service], |r| {
@@ -203,6 +205,7 @@ impl Store {
                 start_time: r.get::<_, i64>(5)? as u64,
                 status: r.get(6)?,
                 restarts: r.get(7)?,
+                group: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -250,6 +253,172 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A deployment as stored: its planner state is opaque JSON to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub strategy: String,
+    pub status: String,
+    pub state: String,
+    pub report: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl Store {
+    /// Writes a deployment's state and, in the same transaction, the event
+    /// that explains the change: the state is never ahead of its record.
+    pub fn save_deployment(
+        &self,
+        d: &DeploymentRecord,
+        event: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO deployments (id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state,
+               report = COALESCE(excluded.report, deployments.report), updated_ms = excluded.updated_ms",
+            params![d.id, d.service, d.from, d.to, d.strategy, d.status, d.state, d.report, now],
+        )?;
+        if let Some((kind, message)) = event {
+            tx.execute(
+                "INSERT INTO deployment_events (deployment, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4)",
+                params![d.id, now, kind, message],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRecord> {
+        Ok(DeploymentRecord {
+            id: r.get(0)?,
+            service: r.get(1)?,
+            from: r.get(2)?,
+            to: r.get(3)?,
+            strategy: r.get(4)?,
+            status: r.get(5)?,
+            state: r.get(6)?,
+            report: r.get(7)?,
+            created_ms: r.get(8)?,
+            updated_ms: r.get(9)?,
+        })
+    }
+
+    pub fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms
+                 FROM deployments WHERE id = ?1",
+                params![id],
+                Self::deployment_row,
+            )
+            .optional()?)
+    }
+
+    /// A service's deployments, newest first.
+    pub fn deployments(
+        &self,
+        service: &str,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms
+             FROM deployments WHERE service = ?1 ORDER BY created_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![service, limit as i64], Self::deployment_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `(at_ms, kind, message)` of a deployment, in order.
+    pub fn deployment_events(&self, id: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT at_ms, kind, message FROM deployment_events WHERE deployment = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The revision serving `service` (set by successful deployments).
+    pub fn current_revision(&self, service: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT revision FROM current_revisions WHERE service = ?1",
+                params![service],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The `revision` key of the config when the daemon last booted: a
+    /// changed one means the user edited it, and it wins over deployments.
+    pub fn config_revision(&self, service: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT config_revision FROM current_revisions WHERE service = ?1",
+                params![service],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_config_revision(&self, service: &str, revision: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE current_revisions SET config_revision = ?2 WHERE service = ?1",
+            params![service, revision],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `revision` serves `service` and is stable (a rollback
+    /// target).
+    pub fn set_current_revision(&self, service: &str, revision: &str) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO current_revisions (service, revision, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (service) DO UPDATE SET revision = excluded.revision, updated_ms = excluded.updated_ms",
+            params![service, revision, now_ms()],
+        )?;
+        tx.execute(
+            "UPDATE revisions SET stable = 1 WHERE service = ?1 AND id = ?2",
+            params![service, revision],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest stable revision other than `except` (the rollback target).
+    pub fn last_stable_except(
+        &self,
+        service: &str,
+        except: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT r.id FROM revisions r
+                 LEFT JOIN deployments d ON d.service = r.service AND d.to_rev = r.id AND d.status = 'succeeded'
+                 WHERE r.service = ?1 AND r.stable = 1 AND r.id != ?2
+                 GROUP BY r.id ORDER BY MAX(COALESCE(d.updated_ms, r.created_ms)) DESC LIMIT 1",
+                params![service, except],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }
 

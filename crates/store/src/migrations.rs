@@ -42,6 +42,38 @@ const STEPS: &[&str] = &[
      CREATE INDEX events_by_service ON events (service, id);",
     // v2: restart counts survive a daemon restart (the back-off resumes).
     "ALTER TABLE instances ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
+    // v3: deployments (state as JSON, written before every side effect),
+    // their events, the instance's target group, and the revision that
+    // currently serves each service.
+    "CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        from_rev TEXT NOT NULL,
+        to_rev TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL,
+        report TEXT,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );
+     CREATE INDEX deployments_by_service ON deployments (service, created_ms);
+     CREATE TABLE deployment_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deployment TEXT NOT NULL REFERENCES deployments (id),
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX deployment_events_by_deployment ON deployment_events (deployment, id);
+     ALTER TABLE instances ADD COLUMN grp TEXT NOT NULL DEFAULT 'blue';
+     CREATE TABLE current_revisions (
+        service TEXT PRIMARY KEY,
+        revision TEXT NOT NULL,
+        config_revision TEXT NOT NULL DEFAULT '',
+        updated_ms INTEGER NOT NULL
+     );
+     ALTER TABLE revisions ADD COLUMN stable INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -10,6 +10,7 @@ fn inst(name: &str, port: u16) -> InstanceRecord {
         start_time: 123,
         status: "running".into(),
         restarts: 0,
+        group: "blue".into(),
     }
 }
 
@@ -111,5 +112,66 @@ fn refuses_a_newer_schema() {
         e.to_string()
             .contains("newer than this handoff understands"),
         "{e}"
+    );
+}
+
+#[test]
+fn deployment_state_and_events_are_written_together() {
+    let s = Store::memory().unwrap();
+    let mut d = DeploymentRecord {
+        id: "web-1".into(),
+        service: "web".into(),
+        from: "v1".into(),
+        to: "v2".into(),
+        strategy: "in-place".into(),
+        status: "running".into(),
+        state: "{}".into(),
+        report: None,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    s.save_deployment(&d, Some(("start", "deploying v2")))
+        .unwrap();
+    d.status = "succeeded".into();
+    d.report = Some("{\"ok\":1}".into());
+    s.save_deployment(&d, Some(("done", "v2 serves"))).unwrap();
+    let got = s.deployment("web-1").unwrap().unwrap();
+    assert_eq!(
+        (got.status.as_str(), got.report.as_deref()),
+        ("succeeded", Some("{\"ok\":1}"))
+    );
+    let ev = s.deployment_events("web-1").unwrap();
+    assert_eq!(
+        ev.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+        ["start", "done"]
+    );
+    assert_eq!(s.deployments("web", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn current_and_last_stable_revisions() {
+    let s = Store::memory().unwrap();
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        s.put_revision(&RevisionRecord {
+            service: "web".into(),
+            id: v.to_string(),
+            artifact: None,
+            sha256: None,
+            created_ms: i as i64,
+        })
+        .unwrap();
+    }
+    assert_eq!(s.current_revision("web").unwrap(), None);
+    s.set_current_revision("web", "v1").unwrap();
+    s.set_current_revision("web", "v2").unwrap();
+    assert_eq!(s.current_revision("web").unwrap().as_deref(), Some("v2"));
+    // v3 failed (never stable): rolling back from it goes to v2; from v2, to v1.
+    assert_eq!(
+        s.last_stable_except("web", "v3").unwrap().as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        s.last_stable_except("web", "v2").unwrap().as_deref(),
+        Some("v1")
     );
 }
