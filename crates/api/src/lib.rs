@@ -1,25 +1,45 @@
 //! handoff-api: the daemon's admin surface on `server.admin`.
 //!
-//! For now it serves `/healthz` (is the daemon up), `/metrics` (Prometheus
-//! text rendered by `prometheus-client` from the proxy's collector) and
-//! `/logs/{service}/{instance}?lines=N` (the tail of an instance's log). The JSON API, events and dashboard join it here, on the same
-//! axum router, so one listener carries every admin surface.
+//! One axum router serves:
+//!
+//! - `GET /healthz`, `GET /metrics` (Prometheus text from the proxy's
+//!   collector), `GET /logs/{service}/{instance}?lines=N`;
+//! - `GET /services`: groups, weights, targets, states, in-flight;
+//! - `POST /deployments` (body [`types::DeployBody`]), `GET /deployments/{id}`,
+//!   `GET /services/{name}/deployments`;
+//! - `POST /services/{name}/{pause|resume|abort|promote|rollback}`.
+//!
+//! Errors are JSON `{"error": {"code", "message"}}` with a stable code:
+//! 400 bad body, 404 unknown service/deployment, 409 conflict. The CLI uses
+//! the same [`types`].
 
+pub mod types;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use handoff_controller::executor::{self, DeployError, DeployRequest, Deployer};
+use handoff_controller::plan::{Event, Kind};
+use handoff_proxy::ServiceProxy;
+use handoff_runtime::ProcessRuntime;
 use prometheus_client::registry::Registry;
+use types::*;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
     /// `state_dir/logs`: instance logs by service.
     pub logs_dir: std::path::PathBuf,
+    /// Every proxied service.
+    pub services: Arc<BTreeMap<String, Arc<ServiceProxy>>>,
+    /// Deployers of managed services.
+    pub deployers: Arc<BTreeMap<String, Arc<Deployer<ProcessRuntime>>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -32,7 +52,48 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/logs/{service}/{instance}", get(logs))
+        .route("/services", get(services))
+        .route("/services/{name}/deployments", get(history))
+        .route("/services/{name}/{verb}", post(control))
+        .route("/deployments", post(deploy))
+        .route("/deployments/{id}", get(deployment))
         .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }),
+    )
+        .into_response()
+}
+
+fn deploy_error(e: DeployError) -> Response {
+    match e {
+        DeployError::Conflict { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        DeployError::NoneActive { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        DeployError::Rejected(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        DeployError::Controller(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+fn deployer<'a>(s: &'a AdminState, name: &str) -> Result<&'a Arc<Deployer<ProcessRuntime>>, Response> {
+    s.deployers.get(name).ok_or_else(|| {
+        if s.services.contains_key(name) {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("service '{name}' has fixed targets; only managed services (with `command`) are deployed"),
+            )
+        } else {
+            error(StatusCode::NOT_FOUND, "not_found", format!("no service '{name}'; known: {}", s.services.keys().cloned().collect::<Vec<_>>().join(", ")))
+        }
+    })
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
@@ -40,56 +101,194 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             out,
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render metrics: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot render metrics: {e}")),
     }
 }
 
-async fn logs(
-    State(s): State<AdminState>,
-    Path((service, instance)): Path<(String, String)>,
-    Query(q): Query<LogQuery>,
-) -> impl IntoResponse {
-    let safe = |x: &str| {
-        !x.is_empty()
-            && x.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
+async fn logs(State(s): State<AdminState>, Path((service, instance)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Response {
+    let safe = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !safe(&service) || !safe(&instance) {
-        return (
-            StatusCode::BAD_REQUEST,
-            "service and instance names use letters, digits, '-' and '_'\n".to_string(),
-        );
+        return error(StatusCode::BAD_REQUEST, "bad_request", "service and instance names use letters, digits, '-' and '_'");
     }
     let path = handoff_runtime::logs::path(&s.logs_dir, &service, &instance);
     if !path.exists() {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no log for instance '{instance}' of service '{service}'\n"),
-        );
+        return error(StatusCode::NOT_FOUND, "not_found", format!("no log for instance '{instance}' of service '{service}'"));
     }
     let mut t = handoff_runtime::logs::tail(&path, q.lines.unwrap_or(100).min(10_000));
     t.push('\n');
-    (StatusCode::OK, t)
+    (StatusCode::OK, t).into_response()
+}
+
+async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
+    let mut out = Vec::new();
+    for (name, p) in s.services.iter() {
+        let table = p.table();
+        let d = s.deployers.get(name);
+        out.push(ServiceView {
+            name: name.clone(),
+            listen: p.listen.to_string(),
+            revision: d.map(|d| d.fleet.current_revision()),
+            deployment: d.and_then(|d| d.current()).filter(|x| x.status.is_active()).map(|x| x.id),
+            groups: table
+                .groups
+                .iter()
+                .map(|g| GroupView {
+                    name: g.name.to_string(),
+                    weight: g.weight,
+                    targets: g
+                        .targets
+                        .iter()
+                        .map(|t| TargetView {
+                            name: t.name.to_string(),
+                            addr: t.addr.to_string(),
+                            revision: t.revision.to_string(),
+                            state: t.state().to_string(),
+                            in_flight: t.in_flight(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
+    }
+    Json(out)
+}
+
+async fn deploy(State(s): State<AdminState>, body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("bad deploy body: {}", e.body_text())),
+    };
+    let d = match deployer(&s, &b.service) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let strategy = match b.strategy.as_deref() {
+        None => None,
+        Some(x) => match handoff_core::config::Strategy::parse(x) {
+            Some(k) => Some(Kind::from(k)),
+            None => return error(StatusCode::BAD_REQUEST, "bad_request", format!("strategy: unknown '{x}'; use in-place, blue-green or all-at-once")),
+        },
+    };
+    let batch = match b.batch.as_deref() {
+        None => None,
+        Some(x) => match handoff_core::config::parse_amount(x) {
+            Ok(a) => Some(a),
+            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("batch: {m}")),
+        },
+    };
+    if b.revision.is_empty() || b.revision.contains('/') || b.revision.starts_with('.') {
+        return error(StatusCode::BAD_REQUEST, "bad_request", format!("revision: '{}' is not a usable revision id", b.revision));
+    }
+    match d.deploy(DeployRequest { revision: b.revision, strategy, batch }).await {
+        Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn control(State(s): State<AdminState>, Path((name, verb)): Path<(String, String)>, body: Option<Json<RollbackBody>>) -> Response {
+    let d = match deployer(&s, &name) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let ev = match verb.as_str() {
+        "pause" => Event::Pause,
+        "resume" => Event::Resume,
+        "abort" => Event::Abort,
+        "promote" => Event::Promote,
+        "rollback" => return rollback(d, body.map(|b| b.0).unwrap_or_default()).await,
+        other => return error(StatusCode::NOT_FOUND, "not_found", format!("unknown action '{other}'; use pause, resume, abort, promote or rollback")),
+    };
+    match d.control(ev) {
+        Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// Blue/green in retention: a flip. Running: abort (which rolls back).
+/// Otherwise: a new deployment to `to` or the last stable revision.
+async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Response {
+    if let Some(cur) = d.current().filter(|c| c.status.is_active()) {
+        let ev = if cur.status == handoff_controller::plan::Status::Retained { Event::Rollback } else { Event::Abort };
+        return match d.control(ev) {
+            Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
+            Err(e) => deploy_error(e),
+        };
+    }
+    let current = d.fleet.current_revision();
+    let target = match b.to {
+        Some(t) => t,
+        None => match d.fleet.store.last_stable_except(d.fleet.name(), &current) {
+            Ok(Some(t)) => t,
+            Ok(None) => return error(StatusCode::CONFLICT, "conflict", format!("service '{}' has no stable revision other than {current} to roll back to", d.fleet.name())),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        },
+    };
+    if target == current {
+        return error(StatusCode::CONFLICT, "conflict", format!("{target} is the revision serving now; nothing to roll back to"));
+    }
+    match d.deploy(DeployRequest { revision: target, ..Default::default() }).await {
+        Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+fn view(d: &Arc<Deployer<ProcessRuntime>>, rec: handoff_store::DeploymentRecord) -> DeploymentView {
+    let state: Option<handoff_controller::plan::Deployment> = serde_json::from_str(&rec.state).ok();
+    let events = d
+        .fleet
+        .store
+        .deployment_events(&rec.id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(at_ms, kind, message)| EventView { at_ms, kind, message })
+        .collect::<Vec<_>>();
+    let retained_until_ms = (rec.status == "retained")
+        .then(|| events.iter().rev().find(|e| e.kind == "retained").map(|e| e.at_ms + d.fleet.service.blue_green.retention.as_millis() as i64))
+        .flatten();
+    DeploymentView {
+        id: rec.id,
+        service: rec.service,
+        from: rec.from,
+        to: rec.to,
+        strategy: rec.strategy,
+        status: rec.status,
+        paused: state.as_ref().is_some_and(|s| s.paused),
+        reason: state.and_then(|s| s.reason),
+        retained_until_ms,
+        events,
+        report: rec.report.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()),
+        created_ms: rec.created_ms,
+        updated_ms: rec.updated_ms,
+    }
+}
+
+async fn deployment(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    for d in s.deployers.values() {
+        if let Ok(Some(rec)) = d.fleet.store.deployment(&id) {
+            return Json(view(d, rec)).into_response();
+        }
+    }
+    error(StatusCode::NOT_FOUND, "not_found", format!("no deployment '{id}'"))
+}
+
+async fn history(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let d = match deployer(&s, &name) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match d.fleet.store.deployments(&name, 100) {
+        Ok(list) => Json(list.into_iter().map(|r| view(d, r)).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 /// Serves the admin API until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AdminState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
+
+pub use executor::status_str;

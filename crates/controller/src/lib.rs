@@ -55,3 +55,6 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
     Ok(())
 }
 pub mod plan;
+pub mod analysis;
+pub mod report;
+pub mod executor;

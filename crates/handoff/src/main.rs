@@ -1,6 +1,7 @@
 //! The `handoff` binary: a thin main that parses the command line and wires
 //! the crates together (config → proxy → controller → admin API).
 
+mod client;
 mod sample_app;
 mod serve;
 
@@ -48,8 +49,86 @@ enum Cmd {
         #[arg(short, long, default_value = "handoff.toml")]
         config: PathBuf,
     },
+    /// Deploy REVISION of SERVICE and follow it live; exits 0 when the new
+    /// revision serves, 1 when the deploy failed (saying whether it rolled back).
+    Deploy {
+        service: String,
+        revision: String,
+        /// in-place, blue-green or all-at-once (default: the service's).
+        #[arg(long)]
+        strategy: Option<String>,
+        /// In-place batch: a count or a percentage ("1", "50%").
+        #[arg(long)]
+        batch: Option<String>,
+        /// Start it and return at once.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Roll SERVICE back: a flip while blue/green retains blue, else a deploy
+    /// of the last stable revision (or --to).
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Hold the running deployment before its next step.
+    Pause {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Continue a paused deployment.
+    Resume {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stop the running deployment and roll back.
+    Abort {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Skip the remaining bake and traffic steps (or end blue's retention now).
+    Promote {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Services, groups, targets, states and in-flight requests.
+    Status {
+        service: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Deployments of SERVICE, newest first.
+    History {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// A deployment's events and measured report.
+    Report {
+        id: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// The bundled test/demo web app.
     SampleApp(sample_app::SampleApp),
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Admin address of the daemon.
+    #[arg(long, env = "HANDOFF_ADMIN", default_value = "http://127.0.0.1:9900")]
+    admin: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +146,30 @@ fn main() -> ExitCode {
         } => logs(&admin, &service, &instance, lines),
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
+        Cmd::Deploy { service, revision, strategy, batch, detach, c } => {
+            let body = handoff_api::types::DeployBody { service, revision, strategy, batch };
+            match client::deploy(&client::Client::new(&c.admin), body, detach, c.json) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Rollback { service, to, c } => {
+            let cl = client::Client::new(&c.admin);
+            let body = serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
+            match client::control(&cl, &service, "rollback", Some(body), c.json).and_then(|id| client::follow(&cl, &id, c.json)) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Pause { service, c } => verb(&c, &service, "pause"),
+        Cmd::Resume { service, c } => verb(&c, &service, "resume"),
+        Cmd::Abort { service, c } => verb(&c, &service, "abort"),
+        Cmd::Promote { service, c } => verb(&c, &service, "promote"),
+        Cmd::Status { service, c } => client::status(&client::Client::new(&c.admin), service.as_deref(), c.json),
+        Cmd::History { service, c } => client::history(&client::Client::new(&c.admin), &service, c.json),
+        Cmd::Report { id, c } => client::report(&client::Client::new(&c.admin), &id, c.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +178,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn verb(c: &ClientArgs, service: &str, verb: &str) -> anyhow::Result<()> {
+    let id = client::control(&client::Client::new(&c.admin), service, verb, None, c.json)?;
+    if !c.json {
+        println!("{verb}: sent to deployment {id}");
+    }
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

@@ -103,6 +103,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let server = proxy.start(cfg.server.shutdown_timeout)?;
 
     let mut fleets = Vec::new();
+    let mut deployers = std::collections::BTreeMap::new();
     if needs_state {
         let store = Arc::new(Store::open(&cfg.server.state_dir)?);
         let runtime = Arc::new(ProcessRuntime::new(&cfg.server.state_dir));
@@ -127,7 +128,12 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                         releases_kept: cfg.server.releases_kept,
                     },
                 )?;
+                let deployer = handoff_controller::executor::Deployer::new(fleet.clone());
+                for id in deployer.recover()? {
+                    tracing::warn!(service = %svc.name, deployment = %id, "closed a deployment interrupted by a restart of handoff");
+                }
                 fleet.boot().await?;
+                deployers.insert(svc.name.clone(), deployer);
                 fleets.push(fleet);
             }
         }
@@ -144,6 +150,8 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
         logs_dir: cfg.server.state_dir.join("logs"),
+        services: Arc::new(proxy.services().map(|s| (s.name.to_string(), s.clone())).collect()),
+        deployers: Arc::new(deployers),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {

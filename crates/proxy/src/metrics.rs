@@ -53,6 +53,11 @@ impl TargetStats {
     pub fn errors_5xx(&self) -> u64 {
         self.by_class[4].load(Relaxed)
     }
+
+    /// Non-cumulative latency bucket counts (bounds in [`BUCKETS`], then +Inf).
+    pub fn bucket_counts(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.buckets[i].load(Relaxed))
+    }
 }
 
 /// Answers handoff gave itself, per service, by reason.

@@ -341,6 +341,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Appends an event to a deployment's record without changing its state.
+    pub fn save_deployment_event(&self, id: &str, kind: &str, message: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO deployment_events (deployment, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4)",
+            params![id, now_ms(), kind, message],
+        )?;
+        Ok(())
+    }
+
     /// `(at_ms, kind, message)` of a deployment, in order.
     pub fn deployment_events(&self, id: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
         let c = self.lock();

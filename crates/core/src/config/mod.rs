@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::validate;
+pub use validate::{parse_amount, validate};
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone)]

@@ -1,0 +1,91 @@
+//! Request and response bodies shared by the API and the CLI, so the two
+//! cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    pub service: String,
+    pub revision: String,
+    /// `in-place`, `blue-green` or `all-at-once`; default: the service's.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// In-place batch, a count (`"1"`) or a percentage (`"50%"`).
+    #[serde(default)]
+    pub batch: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    pub at_ms: i64,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub strategy: String,
+    pub status: String,
+    pub paused: bool,
+    pub reason: Option<String>,
+    /// Blue/green: when blue will be terminated (unix ms), while retained.
+    pub retained_until_ms: Option<i64>,
+    pub events: Vec<EventView>,
+    pub report: Option<serde_json::Value>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetView {
+    pub name: String,
+    pub addr: String,
+    pub revision: String,
+    pub state: String,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    pub weight: u32,
+    pub targets: Vec<TargetView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub listen: String,
+    pub revision: Option<String>,
+    pub deployment: Option<String>,
+    pub groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable: `bad_request`, `not_found`, `conflict`, `internal`.
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,149 @@
+//! The deploy report, measured from what actually happened: a sampler reads
+//! the proxy every 50 ms during the deployment (healthy targets in service,
+//! per-revision request counters, live instances) and the store's events
+//! give the step timings.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use handoff_core::TargetState;
+use handoff_proxy::ServiceProxy;
+use serde::{Deserialize, Serialize};
+
+
+const EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RevisionFigures {
+    pub revision: String,
+    pub requests: u64,
+    pub errors_5xx: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub deployment: String,
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub strategy: String,
+    pub outcome: String,
+    pub duration_ms: u64,
+    /// Instances serving when the deployment began (the capacity wanted).
+    pub desired: usize,
+    /// Fewest healthy targets in service at any sample.
+    pub capacity_floor: usize,
+    /// Most instances alive at once.
+    pub peak_instances: usize,
+    /// From the first request served by `to` to the last served by `from`;
+    /// 0 if they never overlapped.
+    pub mixed_window_ms: u64,
+    pub per_revision: Vec<RevisionFigures>,
+    /// From the start of the rollback to its end, if there was one.
+    pub rollback_ms: Option<u64>,
+    /// `(step, ms since start)` from the deployment's events.
+    pub steps: Vec<(String, u64)>,
+    pub reason: Option<String>,
+}
+
+#[derive(Default)]
+struct Seen {
+    floor: Option<usize>,
+    peak: usize,
+    first_new: Option<Instant>,
+    last_old: Option<Instant>,
+    /// Last seen (requests, 5xx) per target, to accumulate deltas: targets
+    /// removed from the table take their own counters with them.
+    last: HashMap<u64, (u64, u64)>,
+    /// (requests, 5xx) per revision during the deployment.
+    totals: HashMap<String, (u64, u64)>,
+    rollback_started: Option<Instant>,
+}
+
+impl Seen {
+    fn sample(&mut self, p: &ServiceProxy, from: &str, to: &str, alive: usize) {
+        let table = p.table();
+        let in_service = table
+            .groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.targets.iter())
+            .filter(|t| t.state() == TargetState::Healthy)
+            .count();
+        self.floor = Some(self.floor.map_or(in_service, |f| f.min(in_service)));
+        self.peak = self.peak.max(alive);
+        let now = Instant::now();
+        for (_, t) in table.targets() {
+            let cur = (t.stats.requests(), t.stats.errors_5xx());
+            let prev = self.last.insert(t.id, cur);
+            let Some(prev) = prev else { continue };
+            let d = (cur.0.saturating_sub(prev.0), cur.1.saturating_sub(prev.1));
+            if d.0 == 0 {
+                continue;
+            }
+            let e = self.totals.entry(t.revision.to_string()).or_default();
+            e.0 += d.0;
+            e.1 += d.1;
+            if &*t.revision == to && self.first_new.is_none() {
+                self.first_new = Some(now);
+            }
+            if &*t.revision == from {
+                self.last_old = Some(now);
+            }
+        }
+    }
+}
+
+/// Samples while the deployment runs; `finish` stops it and fills a report.
+pub struct Sampler {
+    started: Instant,
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+    proxy: Arc<ServiceProxy>,
+    from: String,
+    to: String,
+}
+
+impl Sampler {
+    pub fn start(proxy: Arc<ServiceProxy>, from: &str, to: &str, alive: impl Fn() -> usize + Send + 'static) -> Sampler {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        seen.lock().unwrap().sample(&proxy, from, to, alive());
+        let (p, s2, f, t) = (proxy.clone(), seen.clone(), from.to_string(), to.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EVERY).await;
+                let n = alive();
+                s2.lock().unwrap_or_else(|e| e.into_inner()).sample(&p, &f, &t, n);
+            }
+        });
+        Sampler { started: Instant::now(), seen, task, proxy, from: from.into(), to: to.into() }
+    }
+
+    pub fn rollback_started(&self) {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        s.rollback_started.get_or_insert_with(Instant::now);
+    }
+
+    pub fn finish(self, mut r: Report, alive: usize) -> Report {
+        self.task.abort();
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        s.sample(&self.proxy, &self.from, &self.to, alive);
+        r.duration_ms = self.started.elapsed().as_millis() as u64;
+        r.capacity_floor = s.floor.unwrap_or(0);
+        r.peak_instances = s.peak;
+        r.mixed_window_ms = match (s.first_new, s.last_old) {
+            (Some(a), Some(b)) if b > a => (b - a).as_millis() as u64,
+            _ => 0,
+        };
+        r.per_revision = [&self.from, &self.to]
+            .iter()
+            .map(|rev| {
+                let (requests, errors_5xx) = s.totals.get(*rev).copied().unwrap_or_default();
+                RevisionFigures { revision: rev.to_string(), requests, errors_5xx }
+            })
+            .collect();
+        r.rollback_ms = s.rollback_started.map(|t| t.elapsed().as_millis() as u64);
+        r
+    }
+}
