@@ -78,11 +78,17 @@ fn deploy_error(e: DeployError) -> Response {
         DeployError::Conflict { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
         DeployError::NoneActive { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
         DeployError::Rejected(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-        DeployError::Controller(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        DeployError::Controller(_) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        }
     }
 }
 
-fn deployer<'a>(s: &'a AdminState, name: &str) -> Result<&'a Arc<Deployer<ProcessRuntime>>, Response> {
+#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, built once
+fn deployer<'a>(
+    s: &'a AdminState,
+    name: &str,
+) -> Result<&'a Arc<Deployer<ProcessRuntime>>, Response> {
     s.deployers.get(name).ok_or_else(|| {
         if s.services.contains_key(name) {
             error(
@@ -101,22 +107,45 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             out,
         )
             .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot render metrics: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot render metrics: {e}"),
+        ),
     }
 }
 
-async fn logs(State(s): State<AdminState>, Path((service, instance)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Response {
-    let safe = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+async fn logs(
+    State(s): State<AdminState>,
+    Path((service, instance)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let safe = |x: &str| {
+        !x.is_empty()
+            && x.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     if !safe(&service) || !safe(&instance) {
-        return error(StatusCode::BAD_REQUEST, "bad_request", "service and instance names use letters, digits, '-' and '_'");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "service and instance names use letters, digits, '-' and '_'",
+        );
     }
     let path = handoff_runtime::logs::path(&s.logs_dir, &service, &instance);
     if !path.exists() {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("no log for instance '{instance}' of service '{service}'"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no log for instance '{instance}' of service '{service}'"),
+        );
     }
     let mut t = handoff_runtime::logs::tail(&path, q.lines.unwrap_or(100).min(10_000));
     t.push('\n');
@@ -132,7 +161,10 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
             name: name.clone(),
             listen: p.listen.to_string(),
             revision: d.map(|d| d.fleet.current_revision()),
-            deployment: d.and_then(|d| d.current()).filter(|x| x.status.is_active()).map(|x| x.id),
+            deployment: d
+                .and_then(|d| d.current())
+                .filter(|x| x.status.is_active())
+                .map(|x| x.id),
             groups: table
                 .groups
                 .iter()
@@ -157,10 +189,19 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
     Json(out)
 }
 
-async fn deploy(State(s): State<AdminState>, body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn deploy(
+    State(s): State<AdminState>,
+    body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(b) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("bad deploy body: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bad deploy body: {}", e.body_text()),
+            )
+        }
     };
     let d = match deployer(&s, &b.service) {
         Ok(d) => d,
@@ -170,26 +211,53 @@ async fn deploy(State(s): State<AdminState>, body: Result<Json<DeployBody>, axum
         None => None,
         Some(x) => match handoff_core::config::Strategy::parse(x) {
             Some(k) => Some(Kind::from(k)),
-            None => return error(StatusCode::BAD_REQUEST, "bad_request", format!("strategy: unknown '{x}'; use in-place, blue-green or all-at-once")),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("strategy: unknown '{x}'; use in-place, blue-green or all-at-once"),
+                )
+            }
         },
     };
     let batch = match b.batch.as_deref() {
         None => None,
         Some(x) => match handoff_core::config::parse_amount(x) {
             Ok(a) => Some(a),
-            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("batch: {m}")),
+            Err(m) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("batch: {m}"),
+                )
+            }
         },
     };
     if b.revision.is_empty() || b.revision.contains('/') || b.revision.starts_with('.') {
-        return error(StatusCode::BAD_REQUEST, "bad_request", format!("revision: '{}' is not a usable revision id", b.revision));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("revision: '{}' is not a usable revision id", b.revision),
+        );
     }
-    match d.deploy(DeployRequest { revision: b.revision, strategy, batch }).await {
+    match d
+        .deploy(DeployRequest {
+            revision: b.revision,
+            strategy,
+            batch,
+        })
+        .await
+    {
         Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
         Err(e) => deploy_error(e),
     }
 }
 
-async fn control(State(s): State<AdminState>, Path((name, verb)): Path<(String, String)>, body: Option<Json<RollbackBody>>) -> Response {
+async fn control(
+    State(s): State<AdminState>,
+    Path((name, verb)): Path<(String, String)>,
+    body: Option<Json<RollbackBody>>,
+) -> Response {
     let d = match deployer(&s, &name) {
         Ok(d) => d,
         Err(r) => return r,
@@ -200,7 +268,13 @@ async fn control(State(s): State<AdminState>, Path((name, verb)): Path<(String, 
         "abort" => Event::Abort,
         "promote" => Event::Promote,
         "rollback" => return rollback(d, body.map(|b| b.0).unwrap_or_default()).await,
-        other => return error(StatusCode::NOT_FOUND, "not_found", format!("unknown action '{other}'; use pause, resume, abort, promote or rollback")),
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown action '{other}'; use pause, resume, abort, promote or rollback"),
+            )
+        }
     };
     match d.control(ev) {
         Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
@@ -212,7 +286,11 @@ async fn control(State(s): State<AdminState>, Path((name, verb)): Path<(String, 
 /// Otherwise: a new deployment to `to` or the last stable revision.
 async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Response {
     if let Some(cur) = d.current().filter(|c| c.status.is_active()) {
-        let ev = if cur.status == handoff_controller::plan::Status::Retained { Event::Rollback } else { Event::Abort };
+        let ev = if cur.status == handoff_controller::plan::Status::Retained {
+            Event::Rollback
+        } else {
+            Event::Abort
+        };
         return match d.control(ev) {
             Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
             Err(e) => deploy_error(e),
@@ -223,14 +301,33 @@ async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Respons
         Some(t) => t,
         None => match d.fleet.store.last_stable_except(d.fleet.name(), &current) {
             Ok(Some(t)) => t,
-            Ok(None) => return error(StatusCode::CONFLICT, "conflict", format!("service '{}' has no stable revision other than {current} to roll back to", d.fleet.name())),
+            Ok(None) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "service '{}' has no stable revision other than {current} to roll back to",
+                        d.fleet.name()
+                    ),
+                )
+            }
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         },
     };
     if target == current {
-        return error(StatusCode::CONFLICT, "conflict", format!("{target} is the revision serving now; nothing to roll back to"));
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{target} is the revision serving now; nothing to roll back to"),
+        );
     }
-    match d.deploy(DeployRequest { revision: target, ..Default::default() }).await {
+    match d
+        .deploy(DeployRequest {
+            revision: target,
+            ..Default::default()
+        })
+        .await
+    {
         Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
         Err(e) => deploy_error(e),
     }
@@ -244,10 +341,20 @@ fn view(d: &Arc<Deployer<ProcessRuntime>>, rec: handoff_store::DeploymentRecord)
         .deployment_events(&rec.id)
         .unwrap_or_default()
         .into_iter()
-        .map(|(at_ms, kind, message)| EventView { at_ms, kind, message })
+        .map(|(at_ms, kind, message)| EventView {
+            at_ms,
+            kind,
+            message,
+        })
         .collect::<Vec<_>>();
     let retained_until_ms = (rec.status == "retained")
-        .then(|| events.iter().rev().find(|e| e.kind == "retained").map(|e| e.at_ms + d.fleet.service.blue_green.retention.as_millis() as i64))
+        .then(|| {
+            events
+                .iter()
+                .rev()
+                .find(|e| e.kind == "retained")
+                .map(|e| e.at_ms + d.fleet.service.blue_green.retention.as_millis() as i64)
+        })
         .flatten();
     DeploymentView {
         id: rec.id,
@@ -260,7 +367,9 @@ fn view(d: &Arc<Deployer<ProcessRuntime>>, rec: handoff_store::DeploymentRecord)
         reason: state.and_then(|s| s.reason),
         retained_until_ms,
         events,
-        report: rec.report.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()),
+        report: rec
+            .report
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()),
         created_ms: rec.created_ms,
         updated_ms: rec.updated_ms,
     }
@@ -272,7 +381,11 @@ async fn deployment(State(s): State<AdminState>, Path(id): Path<String>) -> Resp
             return Json(view(d, rec)).into_response();
         }
     }
-    error(StatusCode::NOT_FOUND, "not_found", format!("no deployment '{id}'"))
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no deployment '{id}'"),
+    )
 }
 
 async fn history(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
@@ -287,8 +400,14 @@ async fn history(State(s): State<AdminState>, Path(name): Path<String>) -> Respo
 }
 
 /// Serves the admin API until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 pub use executor::status_str;

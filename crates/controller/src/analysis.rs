@@ -49,7 +49,11 @@ impl Counts {
     }
 
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
     }
 
     /// Upper bound of the bucket holding the 99th percentile (seconds).
@@ -86,7 +90,10 @@ pub fn verdict(from: &str, old: &Counts, to: &str, new: &Counts) -> Result<(), S
         ));
     }
     if let (Some(po), Some(pn)) = (old.p99(), new.p99()) {
-        if old.requests >= MIN_REQUESTS && pn > po * MAX_P99_RATIO && pn - po >= MIN_P99_WORSENING_SECS {
+        if old.requests >= MIN_REQUESTS
+            && pn > po * MAX_P99_RATIO
+            && pn - po >= MIN_P99_WORSENING_SECS
+        {
             return Err(format!(
                 "revision {to} p99 latency ≤{:.0} ms vs ≤{:.0} ms for {from}",
                 pn * 1000.0,
@@ -102,7 +109,11 @@ mod tests {
     use super::*;
 
     fn counts(requests: u64, errors: u64, slow: bool) -> Counts {
-        let mut c = Counts { requests, errors, ..Default::default() };
+        let mut c = Counts {
+            requests,
+            errors,
+            ..Default::default()
+        };
         // All in the 1 ms bucket, or all in the 250 ms one.
         c.buckets[if slow { 8 } else { 1 }] = requests;
         c
@@ -112,7 +123,10 @@ mod tests {
     fn error_rate_increase_beyond_threshold_fails() {
         assert!(verdict("v1", &counts(100, 0, false), "v2", &counts(100, 3, false)).is_ok());
         let e = verdict("v1", &counts(100, 0, false), "v2", &counts(100, 20, false)).unwrap_err();
-        assert_eq!(e, "revision v2 answered 20.0% 5xx (20 of 100) vs 0.0% for v1");
+        assert_eq!(
+            e,
+            "revision v2 answered 20.0% 5xx (20 of 100) vs 0.0% for v1"
+        );
         // Too few requests to judge.
         assert!(verdict("v1", &counts(100, 0, false), "v2", &counts(10, 10, false)).is_ok());
     }

@@ -25,7 +25,11 @@ use crate::report::{Report, Sampler};
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("service '{service}' is already being deployed by {id} ({status}); wait for it, or `handoff abort {service}`")]
-    Conflict { service: String, id: String, status: String },
+    Conflict {
+        service: String,
+        id: String,
+        status: String,
+    },
     #[error("service '{service}' has no deployment in progress")]
     NoneActive { service: String },
     #[error(transparent)]
@@ -86,7 +90,10 @@ fn kind_str(k: Kind) -> &'static str {
 
 impl<R: Runtime> Deployer<R> {
     pub fn new(fleet: Arc<Fleet<R>>) -> Arc<Self> {
-        Arc::new(Deployer { fleet, active: Mutex::new(None) })
+        Arc::new(Deployer {
+            fleet,
+            active: Mutex::new(None),
+        })
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
@@ -106,16 +113,31 @@ impl<R: Runtime> Deployer<R> {
         loop {
             let retained = {
                 let a = self.active();
-                match a.as_ref().map(|a| (a.id.clone(), a.state.borrow().status, a.control.clone(), a.state.clone())) {
+                match a.as_ref().map(|a| {
+                    (
+                        a.id.clone(),
+                        a.state.borrow().status,
+                        a.control.clone(),
+                        a.state.clone(),
+                    )
+                }) {
                     Some((id, st, _, _)) if matches!(st, Status::Running | Status::RollingBack) => {
-                        return Err(DeployError::Conflict { service: svc, id, status: status_str(st).into() })
+                        return Err(DeployError::Conflict {
+                            service: svc,
+                            id,
+                            status: status_str(st).into(),
+                        })
                     }
                     Some((_, Status::Retained, ctl, rx)) => Some((ctl, rx)),
                     _ => None,
                 }
             };
             let Some((ctl, mut rx)) = retained else { break };
-            self.fleet.event(None, "retention-ended", "a new deployment ends the previous one's retention: blue terminated");
+            self.fleet.event(
+                None,
+                "retention-ended",
+                "a new deployment ends the previous one's retention: blue terminated",
+            );
             let _ = ctl.send(Event::Promote);
             let _ = rx.wait_for(|d| !d.status.is_active()).await;
         }
@@ -125,7 +147,11 @@ impl<R: Runtime> Deployer<R> {
         let fleet = self.fleet.serving();
         let n_prev = self.fleet.store.deployments(&svc, 1_000_000)?.len();
         let id = format!("{svc}-{}", n_prev + 1);
-        let green = if strategy == Kind::BlueGreen { self.fleet.new_names(fleet.len()) } else { Vec::new() };
+        let green = if strategy == Kind::BlueGreen {
+            self.fleet.new_names(fleet.len())
+        } else {
+            Vec::new()
+        };
         let d = plan::new(plan::Request {
             id: id.clone(),
             service: svc.clone(),
@@ -139,10 +165,19 @@ impl<R: Runtime> Deployer<R> {
             min_healthy: cfg.in_place.min_healthy,
             traffic_steps: cfg.blue_green.traffic_steps.clone(),
         })?;
-        self.save(&d, "created", &format!("deploying {} → {} ({})", d.from, d.to, kind_str(d.strategy)), None)?;
+        self.save(
+            &d,
+            "created",
+            &format!("deploying {} → {} ({})", d.from, d.to, kind_str(d.strategy)),
+            None,
+        )?;
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(d.clone());
-        *self.active() = Some(Active { id: id.clone(), control: ctl, state: state_rx });
+        *self.active() = Some(Active {
+            id: id.clone(),
+            control: ctl,
+            state: state_rx,
+        });
         let me = self.clone();
         tokio::spawn(async move { me.run(d, ctl_rx, state_tx).await });
         Ok(id)
@@ -156,15 +191,29 @@ impl<R: Runtime> Deployer<R> {
     pub fn recover(&self) -> Result<Vec<String>, DeployError> {
         let mut closed = Vec::new();
         for rec in self.fleet.store.deployments(self.fleet.name(), 50)? {
-            let Ok(mut d) = serde_json::from_str::<Deployment>(&rec.state) else { continue };
+            let Ok(mut d) = serde_json::from_str::<Deployment>(&rec.state) else {
+                continue;
+            };
             if !d.status.is_active() {
                 continue;
             }
             let current = self.fleet.current_revision();
             let (status, msg) = if current == d.to {
-                (Status::Succeeded, format!("handoff restarted while {} was retaining blue; {} serves, blue terminated", d.id, d.to))
+                (
+                    Status::Succeeded,
+                    format!(
+                        "handoff restarted while {} was retaining blue; {} serves, blue terminated",
+                        d.id, d.to
+                    ),
+                )
             } else {
-                (Status::RolledBack, format!("interrupted by a restart of handoff during {:?}; {} serves again", d.phase, d.from))
+                (
+                    Status::RolledBack,
+                    format!(
+                        "interrupted by a restart of handoff during {:?}; {} serves again",
+                        d.phase, d.from
+                    ),
+                )
             };
             d.status = status;
             d.phase = Phase::Finished;
@@ -183,11 +232,19 @@ impl<R: Runtime> Deployer<R> {
                 let _ = a.control.send(ev);
                 Ok(a.id.clone())
             }
-            _ => Err(DeployError::NoneActive { service: self.fleet.name().to_string() }),
+            _ => Err(DeployError::NoneActive {
+                service: self.fleet.name().to_string(),
+            }),
         }
     }
 
-    fn save(&self, d: &Deployment, kind: &str, msg: &str, report: Option<&Report>) -> Result<(), DeployError> {
+    fn save(
+        &self,
+        d: &Deployment,
+        kind: &str,
+        msg: &str,
+        report: Option<&Report>,
+    ) -> Result<(), DeployError> {
         tracing::info!(service = %d.service, deployment = %d.id, kind, "{msg}");
         self.fleet.store.save_deployment(
             &DeploymentRecord {
@@ -207,7 +264,12 @@ impl<R: Runtime> Deployer<R> {
         Ok(())
     }
 
-    async fn run(self: Arc<Self>, mut d: Deployment, mut ctl: mpsc::UnboundedReceiver<Event>, state: watch::Sender<Deployment>) {
+    async fn run(
+        self: Arc<Self>,
+        mut d: Deployment,
+        mut ctl: mpsc::UnboundedReceiver<Event>,
+        state: watch::Sender<Deployment>,
+    ) {
         let fleet = self.fleet.clone();
         let alive = {
             let f = fleet.clone();
@@ -215,6 +277,9 @@ impl<R: Runtime> Deployer<R> {
         };
         let sampler = Sampler::start(fleet.proxy.clone(), &d.from, &d.to, alive.clone());
         let mut actions = self.apply(&mut d, Event::Start, &state, &sampler);
+        // Commands read during an interruptible wait that do not interrupt
+        // it (pause/resume), applied when it ends.
+        let mut deferred: Vec<Event> = Vec::new();
         loop {
             let outcome = if actions.is_empty() {
                 if d.phase == Phase::Finished {
@@ -225,7 +290,7 @@ impl<R: Runtime> Deployer<R> {
                     None => break,
                 }
             } else {
-                let o = self.perform(&d, &actions, &mut ctl).await;
+                let o = self.perform(&d, &actions, &mut ctl, &mut deferred).await;
                 // The last transition's actions (supervise, mark current)
                 // are performed too; then there is nothing left to feed.
                 if d.phase == Phase::Finished {
@@ -239,7 +304,11 @@ impl<R: Runtime> Deployer<R> {
             // Pause/resume that arrived meanwhile go first, so a pause
             // holds the step that just finished; other commands follow it.
             let mut later = Vec::new();
-            while let Ok(ev) = ctl.try_recv() {
+            let queued: Vec<Event> = deferred
+                .drain(..)
+                .chain(std::iter::from_fn(|| ctl.try_recv().ok()))
+                .collect();
+            for ev in queued {
                 if matches!(ev, Event::Pause | Event::Resume) {
                     self.apply(&mut d, ev, &state, &sampler);
                 } else {
@@ -292,12 +361,20 @@ impl<R: Runtime> Deployer<R> {
     fn steps(&self, id: &str) -> Vec<(String, u64)> {
         let ev = self.fleet.store.deployment_events(id).unwrap_or_default();
         let t0 = ev.first().map_or(0, |e| e.0);
-        ev.into_iter().map(|(at, kind, _)| (kind, (at - t0).max(0) as u64)).collect()
+        ev.into_iter()
+            .map(|(at, kind, _)| (kind, (at - t0).max(0) as u64))
+            .collect()
     }
 
     /// Applies one event: on success the new state is persisted (with its
     /// description) before its actions are returned for execution.
-    fn apply(&self, d: &mut Deployment, ev: Event, state: &watch::Sender<Deployment>, sampler: &Sampler) -> Vec<Action> {
+    fn apply(
+        &self,
+        d: &mut Deployment,
+        ev: Event,
+        state: &watch::Sender<Deployment>,
+        sampler: &Sampler,
+    ) -> Vec<Action> {
         let label = format!("{ev:?}");
         match plan::step(d, ev) {
             Ok((n, actions)) => {
@@ -321,19 +398,35 @@ impl<R: Runtime> Deployer<R> {
         }
     }
 
-    async fn perform(&self, d: &Deployment, actions: &[Action], ctl: &mut mpsc::UnboundedReceiver<Event>) -> Outcome {
+    async fn perform(
+        &self,
+        d: &Deployment,
+        actions: &[Action],
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Outcome {
         let f = &self.fleet;
         for a in actions {
             match a {
                 Action::Drain { instances } => {
                     for (n, o) in f.drain(instances).await {
                         if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
-                            let _ = self.fleet.store.save_deployment_event(&d.id, "drain-timeout", &format!("{n}: drain timed out with {in_flight} in flight"));
+                            let _ = self.fleet.store.save_deployment_event(
+                                &d.id,
+                                "drain-timeout",
+                                &format!("{n}: drain timed out with {in_flight} in flight"),
+                            );
                         }
                     }
                 }
-                Action::Stop { instances } => f.stop(instances, d.strategy == Kind::BlueGreen).await,
-                Action::Start { instances, revision, group } => {
+                Action::Stop { instances } => {
+                    f.stop(instances, d.strategy == Kind::BlueGreen).await
+                }
+                Action::Start {
+                    instances,
+                    revision,
+                    group,
+                } => {
                     if let Err(e) = f.start(instances, revision, group).await {
                         return Outcome::Failed(e);
                     }
@@ -352,21 +445,28 @@ impl<R: Runtime> Deployer<R> {
                     }
                 }
                 Action::SetWeights { weights } => {
-                    let w: Vec<(&str, u32)> = weights.iter().map(|(g, w)| (g.as_str(), *w)).collect();
+                    let w: Vec<(&str, u32)> =
+                        weights.iter().map(|(g, w)| (g.as_str(), *w)).collect();
                     if let Err(e) = f.proxy.set_weights(&w) {
                         return Outcome::Failed(e.to_string());
                     }
                 }
                 Action::Bake { .. } => {
                     let bake = f.service.blue_green.bake;
-                    if let Some(o) = self.bake(d, bake, ctl).await {
+                    if let Some(o) = self.bake(d, bake, ctl, deferred).await {
                         return o;
                     }
                 }
                 Action::Quiesce { group } => {
                     let left = f.proxy.quiesce(group, f.service.drain.timeout).await;
                     if left > 0 {
-                        let _ = f.store.save_deployment_event(&d.id, "drain-timeout", &format!("{group}: {left} requests still in flight after the drain timeout"));
+                        let _ = f.store.save_deployment_event(
+                            &d.id,
+                            "drain-timeout",
+                            &format!(
+                                "{group}: {left} requests still in flight after the drain timeout"
+                            ),
+                        );
                     }
                 }
                 Action::Retain => {
@@ -375,16 +475,21 @@ impl<R: Runtime> Deployer<R> {
                     loop {
                         tokio::select! {
                             _ = &mut until => break,
-                            ev = ctl.recv() => match ev {
-                                Some(ev @ (Event::Promote | Event::Rollback | Event::Abort)) => return Outcome::Control(ev),
-                                Some(_) | None => {}
-                            },
+                            Some(ev) = ctl.recv() => {
+                                if let Some(o) = interrupt(ev, deferred) {
+                                    return o;
+                                }
+                            }
                         }
                     }
                 }
                 Action::Supervise { instances } => f.supervise(instances),
                 Action::MarkCurrent { revision } => {
-                    let group = if *revision == d.to && d.strategy == Kind::BlueGreen { &d.green_group } else { &d.blue_group };
+                    let group = if *revision == d.to && d.strategy == Kind::BlueGreen {
+                        &d.green_group
+                    } else {
+                        &d.blue_group
+                    };
                     if let Err(e) = f.mark_current(revision, group) {
                         return Outcome::Failed(e.to_string());
                     }
@@ -396,7 +501,13 @@ impl<R: Runtime> Deployer<R> {
 
     /// Holds a traffic step for `bake`, judging the new revision every
     /// 250 ms; promote/abort/rollback end it early.
-    async fn bake(&self, d: &Deployment, bake: Duration, ctl: &mut mpsc::UnboundedReceiver<Event>) -> Option<Outcome> {
+    async fn bake(
+        &self,
+        d: &Deployment,
+        bake: Duration,
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Option<Outcome> {
         let p = &self.fleet.proxy;
         let before = (Counts::of(p, &d.from), Counts::of(p, &d.to));
         let end = tokio::time::Instant::now() + bake;
@@ -408,11 +519,11 @@ impl<R: Runtime> Deployer<R> {
             let tick = tokio::time::sleep_until(end.min(now + Duration::from_millis(250)));
             tokio::select! {
                 _ = tick => {}
-                ev = ctl.recv() => match ev {
-                    Some(ev @ (Event::Promote | Event::Abort | Event::Rollback)) => return Some(Outcome::Control(ev)),
-                    // Pause/resume during a bake take effect when it ends.
-                    Some(_) | None => {}
-                },
+                Some(ev) = ctl.recv() => {
+                    if let Some(o) = interrupt(ev, deferred) {
+                        return Some(o);
+                    }
+                }
             }
             let old = Counts::of(p, &d.from).since(&before.0);
             let new = Counts::of(p, &d.to).since(&before.1);
@@ -424,43 +535,123 @@ impl<R: Runtime> Deployer<R> {
     }
 }
 
+/// Promote/abort/rollback end a bake or the retention at once; pause and
+/// resume wait for its end.
+fn interrupt(ev: Event, deferred: &mut Vec<Event>) -> Option<Outcome> {
+    match ev {
+        Event::Promote | Event::Abort | Event::Rollback => Some(Outcome::Control(ev)),
+        other => {
+            deferred.push(other);
+            None
+        }
+    }
+}
+
 /// The event recorded for a transition, in the seed's terms.
 fn describe(before: &Deployment, d: &Deployment, actions: &[Action]) -> (String, String) {
     let list = |v: &[String]| v.join(", ");
     if d.paused && !before.paused {
-        return ("paused".into(), "paused; the next step waits for resume".into());
+        return (
+            "paused".into(),
+            "paused; the next step waits for resume".into(),
+        );
     }
     if !d.paused && before.paused {
         return ("resumed".into(), "resumed".into());
     }
     if d.status == Status::RollingBack && before.status != Status::RollingBack {
-        return ("rollback".into(), format!("rolling back to {}: {}", d.from, d.reason.clone().unwrap_or_default()));
+        let why = d.reason.clone().unwrap_or_default();
+        let how = if d.phase == Phase::FlippingBack {
+            "traffic 100% blue, stopping green"
+        } else {
+            "redeploying the touched instances"
+        };
+        return (
+            "rollback".into(),
+            format!("rolling back to {} ({how}): {why}", d.from),
+        );
     }
-    let rb = if d.status == Status::RollingBack { "rollback " } else { "" };
+    let rb = if d.status == Status::RollingBack {
+        "rollback "
+    } else {
+        ""
+    };
     let _ = actions;
     let msg = match (&d.phase, ()) {
         (Phase::Batch { index, step }, _) => {
             let batch = list(&d.batches[*index]);
             let at = format!("{rb}batch {}/{}", index + 1, d.batches.len());
-            let rev = if d.status == Status::RollingBack { &d.from } else { &d.to };
+            let rev = if d.status == Status::RollingBack {
+                &d.from
+            } else {
+                &d.to
+            };
             match step {
-                BatchStep::Draining => ("drain".to_string(), format!("{at}: deregistered {batch}, draining…")),
+                BatchStep::Draining => (
+                    "drain".to_string(),
+                    format!("{at}: deregistered {batch}, draining…"),
+                ),
                 BatchStep::Stopping => ("stop".into(), format!("{at}: drained; stopping {batch}")),
                 BatchStep::Starting => ("start".into(), format!("{at}: starting {batch} on {rev}")),
-                BatchStep::WaitingHealthy => ("health".into(), format!("{at}: waiting for {batch} to be healthy")),
+                BatchStep::WaitingHealthy => (
+                    "health".into(),
+                    format!("{at}: waiting for {batch} to be healthy"),
+                ),
             }
         }
-        (Phase::StartingGreen, _) => ("start".into(), format!("starting green ({}) on {}", list(&d.green), d.to)),
-        (Phase::WaitingGreen, _) => ("health".into(), format!("waiting for green {}/{} to be healthy", d.green.len(), d.green.len())),
-        (Phase::Shifting { index }, _) => ("traffic".into(), format!("traffic {}% green", d.traffic_steps[*index])),
-        (Phase::CuttingOver, _) => ("cut-over".into(), "traffic 100% green; blue finishing its in-flight requests".into()),
-        (Phase::Retaining, _) => ("retained".into(), format!("{} serves; blue ({}) retained for an instant rollback", d.to, list(&d.fleet))),
-        (Phase::TerminatingBlue, _) => ("terminate".into(), format!("retention over; terminating blue ({})", list(&d.fleet))),
-        (Phase::FlippingBack, _) => ("flip-back".into(), "traffic 100% blue; stopping green".into()),
+        (Phase::StartingGreen, _) => (
+            "start".into(),
+            format!("starting green ({}) on {}", list(&d.green), d.to),
+        ),
+        (Phase::WaitingGreen, _) => (
+            "health".into(),
+            format!(
+                "waiting for green {}/{} to be healthy",
+                d.green.len(),
+                d.green.len()
+            ),
+        ),
+        (Phase::Shifting { index }, _) => (
+            "traffic".into(),
+            format!("traffic {}% green", d.traffic_steps[*index]),
+        ),
+        (Phase::CuttingOver, _) => (
+            "cut-over".into(),
+            "traffic 100% green; blue finishing its in-flight requests".into(),
+        ),
+        (Phase::Retaining, _) => (
+            "retained".into(),
+            format!(
+                "{} serves; blue ({}) retained for an instant rollback",
+                d.to,
+                list(&d.fleet)
+            ),
+        ),
+        (Phase::TerminatingBlue, _) => (
+            "terminate".into(),
+            format!("retention over; terminating blue ({})", list(&d.fleet)),
+        ),
+        (Phase::FlippingBack, _) => (
+            "flip-back".into(),
+            "traffic 100% blue; stopping green".into(),
+        ),
         (Phase::Finished, _) => match d.status {
-            Status::Succeeded => ("succeeded".into(), format!("{} serves service {}", d.to, d.service)),
-            Status::RolledBack => ("rolled-back".into(), format!("rolled back: {} serves; {}", d.from, d.reason.clone().unwrap_or_default())),
-            Status::Failed => ("failed".into(), format!("failed: {}", d.reason.clone().unwrap_or_default())),
+            Status::Succeeded => (
+                "succeeded".into(),
+                format!("{} serves service {}", d.to, d.service),
+            ),
+            Status::RolledBack => (
+                "rolled-back".into(),
+                format!(
+                    "rolled back: {} serves; {}",
+                    d.from,
+                    d.reason.clone().unwrap_or_default()
+                ),
+            ),
+            Status::Failed => (
+                "failed".into(),
+                format!("failed: {}", d.reason.clone().unwrap_or_default()),
+            ),
             _ => ("finished".into(), "finished".into()),
         },
         _ => ("step".into(), format!("{:?}", d.phase)),

@@ -54,7 +54,7 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
     }
     Ok(())
 }
-pub mod plan;
 pub mod analysis;
-pub mod report;
 pub mod executor;
+pub mod plan;
+pub mod report;

@@ -11,7 +11,6 @@ use handoff_core::TargetState;
 use handoff_proxy::ServiceProxy;
 use serde::{Deserialize, Serialize};
 
-
 const EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -106,18 +105,37 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(proxy: Arc<ServiceProxy>, from: &str, to: &str, alive: impl Fn() -> usize + Send + 'static) -> Sampler {
+    pub fn start(
+        proxy: Arc<ServiceProxy>,
+        from: &str,
+        to: &str,
+        alive: impl Fn() -> usize + Send + 'static,
+    ) -> Sampler {
         let seen = Arc::new(Mutex::new(Seen::default()));
         seen.lock().unwrap().sample(&proxy, from, to, alive());
-        let (p, s2, f, t) = (proxy.clone(), seen.clone(), from.to_string(), to.to_string());
+        let (p, s2, f, t) = (
+            proxy.clone(),
+            seen.clone(),
+            from.to_string(),
+            to.to_string(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(EVERY).await;
                 let n = alive();
-                s2.lock().unwrap_or_else(|e| e.into_inner()).sample(&p, &f, &t, n);
+                s2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sample(&p, &f, &t, n);
             }
         });
-        Sampler { started: Instant::now(), seen, task, proxy, from: from.into(), to: to.into() }
+        Sampler {
+            started: Instant::now(),
+            seen,
+            task,
+            proxy,
+            from: from.into(),
+            to: to.into(),
+        }
     }
 
     pub fn rollback_started(&self) {
@@ -140,7 +158,11 @@ impl Sampler {
             .iter()
             .map(|rev| {
                 let (requests, errors_5xx) = s.totals.get(*rev).copied().unwrap_or_default();
-                RevisionFigures { revision: rev.to_string(), requests, errors_5xx }
+                RevisionFigures {
+                    revision: rev.to_string(),
+                    requests,
+                    errors_5xx,
+                }
             })
             .collect();
         r.rollback_ms = s.rollback_started.map(|t| t.elapsed().as_millis() as u64);

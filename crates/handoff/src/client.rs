@@ -16,12 +16,23 @@ pub struct Client {
 
 impl Client {
     pub fn new(admin: &str) -> Client {
-        let hostport = admin.trim_start_matches("http://").trim_end_matches('/').to_string();
-        Client { admin: admin.to_string(), hostport }
+        let hostport = admin
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        Client {
+            admin: admin.to_string(),
+            hostport,
+        }
     }
 
     /// One request; returns (status, body).
-    pub fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<(u16, String)> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, String)> {
         let mut s = std::net::TcpStream::connect(&self.hostport).map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the handoff daemon at {}: {e}; is `handoff serve` running? (set --admin or HANDOFF_ADMIN)",
@@ -39,13 +50,31 @@ impl Client {
         let mut out = Vec::new();
         s.read_to_end(&mut out)?;
         let out = String::from_utf8_lossy(&out).into_owned();
-        let (head, rest) = out.split_once("\r\n\r\n").context("malformed answer from the daemon")?;
-        let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed status line")?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+        let (head, rest) = out
+            .split_once("\r\n\r\n")
+            .context("malformed answer from the daemon")?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("malformed status line")?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         Ok((status, body))
     }
 
-    pub fn json<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<T> {
+    pub fn json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<T> {
         let (status, text) = self.call(method, path, body)?;
         if !(200..300).contains(&status) {
             match serde_json::from_str::<ErrorBody>(&text) {
@@ -73,21 +102,35 @@ fn dechunk(s: &str) -> String {
 
 fn clock(ms: i64) -> String {
     let s = (ms / 1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}.{:03}", s / 3600, (s / 60) % 60, s % 60, ms.rem_euclid(1000))
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60,
+        ms.rem_euclid(1000)
+    )
 }
 
 /// `handoff deploy`: start, then follow the deployment live until the new
 /// revision serves (exit 0) or it failed / rolled back (exit 1).
-pub fn deploy(c: &Client, body: DeployBody, detach: bool, json: bool) -> anyhow::Result<bool> {
+pub fn deploy(c: &Client, body: DeployBody, detach: bool, json: bool) -> anyhow::Result<String> {
     let acc: Accepted = c.json("POST", "/deployments", Some(serde_json::to_string(&body)?))?;
     if detach {
-        println!("{}", if json { serde_json::to_string(&acc)? } else { format!("deployment {} started", acc.id) });
-        return Ok(true);
+        println!(
+            "{}",
+            if json {
+                serde_json::to_string(&acc)?
+            } else {
+                format!("deployment {} started", acc.id)
+            }
+        );
+        return Ok("running".into());
     }
     follow(c, &acc.id, json)
 }
 
-pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<bool> {
+/// Follows a deployment until it settles; returns its status then.
+pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<String> {
     let mut shown = 0;
     let started = Instant::now();
     loop {
@@ -104,12 +147,16 @@ pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.status == "retained" {
                 if let Some(t) = v.retained_until_ms {
-                    println!("blue retained until {} (instant rollback: handoff rollback {})", clock(t), v.service);
+                    println!(
+                        "blue retained until {} (instant rollback: handoff rollback {})",
+                        clock(t),
+                        v.service
+                    );
                 }
             } else {
                 print_report(&v);
             }
-            return Ok(matches!(v.status.as_str(), "succeeded" | "retained"));
+            return Ok(v.status);
         }
         if started.elapsed() > Duration::from_secs(24 * 3600) {
             bail!("gave up following {id} after a day");
@@ -121,8 +168,16 @@ pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<bool> {
 pub fn print_report(v: &DeploymentView) {
     match v.status.as_str() {
         "succeeded" => println!("deployed: {} serves service {}", v.to, v.service),
-        "rolled-back" => println!("rolled back: {} serves service {} ({})", v.from, v.service, v.reason.clone().unwrap_or_default()),
-        "failed" => println!("FAILED, needs attention: {}", v.reason.clone().unwrap_or_default()),
+        "rolled-back" => println!(
+            "rolled back: {} serves service {} ({})",
+            v.from,
+            v.service,
+            v.reason.clone().unwrap_or_default()
+        ),
+        "failed" => println!(
+            "FAILED, needs attention: {}",
+            v.reason.clone().unwrap_or_default()
+        ),
         s => println!("status: {s}"),
     }
     if let Some(r) = &v.report {
@@ -137,7 +192,12 @@ pub fn print_report(v: &DeploymentView) {
         );
         if let Some(revs) = r.get("per_revision").and_then(|x| x.as_array()) {
             for x in revs {
-                println!("  {}: {} requests, {} 5xx", x["revision"].as_str().unwrap_or("?"), x["requests"], x["errors_5xx"]);
+                println!(
+                    "  {}: {} requests, {} 5xx",
+                    x["revision"].as_str().unwrap_or("?"),
+                    x["requests"],
+                    x["errors_5xx"]
+                );
             }
         }
         if let Some(ms) = r.get("rollback_ms").and_then(|x| x.as_u64()) {
@@ -148,7 +208,10 @@ pub fn print_report(v: &DeploymentView) {
 
 pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<()> {
     let all: Vec<ServiceView> = c.json("GET", "/services", None)?;
-    let list: Vec<&ServiceView> = all.iter().filter(|s| service.is_none_or(|n| n == s.name)).collect();
+    let list: Vec<&ServiceView> = all
+        .iter()
+        .filter(|s| service.is_none_or(|n| n == s.name))
+        .collect();
     if let Some(n) = service {
         if list.is_empty() {
             bail!("no service '{n}'");
@@ -164,12 +227,18 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
             s.name,
             s.listen,
             s.revision.clone().unwrap_or_else(|| "static".into()),
-            s.deployment.as_ref().map(|d| format!("  deploying: {d}")).unwrap_or_default()
+            s.deployment
+                .as_ref()
+                .map(|d| format!("  deploying: {d}"))
+                .unwrap_or_default()
         );
         for g in &s.groups {
             println!("  group {} (weight {})", g.name, g.weight);
             for t in &g.targets {
-                println!("    {:<12} {:<21} {:<10} {:<10} in-flight {}", t.name, t.addr, t.revision, t.state, t.in_flight);
+                println!(
+                    "    {:<12} {:<21} {:<10} {:<10} in-flight {}",
+                    t.name, t.addr, t.revision, t.state, t.in_flight
+                );
             }
         }
     }
@@ -177,13 +246,22 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
 }
 
 pub fn history(c: &Client, service: &str, json: bool) -> anyhow::Result<()> {
-    let list: Vec<DeploymentView> = c.json("GET", &format!("/services/{service}/deployments"), None)?;
+    let list: Vec<DeploymentView> =
+        c.json("GET", &format!("/services/{service}/deployments"), None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     for d in list {
-        println!("{:<12} {} → {}  {:<12} {:<12} {}", d.id, d.from, d.to, d.strategy, d.status, d.reason.unwrap_or_default());
+        println!(
+            "{:<12} {} → {}  {:<12} {:<12} {}",
+            d.id,
+            d.from,
+            d.to,
+            d.strategy,
+            d.status,
+            d.reason.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -194,7 +272,10 @@ pub fn report(c: &Client, id: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{} of {}: {} → {} ({})", v.id, v.service, v.from, v.to, v.strategy);
+    println!(
+        "{} of {}: {} → {} ({})",
+        v.id, v.service, v.from, v.to, v.strategy
+    );
     for e in &v.events {
         println!("{}  {}", clock(e.at_ms), e.message);
     }
@@ -202,7 +283,13 @@ pub fn report(c: &Client, id: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn control(c: &Client, service: &str, verb: &str, body: Option<String>, json: bool) -> anyhow::Result<String> {
+pub fn control(
+    c: &Client,
+    service: &str,
+    verb: &str,
+    body: Option<String>,
+    json: bool,
+) -> anyhow::Result<String> {
     let acc: Accepted = c.json("POST", &format!("/services/{service}/{verb}"), body)?;
     if json {
         println!("{}", serde_json::to_string(&acc)?);

@@ -146,29 +146,51 @@ fn main() -> ExitCode {
         } => logs(&admin, &service, &instance, lines),
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
-        Cmd::Deploy { service, revision, strategy, batch, detach, c } => {
-            let body = handoff_api::types::DeployBody { service, revision, strategy, batch };
-            match client::deploy(&client::Client::new(&c.admin), body, detach, c.json) {
-                Ok(true) => Ok(()),
-                Ok(false) => return ExitCode::FAILURE,
-                Err(e) => Err(e),
+        Cmd::Deploy {
+            service,
+            revision,
+            strategy,
+            batch,
+            detach,
+            c,
+        } => {
+            let body = handoff_api::types::DeployBody {
+                service,
+                revision,
+                strategy,
+                batch,
+            };
+            match client::deploy(&client::Client::new(&c.admin), body, detach, c.json).as_deref() {
+                Ok("succeeded" | "retained" | "running") => Ok(()),
+                Ok(_) => return ExitCode::FAILURE,
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
         }
         Cmd::Rollback { service, to, c } => {
             let cl = client::Client::new(&c.admin);
-            let body = serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
-            match client::control(&cl, &service, "rollback", Some(body), c.json).and_then(|id| client::follow(&cl, &id, c.json)) {
-                Ok(true) => Ok(()),
-                Ok(false) => return ExitCode::FAILURE,
-                Err(e) => Err(e),
+            let body =
+                serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
+            // Done when the old revision serves again: a flip ends
+            // rolled-back, a rollback deploy ends succeeded.
+            match client::control(&cl, &service, "rollback", Some(body), c.json)
+                .and_then(|id| client::follow(&cl, &id, c.json))
+                .as_deref()
+            {
+                Ok("succeeded" | "rolled-back" | "retained") => Ok(()),
+                Ok(_) => return ExitCode::FAILURE,
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
         }
         Cmd::Pause { service, c } => verb(&c, &service, "pause"),
         Cmd::Resume { service, c } => verb(&c, &service, "resume"),
         Cmd::Abort { service, c } => verb(&c, &service, "abort"),
         Cmd::Promote { service, c } => verb(&c, &service, "promote"),
-        Cmd::Status { service, c } => client::status(&client::Client::new(&c.admin), service.as_deref(), c.json),
-        Cmd::History { service, c } => client::history(&client::Client::new(&c.admin), &service, c.json),
+        Cmd::Status { service, c } => {
+            client::status(&client::Client::new(&c.admin), service.as_deref(), c.json)
+        }
+        Cmd::History { service, c } => {
+            client::history(&client::Client::new(&c.admin), &service, c.json)
+        }
         Cmd::Report { id, c } => client::report(&client::Client::new(&c.admin), &id, c.json),
     };
     match result {

@@ -150,7 +150,12 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
         logs_dir: cfg.server.state_dir.join("logs"),
-        services: Arc::new(proxy.services().map(|s| (s.name.to_string(), s.clone())).collect()),
+        services: Arc::new(
+            proxy
+                .services()
+                .map(|s| (s.name.to_string(), s.clone()))
+                .collect(),
+        ),
         deployers: Arc::new(deployers),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

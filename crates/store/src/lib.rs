@@ -342,7 +342,12 @@ impl Store {
     }
 
     /// Appends an event to a deployment's record without changing its state.
-    pub fn save_deployment_event(&self, id: &str, kind: &str, message: &str) -> Result<(), StoreError> {
+    pub fn save_deployment_event(
+        &self,
+        id: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO deployment_events (deployment, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4)",
             params![id, now_ms(), kind, message],
