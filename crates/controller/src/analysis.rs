@@ -5,15 +5,11 @@
 use handoff_proxy::metrics::BUCKETS;
 use handoff_proxy::ServiceProxy;
 
-/// The new revision may answer this many more 5xx (share of requests) than
-/// the old one before it is judged worse.
-pub const MAX_ERROR_RATE_INCREASE: f64 = 0.05;
-/// The new revision's p99 may be this many times the old one's …
-pub const MAX_P99_RATIO: f64 = 2.0;
-/// … and must also be this much slower in absolute terms to count.
+use handoff_core::config::RollbackPolicy;
+
+/// A p99 must also be this much slower in absolute terms to count (bucket
+/// bounds are coarse; 1 ms → 2.5 ms is not a regression anyone feels).
 pub const MIN_P99_WORSENING_SECS: f64 = 0.05;
-/// Fewer requests than this on the new revision say nothing yet.
-pub const MIN_REQUESTS: u64 = 20;
 
 /// Counters of one revision at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -75,12 +71,18 @@ impl Counts {
 }
 
 /// `Err(reason)` when `new` is measurably worse than `old`.
-pub fn verdict(from: &str, old: &Counts, to: &str, new: &Counts) -> Result<(), String> {
-    if new.requests < MIN_REQUESTS {
+pub fn verdict(
+    p: &RollbackPolicy,
+    from: &str,
+    old: &Counts,
+    to: &str,
+    new: &Counts,
+) -> Result<(), String> {
+    if new.requests < p.min_requests {
         return Ok(());
     }
     let (ro, rn) = (old.error_rate(), new.error_rate());
-    if rn > ro + MAX_ERROR_RATE_INCREASE {
+    if rn > ro + p.max_error_rate_increase {
         return Err(format!(
             "revision {to} answered {:.1}% 5xx ({} of {}) vs {:.1}% for {from}",
             rn * 100.0,
@@ -90,8 +92,8 @@ pub fn verdict(from: &str, old: &Counts, to: &str, new: &Counts) -> Result<(), S
         ));
     }
     if let (Some(po), Some(pn)) = (old.p99(), new.p99()) {
-        if old.requests >= MIN_REQUESTS
-            && pn > po * MAX_P99_RATIO
+        if old.requests >= p.min_requests
+            && pn > po * p.max_p99_ratio
             && pn - po >= MIN_P99_WORSENING_SECS
         {
             return Err(format!(
@@ -108,6 +110,12 @@ pub fn verdict(from: &str, old: &Counts, to: &str, new: &Counts) -> Result<(), S
 mod tests {
     use super::*;
 
+    const P: RollbackPolicy = RollbackPolicy {
+        max_error_rate_increase: 0.05,
+        max_p99_ratio: 2.0,
+        min_requests: 20,
+    };
+
     fn counts(requests: u64, errors: u64, slow: bool) -> Counts {
         let mut c = Counts {
             requests,
@@ -121,21 +129,49 @@ mod tests {
 
     #[test]
     fn error_rate_increase_beyond_threshold_fails() {
-        assert!(verdict("v1", &counts(100, 0, false), "v2", &counts(100, 3, false)).is_ok());
-        let e = verdict("v1", &counts(100, 0, false), "v2", &counts(100, 20, false)).unwrap_err();
+        assert!(verdict(
+            &P,
+            "v1",
+            &counts(100, 0, false),
+            "v2",
+            &counts(100, 3, false)
+        )
+        .is_ok());
+        let e = verdict(
+            &P,
+            "v1",
+            &counts(100, 0, false),
+            "v2",
+            &counts(100, 20, false),
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             "revision v2 answered 20.0% 5xx (20 of 100) vs 0.0% for v1"
         );
         // Too few requests to judge.
-        assert!(verdict("v1", &counts(100, 0, false), "v2", &counts(10, 10, false)).is_ok());
+        assert!(verdict(
+            &P,
+            "v1",
+            &counts(100, 0, false),
+            "v2",
+            &counts(10, 10, false)
+        )
+        .is_ok());
     }
 
     #[test]
     fn latency_regression_fails_only_when_large_in_both_senses() {
-        let e = verdict("v1", &counts(100, 0, false), "v2", &counts(100, 0, true)).unwrap_err();
+        let e = verdict(
+            &P,
+            "v1",
+            &counts(100, 0, false),
+            "v2",
+            &counts(100, 0, true),
+        )
+        .unwrap_err();
         assert!(e.contains("p99 latency ≤250 ms vs ≤1 ms"), "{e}");
-        assert!(verdict("v1", &counts(100, 0, true), "v2", &counts(100, 0, true)).is_ok());
+        assert!(verdict(&P, "v1", &counts(100, 0, true), "v2", &counts(100, 0, true)).is_ok());
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl<R: Runtime> Deployer<R> {
             batch: req.batch.unwrap_or(cfg.in_place.batch),
             min_healthy: cfg.in_place.min_healthy,
             traffic_steps: cfg.blue_green.traffic_steps.clone(),
+            hooks: cfg.hooks.commands.keys().cloned().collect(),
         })?;
         self.save(
             &d,
@@ -426,8 +427,9 @@ impl<R: Runtime> Deployer<R> {
                     instances,
                     revision,
                     group,
+                    hold,
                 } => {
-                    if let Err(e) = f.start(instances, revision, group).await {
+                    if let Err(e) = f.start(instances, revision, group, *hold).await {
                         return Outcome::Failed(e);
                     }
                 }
@@ -439,7 +441,9 @@ impl<R: Runtime> Deployer<R> {
                     if d.status == Status::Running {
                         let old = Counts::of(&f.proxy, &d.from).since(&before.0);
                         let new = Counts::of(&f.proxy, &d.to).since(&before.1);
-                        if let Err(e) = analysis::verdict(&d.from, &old, &d.to, &new) {
+                        if let Err(e) =
+                            analysis::verdict(&f.service.rollback, &d.from, &old, &d.to, &new)
+                        {
                             return Outcome::Failed(e);
                         }
                     }
@@ -484,6 +488,12 @@ impl<R: Runtime> Deployer<R> {
                     }
                 }
                 Action::Supervise { instances } => f.supervise(instances),
+                Action::Release { instances } => f.release(instances),
+                Action::Hook { name, instances } => {
+                    if let Err(e) = self.hook(d, name, instances).await {
+                        return Outcome::Failed(e);
+                    }
+                }
                 Action::MarkCurrent { revision } => {
                     let group = if *revision == d.to && d.strategy == Kind::BlueGreen {
                         &d.green_group
@@ -497,6 +507,74 @@ impl<R: Runtime> Deployer<R> {
             }
         }
         Outcome::Done
+    }
+
+    /// Runs hook `name` once, or once per instance (concurrently); keeps
+    /// each run's output with the deployment.
+    async fn hook(&self, d: &Deployment, name: &str, instances: &[String]) -> Result<(), String> {
+        let f = &self.fleet;
+        let Some(cmd) = f.service.hooks.get(name).map(str::to_string) else {
+            return Ok(());
+        };
+        let revision = if d.status == Status::RollingBack {
+            d.from.clone()
+        } else {
+            d.to.clone()
+        };
+        let dir = f
+            .install_release(&revision)
+            .await
+            .map_err(|e| e.to_string())?;
+        let once = [String::new()];
+        let targets: &[String] = if instances.is_empty() {
+            &once
+        } else {
+            instances
+        };
+        let runs = targets.iter().map(|inst| {
+            let (cmd, dir, revision) = (cmd.clone(), dir.clone(), revision.clone());
+            let timeout = f.service.hooks.timeout;
+            async move {
+                let env = crate::hooks::HookEnv {
+                    service: &d.service,
+                    revision: &revision,
+                    from: &d.from,
+                    deployment: &d.id,
+                    instance: inst,
+                    phase: name,
+                };
+                (
+                    inst.clone(),
+                    crate::hooks::run(&cmd, &env, &dir, timeout).await,
+                )
+            }
+        });
+        let mut failed = Vec::new();
+        for (inst, (result, output, took)) in futures_util::future::join_all(runs).await {
+            let who = if inst.is_empty() {
+                String::new()
+            } else {
+                format!(" {inst}")
+            };
+            let verdict = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            let mut msg = format!("hook {name}{who}: {verdict} in {} ms", took.as_millis());
+            if !output.is_empty() {
+                msg.push('\n');
+                msg.push_str(&output);
+            }
+            let _ = f.store.save_deployment_event(&d.id, "hook", &msg);
+            if let Err(e) = result {
+                failed.push(format!("hook {name}{who} {e}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 
     /// Holds a traffic step for `bake`, judging the new revision every
@@ -527,7 +605,9 @@ impl<R: Runtime> Deployer<R> {
             }
             let old = Counts::of(p, &d.from).since(&before.0);
             let new = Counts::of(p, &d.to).since(&before.1);
-            if let Err(e) = analysis::verdict(&d.from, &old, &d.to, &new) {
+            if let Err(e) =
+                analysis::verdict(&self.fleet.service.rollback, &d.from, &old, &d.to, &new)
+            {
                 return Some(Outcome::Failed(e));
             }
         }

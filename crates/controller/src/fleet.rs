@@ -256,7 +256,7 @@ impl<R: Runtime> Fleet<R> {
                 rec.name.clone(),
                 slot(rec.port, &rec.revision, &group, rec.restarts),
             );
-            self.register(&rec.name, running_of(rec), true)?;
+            self.register(&rec.name, running_of(rec), true, false)?;
         }
         let mut names: Vec<(String, u16, u32)> = restart
             .iter()
@@ -273,7 +273,7 @@ impl<R: Runtime> Fleet<R> {
                 .insert(name.clone(), slot(port, &revision, &group, restarts));
             let me = self.clone();
             starts.push(tokio::spawn(async move {
-                if let Err(e) = me.start_one(&name, true).await {
+                if let Err(e) = me.start_one(&name, true, false).await {
                     me.event(Some(&name), "start-failed", &e);
                     me.retry_later(&name);
                 }
@@ -431,7 +431,12 @@ impl<R: Runtime> Fleet<R> {
     /// Starts instance `name` as its slot says and registers it (as
     /// `initial`: traffic only after its checks pass). `supervise` starts
     /// the watcher that restarts it if it dies.
-    async fn start_one(self: &Arc<Self>, name: &str, supervise: bool) -> Result<(), String> {
+    async fn start_one(
+        self: &Arc<Self>,
+        name: &str,
+        supervise: bool,
+        hold: bool,
+    ) -> Result<(), String> {
         let Some((port, revision)) = self.slots().get(name).map(|s| (s.port, s.revision.clone()))
         else {
             return Err(format!("no instance {name}"));
@@ -467,7 +472,7 @@ impl<R: Runtime> Fleet<R> {
                     "started",
                     &format!("pid {} on port {port} ({revision})", run.pid),
                 );
-                self.register(name, run, supervise)
+                self.register(name, run, supervise, hold)
                     .map_err(|e| e.to_string())
             }
             Err(e) => {
@@ -482,6 +487,7 @@ impl<R: Runtime> Fleet<R> {
         name: &str,
         run: RunningInstance,
         supervise: bool,
+        hold: bool,
     ) -> Result<(), ControllerError> {
         let group = self
             .slots()
@@ -495,6 +501,7 @@ impl<R: Runtime> Fleet<R> {
                 addr,
                 revision: run.revision.clone(),
                 name: name.to_string(),
+                hold,
             },
         )?;
         if let Some(s) = self.slots().get_mut(name) {
@@ -598,7 +605,7 @@ impl<R: Runtime> Fleet<R> {
         let n = name.to_string();
         let h = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if let Err(e) = me.start_one(&n, true).await {
+            if let Err(e) = me.start_one(&n, true, false).await {
                 me.event(Some(&n), "start-failed", &e);
                 me.retry_later(&n);
             }
@@ -622,6 +629,7 @@ impl<R: Runtime> Fleet<R> {
         names: &[String],
         revision: &str,
         group: &str,
+        hold: bool,
     ) -> Result<(), String> {
         self.install_release(revision)
             .await
@@ -643,7 +651,9 @@ impl<R: Runtime> Fleet<R> {
         for n in names {
             let me = self.clone();
             let n = n.clone();
-            jobs.push(tokio::spawn(async move { me.start_one(&n, false).await }));
+            jobs.push(tokio::spawn(
+                async move { me.start_one(&n, false, hold).await },
+            ));
         }
         let mut errors = Vec::new();
         for j in jobs {
@@ -681,7 +691,7 @@ impl<R: Runtime> Fleet<R> {
             Ok(self
                 .proxy
                 .target(t)
-                .map(|t| t.state() == TargetState::Healthy)
+                .map(|t| t.state() == TargetState::Healthy || (t.is_held() && t.is_ready()))
                 .unwrap_or(false))
         };
         loop {
@@ -776,6 +786,17 @@ impl<R: Runtime> Fleet<R> {
                     let _ = self.store.delete_instance(self.name(), &n);
                 } else {
                     let _ = self.record(&n, "stopped", None);
+                }
+            }
+        }
+    }
+
+    /// Lets held instances into service (after their hooks).
+    pub fn release(&self, names: &[String]) {
+        for n in names {
+            if let Some(t) = self.slots().get(n).and_then(|s| s.target) {
+                if let Ok(t) = self.proxy.target(t) {
+                    t.release_into_service();
                 }
             }
         }

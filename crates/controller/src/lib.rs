@@ -49,6 +49,7 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
                 addr: *addr,
                 revision: STATIC_REVISION.into(),
                 name: addr.to_string(),
+                hold: false,
             },
         )?;
     }
@@ -56,5 +57,6 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
 }
 pub mod analysis;
 pub mod executor;
+pub mod hooks;
 pub mod plan;
 pub mod report;

@@ -389,3 +389,69 @@ fn daemon_killed_mid_deploy_restarts_consistent_with_a_complete_record() {
             .then_some(())
     });
 }
+
+#[test]
+fn hooks_run_in_order_and_a_failing_validation_never_lets_the_revision_serve() {
+    let hooks = "[services.web.hooks]\ntimeout = \"2s\"\n\
+        migrate_expand = \"echo $HANDOFF_PHASE $HANDOFF_REVISION >> hooks.log\"\n\
+        before_install = \"echo $HANDOFF_PHASE $HANDOFF_INSTANCE $HANDOFF_REVISION >> hooks.log; case $HANDOFF_REVISION in slow*) sleep 30;; esac\"\n\
+        validate_service = \"echo $HANDOFF_PHASE $HANDOFF_INSTANCE $HANDOFF_REVISION >> hooks.log; test $HANDOFF_REVISION != v3\"\n\
+        before_allow_traffic = \"echo $HANDOFF_PHASE $HANDOFF_INSTANCE >> hooks.log\"\n\
+        after_allow_traffic = \"echo $HANDOFF_PHASE $HANDOFF_INSTANCE >> hooks.log\"\n\
+        migrate_contract = \"echo $HANDOFF_PHASE $HANDOFF_REVISION >> hooks.log\"\n";
+    let env = setup(2, hooks);
+    let log = env.dir.path().join("hooks.log");
+    let l = load(env.web, 3);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--batch", "1"]);
+    assert!(ok, "{out}");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "migrate_expand v2",
+            "before_install web-1 v2",
+            "validate_service web-1 v2",
+            "before_allow_traffic web-1",
+            "after_allow_traffic web-1",
+            "before_install web-2 v2",
+            "validate_service web-2 v2",
+            "before_allow_traffic web-2",
+            "after_allow_traffic web-2",
+            "migrate_contract v2",
+        ]
+    );
+    let (_, report) = env.cli(&["report", "web-1"]);
+    assert!(
+        report.contains("hook validate_service web-1: ok"),
+        "{report}"
+    );
+
+    // v3 fails validate_service: rolled back, and v3 never took a request
+    // (its instance was held out of service until the hooks passed).
+    let (ok, out) = env.cli(&["deploy", "web", "v3", "--batch", "1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("hook validate_service web-1 exited with exit status: 1"),
+        "{out}"
+    );
+    assert!(out.contains("rolled back: v2 serves"), "{out}");
+    // A hook that hangs past hooks.timeout fails the deploy too.
+    let (ok, out) = env.cli(&["deploy", "web", "slow-v4", "--batch", "1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("still running after hooks.timeout 2s; killed"),
+        "{out}"
+    );
+    let seen = l.finish();
+    assert!(
+        !seen.iter().any(|(v, _)| v == "v3"),
+        "v3 served a request before its validation passed"
+    );
+    assert!(!seen.iter().any(|(v, _)| v == "slow-v4"));
+    stop(env);
+}

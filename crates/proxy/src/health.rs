@@ -116,6 +116,13 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             healthy_since = None;
         }
         if let Some((to, why)) = tracker.record(state, ok.is_ok(), &cfg) {
+            if t.is_held() {
+                // Held: passing checks make it ready, not healthy.
+                t.set_ready(to == TargetState::Healthy);
+                if to == TargetState::Healthy {
+                    continue;
+                }
+            }
             let why = match &ok {
                 Err(e) if to == TargetState::Unhealthy => format!("{why}: {e}"),
                 _ => why,

@@ -105,7 +105,7 @@ impl ServiceProxy {
         group: &str,
         spec: TargetSpec,
     ) -> Result<Arc<Target>, ControlError> {
-        let initial = if self.health.enabled {
+        let initial = if self.health.enabled || spec.hold {
             TargetState::Initial
         } else {
             TargetState::Healthy
@@ -136,6 +136,9 @@ impl ServiceProxy {
             }
             Ok(())
         })?;
+        if spec.hold && !self.health.enabled {
+            target.set_ready(true);
+        }
         crate::health::spawn(self.clone(), target.clone());
         Ok(target)
     }

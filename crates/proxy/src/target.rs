@@ -31,6 +31,9 @@ pub struct TargetSpec {
     pub revision: String,
     /// Human name, e.g. the instance id (`web-1`) or the address.
     pub name: String,
+    /// Keep it out of service even once its checks pass, until
+    /// [`Target::release`] (hooks run before it takes traffic).
+    pub hold: bool,
 }
 
 /// How a drain ended.
@@ -52,6 +55,10 @@ pub struct Target {
     pub name: Arc<str>,
     state: AtomicU8,
     in_flight: AtomicU64,
+    /// Held out of service until released (see `TargetSpec::hold`).
+    held: std::sync::atomic::AtomicBool,
+    /// Held, and its checks pass: would be healthy if released.
+    ready: std::sync::atomic::AtomicBool,
     /// Consecutive connect failures / 5xx seen on real traffic.
     passive_failures: AtomicU32,
     ejections: AtomicU32,
@@ -111,6 +118,8 @@ impl Target {
             name: spec.name.as_str().into(),
             state: AtomicU8::new(initial as u8),
             in_flight: AtomicU64::new(0),
+            held: std::sync::atomic::AtomicBool::new(spec.hold),
+            ready: std::sync::atomic::AtomicBool::new(false),
             passive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -131,6 +140,32 @@ impl Target {
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(SeqCst)
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(SeqCst)
+    }
+
+    /// Held and passing its checks.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(SeqCst)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, SeqCst);
+    }
+
+    /// Lets a held target into service: at once if its checks already pass,
+    /// else as soon as they do.
+    pub fn release_into_service(&self) {
+        self.held.store(false, SeqCst);
+        if self.ready.swap(false, SeqCst) {
+            self.transition(
+                TargetState::Initial,
+                TargetState::Healthy,
+                "health checks passed; released into service",
+            );
+        }
     }
 
     /// Moves `from → to` only if the target is still in `from`; returns whether
@@ -174,12 +209,12 @@ impl Target {
         if self.state.load(SeqCst) == TargetState::Healthy as u8 {
             Some(InFlight(self.clone()))
         } else {
-            self.release();
+            self.release_slot();
             None
         }
     }
 
-    fn release(&self) {
+    fn release_slot(&self) {
         if self.in_flight.fetch_sub(1, SeqCst) == 1 && !self.state().is_registered() {
             self.drained.notify_waiters();
         }
@@ -336,6 +371,6 @@ pub(crate) struct InFlight(pub(crate) Arc<Target>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.release();
+        self.0.release_slot();
     }
 }

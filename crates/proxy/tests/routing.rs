@@ -157,6 +157,7 @@ async fn connect_failures_are_retried_on_another_target() {
                 addr: dead,
                 revision: "x".into(),
                 name: "dead".into(),
+                hold: false,
             },
         )
         .unwrap();

@@ -8,17 +8,11 @@ pub(super) fn on(d: &mut Deployment, ev: Event) -> Option<Vec<Action>> {
     match (d.status, d.phase.clone(), ev) {
         (Status::Running, Pending, Event::Start) => {
             d.phase = StartingGreen;
-            Some(vec![Action::Start {
-                instances: d.green.clone(),
-                revision: d.to.clone(),
-                group: d.green_group.clone(),
-            }])
+            Some(d.start_actions(&d.green, &d.to, &d.green_group, true))
         }
         (Status::Running, StartingGreen, Event::Done) => {
             d.phase = WaitingGreen;
-            Some(vec![Action::AwaitHealthy {
-                instances: d.green.clone(),
-            }])
+            Some(d.health_actions(&d.green, false))
         }
         (Status::Running, WaitingGreen, Event::Done) => Some(shift_or_cut(d, 0)),
         (Status::Running, Shifting { index }, Event::Done) => Some(shift_or_cut(d, index + 1)),
@@ -26,7 +20,9 @@ pub(super) fn on(d: &mut Deployment, ev: Event) -> Option<Vec<Action>> {
         (Status::Running, CuttingOver, Event::Done) => {
             d.phase = Retaining;
             d.status = Status::Retained;
-            Some(vec![
+            let mut a = Vec::new();
+            d.hook_after_allow(&mut a);
+            a.extend([
                 Action::Supervise {
                     instances: d.green.clone(),
                 },
@@ -34,7 +30,8 @@ pub(super) fn on(d: &mut Deployment, ev: Event) -> Option<Vec<Action>> {
                     revision: d.to.clone(),
                 },
                 Action::Retain,
-            ])
+            ]);
+            Some(a)
         }
         (Status::Retained, Retaining, Event::Done | Event::Promote) => {
             d.phase = TerminatingBlue;
@@ -51,7 +48,9 @@ pub(super) fn on(d: &mut Deployment, ev: Event) -> Option<Vec<Action>> {
         (Status::Retained, TerminatingBlue, Event::Done) => {
             d.phase = Finished;
             d.status = Status::Succeeded;
-            Some(Vec::new())
+            let mut a = Vec::new();
+            d.contract(&mut a);
+            Some(a)
         }
         (
             Status::Running,

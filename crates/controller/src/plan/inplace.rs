@@ -64,18 +64,14 @@ fn advance(d: &mut Deployment, index: usize, step: BatchStep) -> Vec<Action> {
                 index,
                 step: BatchStep::Starting,
             };
-            vec![Action::Start {
-                instances: batch,
-                revision: revision(d),
-                group: d.blue_group.clone(),
-            }]
+            d.start_actions(&batch, &revision(d), &d.blue_group, index == 0)
         }
         BatchStep::Starting => {
             d.phase = Phase::Batch {
                 index,
                 step: BatchStep::WaitingHealthy,
             };
-            vec![Action::AwaitHealthy { instances: batch }]
+            d.health_actions(&batch, true)
         }
         BatchStep::WaitingHealthy => {
             d.drained.retain(|i| !batch.contains(i));
@@ -92,6 +88,7 @@ fn advance(d: &mut Deployment, index: usize, step: BatchStep) -> Vec<Action> {
                     actions.push(Action::MarkCurrent {
                         revision: d.to.clone(),
                     });
+                    d.contract(&mut actions);
                 } else {
                     d.status = Status::RolledBack;
                 }

@@ -150,6 +150,9 @@ pub struct Deployment {
     pub held: bool,
     /// Why it rolled back or failed, in words.
     pub reason: Option<String>,
+    /// The hooks the service has configured (names), fixed at creation.
+    #[serde(default)]
+    pub hooks: Vec<String>,
 }
 
 /// Something the executor must do. Each names instances, not targets: the
@@ -164,10 +167,23 @@ pub enum Action {
     Stop {
         instances: Vec<String>,
     },
+    /// `hold`: keep them out of service after their checks pass, until
+    /// `Release` (hooks run in between).
     Start {
         instances: Vec<String>,
         revision: String,
         group: String,
+        #[serde(default)]
+        hold: bool,
+    },
+    /// Run lifecycle hook `name` for `instances` (once, if empty).
+    Hook {
+        name: String,
+        instances: Vec<String>,
+    },
+    /// Let held instances into service.
+    Release {
+        instances: Vec<String>,
     },
     /// Health checks pass, then stay passing for `min_healthy_time`, and
     /// (once traffic arrives) the revision is not worse than the old one.
@@ -245,6 +261,8 @@ pub struct Request {
     pub batch: handoff_core::config::Amount,
     pub min_healthy: handoff_core::config::Amount,
     pub traffic_steps: Vec<u32>,
+    /// Names of the configured hooks.
+    pub hooks: Vec<String>,
 }
 
 /// The group a blue/green deployment starts green in.
@@ -327,7 +345,82 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         paused: false,
         held: false,
         reason: None,
+        hooks: r.hooks,
     })
+}
+
+impl Deployment {
+    fn has(&self, hook: &str) -> bool {
+        self.hooks.iter().any(|h| h == hook)
+    }
+
+    /// New instances are held out of service while hooks must run between
+    /// "checks pass" and "takes traffic".
+    pub fn holds(&self) -> bool {
+        self.has("validate_service") || self.has("before_allow_traffic")
+    }
+
+    fn hook(&self, name: &str, instances: &[String], out: &mut Vec<Action>) {
+        if self.has(name) {
+            out.push(Action::Hook {
+                name: name.into(),
+                instances: instances.to_vec(),
+            });
+        }
+    }
+
+    /// Starting instances on a revision, with the install hooks around it;
+    /// `migrate_expand` once, before the first new instance starts.
+    pub(crate) fn start_actions(
+        &self,
+        instances: &[String],
+        revision: &str,
+        group: &str,
+        first: bool,
+    ) -> Vec<Action> {
+        let mut a = Vec::new();
+        if first && self.status == Status::Running {
+            self.hook("migrate_expand", &[], &mut a);
+        }
+        self.hook("before_install", instances, &mut a);
+        self.hook("after_install", instances, &mut a);
+        a.push(Action::Start {
+            instances: instances.to_vec(),
+            revision: revision.into(),
+            group: group.into(),
+            hold: self.holds(),
+        });
+        self.hook("application_start", instances, &mut a);
+        a
+    }
+
+    /// Waiting for health, then the traffic hooks; held instances are
+    /// released into service (for blue/green the weights still decide).
+    pub(crate) fn health_actions(&self, instances: &[String], after_allow: bool) -> Vec<Action> {
+        let mut a = vec![Action::AwaitHealthy {
+            instances: instances.to_vec(),
+        }];
+        self.hook("validate_service", instances, &mut a);
+        self.hook("before_allow_traffic", instances, &mut a);
+        if self.holds() {
+            a.push(Action::Release {
+                instances: instances.to_vec(),
+            });
+        }
+        if after_allow {
+            self.hook("after_allow_traffic", instances, &mut a);
+        }
+        a
+    }
+
+    pub(crate) fn hook_after_allow(&self, out: &mut Vec<Action>) {
+        self.hook("after_allow_traffic", &self.green, out);
+    }
+
+    /// `migrate_contract`, once no old instance can serve again.
+    pub(crate) fn contract(&self, out: &mut Vec<Action>) {
+        self.hook("migrate_contract", &[], out);
+    }
 }
 
 /// The transition function.

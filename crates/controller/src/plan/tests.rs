@@ -18,6 +18,7 @@ fn req(kind: Kind, n: usize, batch: Amount, floor: Amount) -> Request {
         batch,
         min_healthy: floor,
         traffic_steps: vec![10, 50],
+        hooks: Vec::new(),
     }
 }
 
@@ -66,7 +67,8 @@ fn in_place_batch_1_goes_instance_by_instance() {
         vec![Action::Start {
             instances: s(&["web-1"]),
             revision: "v2".into(),
-            group: "blue".into()
+            group: "blue".into(),
+            hold: false
         }]
     );
     let (d4, a) = step(&d3, Event::Done).unwrap();
@@ -179,7 +181,8 @@ fn in_place_failure_at_every_step_rolls_back_what_was_touched() {
             vec![Action::Start {
                 instances: rb.batches[0].clone(),
                 revision: "v1".into(),
-                group: "blue".into()
+                group: "blue".into(),
+                hold: false
             }]
         );
         let mut end = rb;
@@ -274,7 +277,8 @@ fn blue_green_full_sequence() {
         vec![Action::Start {
             instances: green.clone(),
             revision: "v2".into(),
-            group: "green".into()
+            group: "green".into(),
+            hold: false
         }]
     );
     let (d, a) = step(&d, Event::Done).unwrap();
@@ -459,4 +463,161 @@ fn deployments_round_trip_through_json() {
     let (d, _) = step(&d, Event::Start).unwrap();
     let j = serde_json::to_string(&d).unwrap();
     assert_eq!(serde_json::from_str::<Deployment>(&j).unwrap(), d);
+}
+
+/// Feeds `Done` to a started deployment until it finishes.
+fn finish(mut d: Deployment) -> (Deployment, Vec<Action>) {
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        if d.phase == Phase::Finished {
+            break;
+        }
+        let (n, a) = step(&d, Event::Done).unwrap();
+        d = n;
+        all.extend(a);
+    }
+    (d, all)
+}
+
+fn with_hooks(kind: Kind, hooks: &[&str]) -> Deployment {
+    let mut r = req(kind, 2, Amount::Count(1), Amount::Count(1));
+    r.hooks = hooks.iter().map(|h| h.to_string()).collect();
+    new(r).unwrap()
+}
+
+fn hook(name: &str, inst: &[&str]) -> Action {
+    Action::Hook {
+        name: name.into(),
+        instances: s(inst),
+    }
+}
+
+#[test]
+fn in_place_hooks_run_in_order_and_hold_traffic_until_released() {
+    let all = [
+        "migrate_expand",
+        "before_install",
+        "after_install",
+        "application_start",
+        "validate_service",
+        "before_allow_traffic",
+        "after_allow_traffic",
+        "migrate_contract",
+    ];
+    let d = with_hooks(Kind::InPlace, &all);
+    let (d, _) = step(&d, Event::Start).unwrap(); // drain web-1
+    let (d, _) = step(&d, Event::Done).unwrap(); // stop
+    let (d, a) = step(&d, Event::Done).unwrap();
+    assert_eq!(
+        a,
+        vec![
+            hook("migrate_expand", &[]),
+            hook("before_install", &["web-1"]),
+            hook("after_install", &["web-1"]),
+            Action::Start {
+                instances: s(&["web-1"]),
+                revision: "v2".into(),
+                group: "blue".into(),
+                hold: true
+            },
+            hook("application_start", &["web-1"]),
+        ]
+    );
+    let (d, a) = step(&d, Event::Done).unwrap();
+    assert_eq!(
+        a,
+        vec![
+            Action::AwaitHealthy {
+                instances: s(&["web-1"])
+            },
+            hook("validate_service", &["web-1"]),
+            hook("before_allow_traffic", &["web-1"]),
+            Action::Release {
+                instances: s(&["web-1"])
+            },
+            hook("after_allow_traffic", &["web-1"]),
+        ]
+    );
+    let (end, rest) = finish(d);
+    assert_eq!(end.status, Status::Succeeded);
+    // Expand ran once (batch 1 only); contract once, last.
+    assert!(!rest.contains(&hook("migrate_expand", &[])));
+    assert_eq!(rest.last(), Some(&hook("migrate_contract", &[])));
+}
+
+#[test]
+fn blue_green_hooks_expand_before_green_and_contract_after_blue_is_gone() {
+    let d = with_hooks(
+        Kind::BlueGreen,
+        &[
+            "migrate_expand",
+            "before_allow_traffic",
+            "after_allow_traffic",
+            "migrate_contract",
+        ],
+    );
+    let (end, all) = run(d);
+    assert_eq!(end.status, Status::Succeeded);
+    assert_eq!(all[0], hook("migrate_expand", &[]));
+    let green = ["web-3", "web-4"];
+    let release = all
+        .iter()
+        .position(|a| {
+            *a == Action::Release {
+                instances: s(&green),
+            }
+        })
+        .unwrap();
+    let first_weight = all
+        .iter()
+        .position(|a| matches!(a, Action::SetWeights { .. }))
+        .unwrap();
+    assert!(
+        release < first_weight,
+        "green released before it gets a weight"
+    );
+    let after = all
+        .iter()
+        .position(|a| *a == hook("after_allow_traffic", &green))
+        .unwrap();
+    let cut = all
+        .iter()
+        .position(|a| {
+            *a == Action::Quiesce {
+                group: "blue".into(),
+            }
+        })
+        .unwrap();
+    assert!(after > cut, "after_allow_traffic after the cut-over");
+    let stop_blue = all
+        .iter()
+        .position(|a| {
+            *a == Action::Stop {
+                instances: names("web", 2),
+            }
+        })
+        .unwrap();
+    assert_eq!(all.last(), Some(&hook("migrate_contract", &[])));
+    assert!(
+        all.len() - 1 > stop_blue,
+        "contract only after blue is terminated"
+    );
+}
+
+#[test]
+fn a_rollback_runs_install_hooks_for_the_old_revision_but_no_migration() {
+    let d = with_hooks(
+        Kind::InPlace,
+        &["migrate_expand", "before_install", "migrate_contract"],
+    );
+    let (d, _) = step(&d, Event::Start).unwrap();
+    let (d, _) = step(&d, Event::Failed { reason: "x".into() }).unwrap();
+    let (d, _) = step(&d, Event::Done).unwrap();
+    let (d, a) = step(&d, Event::Done).unwrap();
+    assert_eq!(a[0], hook("before_install", &["web-1"]));
+    assert!(matches!(&a[1], Action::Start { revision, .. } if revision == "v1"));
+    let (_, rest) = finish(d);
+    assert!(!rest
+        .iter()
+        .any(|a| matches!(a, Action::Hook { name, .. } if name.starts_with("migrate"))));
 }

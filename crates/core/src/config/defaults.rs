@@ -33,3 +33,8 @@ pub const MIN_HEALTHY: &str = "50%";
 pub const TRAFFIC_STEPS: &[u32] = &[50];
 pub const BAKE: Duration = Duration::from_secs(5);
 pub const RETENTION: Duration = Duration::from_secs(600);
+
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_ERROR_RATE_INCREASE: f64 = 0.05;
+pub const MAX_P99_RATIO: f64 = 2.0;
+pub const MIN_REQUESTS: u64 = 20;

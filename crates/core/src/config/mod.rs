@@ -60,6 +60,49 @@ pub struct Service {
     pub strategy: Strategy,
     pub in_place: InPlace,
     pub blue_green: BlueGreen,
+    pub hooks: Hooks,
+    pub rollback: RollbackPolicy,
+}
+
+/// Lifecycle hooks (DESIGN.md), each a shell command run in the revision's
+/// release directory with `HANDOFF_SERVICE`, `HANDOFF_REVISION`,
+/// `HANDOFF_INSTANCE`, `HANDOFF_PHASE`, `HANDOFF_DEPLOYMENT` set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    /// Per hook run; a hook still running then has failed.
+    pub timeout: Duration,
+    /// Hook name → command, only for the hooks configured.
+    pub commands: BTreeMap<String, String>,
+}
+
+impl Hooks {
+    /// Every hook name, in the order a deployment reaches them.
+    pub const NAMES: [&'static str; 8] = [
+        "migrate_expand",
+        "before_install",
+        "after_install",
+        "application_start",
+        "validate_service",
+        "before_allow_traffic",
+        "after_allow_traffic",
+        "migrate_contract",
+    ];
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.commands.get(name).map(String::as_str)
+    }
+}
+
+/// When the new revision counts as worse than the old one (automatic
+/// rollback), from the proxy's own per-revision figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackPolicy {
+    /// Added share of 5xx answers tolerated (0.05 = 5 points).
+    pub max_error_rate_increase: f64,
+    /// New p99 over old p99 tolerated.
+    pub max_p99_ratio: f64,
+    /// Requests the new revision must have served before it is judged.
+    pub min_requests: u64,
 }
 
 /// Who runs the service's targets.

@@ -42,6 +42,8 @@ pub struct RawService {
     pub proxy: Option<RawProxy>,
     pub in_place: Option<RawInPlace>,
     pub blue_green: Option<RawBlueGreen>,
+    pub hooks: Option<RawHooks>,
+    pub rollback: Option<RawRollback>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +89,26 @@ pub struct RawBlueGreen {
     pub retention: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHooks {
+    pub timeout: Option<String>,
+    pub before_install: Option<String>,
+    pub after_install: Option<String>,
+    pub application_start: Option<String>,
+    pub validate_service: Option<String>,
+    pub before_allow_traffic: Option<String>,
+    pub after_allow_traffic: Option<String>,
+    pub migrate_expand: Option<String>,
+    pub migrate_contract: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRollback {
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub min_requests: Option<i64>,
+}
+
 /// `batch = 1` and `batch = "50%"` are both natural to write.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -121,6 +143,8 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "proxy",
             "in_place",
             "blue_green",
+            "hooks",
+            "rollback",
         ],
         ["services", _, "health"] => &[
             "enabled",
@@ -146,6 +170,20 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
         ],
         ["services", _, "in_place"] => &["batch", "min_healthy"],
         ["services", _, "blue_green"] => &["traffic_steps", "bake", "retention"],
+        ["services", _, "hooks"] => &[
+            "timeout",
+            "before_install",
+            "after_install",
+            "application_start",
+            "validate_service",
+            "before_allow_traffic",
+            "after_allow_traffic",
+            "migrate_expand",
+            "migrate_contract",
+        ],
+        ["services", _, "rollback"] => {
+            &["max_error_rate_increase", "max_p99_ratio", "min_requests"]
+        }
         _ => &[],
     }
 }

@@ -300,6 +300,69 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             d::RETENTION,
         ),
     };
+    let rh = r.hooks.unwrap_or_default();
+    let hooks = Hooks {
+        timeout: cx.duration(k("hooks.timeout"), rh.timeout.as_ref(), d::HOOK_TIMEOUT),
+        commands: [
+            ("before_install", rh.before_install),
+            ("after_install", rh.after_install),
+            ("application_start", rh.application_start),
+            ("validate_service", rh.validate_service),
+            ("before_allow_traffic", rh.before_allow_traffic),
+            ("after_allow_traffic", rh.after_allow_traffic),
+            ("migrate_expand", rh.migrate_expand),
+            ("migrate_contract", rh.migrate_contract),
+        ]
+        .into_iter()
+        .filter_map(|(n, c)| {
+            let c = c?;
+            if c.trim().is_empty() {
+                cx.err(
+                    k(&format!("hooks.{n}")),
+                    "is empty; remove it or give a command",
+                );
+                return None;
+            }
+            Some((n.to_string(), c))
+        })
+        .collect(),
+    };
+    let rr = r.rollback.unwrap_or_default();
+    let rollback = RollbackPolicy {
+        max_error_rate_increase: match rr.max_error_rate_increase {
+            None => d::MAX_ERROR_RATE_INCREASE,
+            Some(x) if (0.0..=1.0).contains(&x) => x,
+            Some(x) => {
+                cx.err(
+                    k("rollback.max_error_rate_increase"),
+                    format!("must be a share from 0.0 to 1.0, got {x}"),
+                );
+                d::MAX_ERROR_RATE_INCREASE
+            }
+        },
+        max_p99_ratio: match rr.max_p99_ratio {
+            None => d::MAX_P99_RATIO,
+            Some(x) if x >= 1.0 => x,
+            Some(x) => {
+                cx.err(
+                    k("rollback.max_p99_ratio"),
+                    format!("must be at least 1.0, got {x}"),
+                );
+                d::MAX_P99_RATIO
+            }
+        },
+        min_requests: match rr.min_requests {
+            None => d::MIN_REQUESTS,
+            Some(n) if n >= 1 => n as u64,
+            Some(n) => {
+                cx.err(
+                    k("rollback.min_requests"),
+                    format!("must be at least 1, got {n}"),
+                );
+                d::MIN_REQUESTS
+            }
+        },
+    };
     Some(Service {
         name: name.to_string(),
         listen: listen?,
@@ -310,6 +373,8 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         strategy,
         in_place,
         blue_green,
+        hooks,
+        rollback,
     })
 }
 

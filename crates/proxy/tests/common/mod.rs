@@ -231,6 +231,12 @@ pub fn service_cfg(balance: Balance, health: Health) -> Service {
             bake: Duration::ZERO,
             retention: Duration::ZERO,
         },
+        hooks: Default::default(),
+        rollback: handoff_core::config::RollbackPolicy {
+            max_error_rate_increase: 0.05,
+            max_p99_ratio: 2.0,
+            min_requests: 20,
+        },
     }
 }
 
@@ -263,6 +269,7 @@ impl TestProxy {
                     addr: u.addr,
                     revision: u.name.clone(),
                     name: u.name.clone(),
+                    hold: false,
                 },
             )
             .unwrap()
