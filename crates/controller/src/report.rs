@@ -1,7 +1,7 @@
 //! The deploy report, measured from what actually happened: a sampler reads
-//! the proxy every 50 ms during the deployment (healthy targets in service,
-//! per-revision request counters, live instances) and the store's events
-//! give the step timings.
+//! the proxy on every target state change and every 50 ms during the
+//! deployment (healthy targets in service, per-revision request counters,
+//! live instances) and the store's events give the step timings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,9 +119,20 @@ impl Sampler {
             from.to_string(),
             to.to_string(),
         );
+        // Every target state change wakes the sampler, so a dip in capacity
+        // is seen however short it is; the timer catches weight changes and
+        // request counters.
+        let mut events = proxy.subscribe();
         let task = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(EVERY) => {}
+                    ev = events.recv() => match ev {
+                        Ok(e) if e.service != *p.name => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => tokio::time::sleep(EVERY).await,
+                        _ => {}
+                    },
+                }
                 let n = alive();
                 s2.lock()
                     .unwrap_or_else(|e| e.into_inner())

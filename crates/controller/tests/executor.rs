@@ -1,0 +1,409 @@
+//! The executor against a fake runtime that records every call, the real
+//! proxy control handle (no listeners needed) and a real in-memory SQLite
+//! store: the sequence of side effects, what the store holds after, and the
+//! rollback paths, without processes or sockets.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handoff_controller::executor::{DeployError, DeployRequest, Deployer};
+use handoff_controller::plan::{Kind, Status};
+use handoff_controller::{Fleet, FleetOptions};
+use handoff_proxy::Proxy;
+use handoff_runtime::{Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome};
+use handoff_store::Store;
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct FakeRuntime {
+    calls: Mutex<Vec<String>>,
+    procs: Mutex<HashMap<u32, watch::Sender<Option<Exit>>>>,
+    next: AtomicU32,
+}
+
+impl FakeRuntime {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("start {} {}", spec.instance, spec.revision));
+        if spec.revision.starts_with("bad") {
+            return Err(RuntimeError::ExitedDuringStart {
+                instance: spec.instance.clone(),
+                exit: Exit::Code(1),
+                log_tail: "boom".into(),
+            });
+        }
+        let pid = 100_000 + self.next.fetch_add(1, SeqCst);
+        self.procs
+            .lock()
+            .unwrap()
+            .insert(pid, watch::channel(None).0);
+        Ok(RunningInstance {
+            service: spec.service.clone(),
+            instance: spec.instance.clone(),
+            revision: spec.revision.clone(),
+            port: spec.port,
+            pid,
+            start_time: pid as u64,
+        })
+    }
+
+    async fn stop(&self, inst: &RunningInstance, _grace: Duration) -> StopOutcome {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("stop {}", inst.instance));
+        match self.procs.lock().unwrap().remove(&inst.pid) {
+            Some(tx) => {
+                let _ = tx.send(Some(Exit::Code(0)));
+                StopOutcome::Graceful(Exit::Code(0))
+            }
+            None => StopOutcome::NotRunning,
+        }
+    }
+
+    fn is_alive(&self, inst: &RunningInstance) -> bool {
+        self.procs.lock().unwrap().contains_key(&inst.pid)
+    }
+
+    async fn exited(&self, inst: &RunningInstance) -> Exit {
+        let rx = self
+            .procs
+            .lock()
+            .unwrap()
+            .get(&inst.pid)
+            .map(|tx| tx.subscribe());
+        match rx {
+            Some(mut rx) => rx
+                .wait_for(|e| e.is_some())
+                .await
+                .map(|e| e.unwrap_or(Exit::Unknown))
+                .unwrap_or(Exit::Unknown),
+            None => Exit::Unknown,
+        }
+    }
+
+    fn log_path(&self, _: &str, _: &str) -> PathBuf {
+        PathBuf::from("/dev/null")
+    }
+}
+
+struct Rig {
+    rt: Arc<FakeRuntime>,
+    store: Arc<Store>,
+    deployer: Arc<Deployer<FakeRuntime>>,
+    _proxy: Proxy,
+}
+
+async fn rig(instances: u32, extra: &str) -> Rig {
+    let text = format!(
+        "[services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\ncommand = \"fake {{port}}\"\n\
+         [services.web.health]\nenabled = false\nmin_healthy_time = \"0s\"\n\
+         [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"0s\"\nretention = \"200ms\"\n{extra}"
+    );
+    let cfg = handoff_core::config::parse(Path::new("/tmp/handoff.toml"), &text).unwrap();
+    let svc = cfg.services["web"].clone();
+    let mut proxy = Proxy::new(1);
+    let sp = proxy.add_service(&svc);
+    let rt = Arc::new(FakeRuntime::default());
+    let store = Arc::new(Store::memory().unwrap());
+    let opts = FleetOptions {
+        state_dir: std::env::temp_dir().join("handoff-fake"),
+        base_dir: std::env::temp_dir(),
+        port_range: None,
+        releases_kept: 5,
+    };
+    let fleet = Fleet::new(svc, sp, rt.clone(), store.clone(), opts).unwrap();
+    fleet.boot().await.unwrap();
+    let deployer = Deployer::new(fleet);
+    rt.calls.lock().unwrap().clear();
+    Rig {
+        rt,
+        store,
+        deployer,
+        _proxy: proxy,
+    }
+}
+
+async fn settle(d: &Deployer<FakeRuntime>, until: impl Fn(Status) -> bool) -> Status {
+    for _ in 0..500 {
+        if let Some(s) = d.current().map(|x| x.status) {
+            if until(s) {
+                // The record is written just after the state is published.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deployment did not settle: {:?}", d.current());
+}
+
+fn done(s: Status) -> bool {
+    !s.is_active()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_batch_1_records_every_step_and_moves_the_current_revision() {
+    let r = rig(3, "").await;
+    let id = r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::InPlace),
+            batch: Some(handoff_core::config::Amount::Count(1)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(settle(&r.deployer, done).await, Status::Succeeded);
+    assert_eq!(
+        r.rt.calls(),
+        [
+            "stop web-1",
+            "start web-1 v2",
+            "stop web-2",
+            "start web-2 v2",
+            "stop web-3",
+            "start web-3 v2"
+        ]
+    );
+    let rec = r.store.deployment(&id).unwrap().unwrap();
+    assert_eq!(rec.status, "succeeded");
+    let events: Vec<String> = r
+        .store
+        .deployment_events(&id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert!(
+        events[0].contains("deploying v1 → v2 (in-place)"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e == "batch 3/3: drained; stopping web-3"),
+        "{events:?}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&rec.report.unwrap()).unwrap();
+    assert_eq!(report["desired"], 3);
+    assert_eq!(
+        report["capacity_floor"], 2,
+        "batch 1 of 3 keeps 2 in service"
+    );
+    assert_eq!(
+        r.store.current_revision("web").unwrap().as_deref(),
+        Some("v2")
+    );
+    let insts = r.store.instances("web").unwrap();
+    assert!(
+        insts
+            .iter()
+            .all(|i| i.revision == "v2" && i.status == "running"),
+        "{insts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_rolls_back_exactly_what_was_touched() {
+    let r = rig(3, "").await;
+    let id = r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "bad-v2".into(),
+            strategy: None,
+            batch: Some(handoff_core::config::Amount::Count(1)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(settle(&r.deployer, done).await, Status::RolledBack);
+    // The failed start left no process, so the rollback has nothing to stop.
+    assert_eq!(
+        r.rt.calls(),
+        ["stop web-1", "start web-1 bad-v2", "start web-1 v1"]
+    );
+    let rec = r.store.deployment(&id).unwrap().unwrap();
+    assert_eq!(rec.status, "rolled-back");
+    let events: Vec<String> = r
+        .store
+        .deployment_events(&id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert!(
+        events.iter().any(|e| e.contains("rolling back to v1")
+            && e.contains("exited with status 1 while starting")),
+        "{events:?}"
+    );
+    assert_eq!(
+        r.store.current_revision("web").unwrap().as_deref(),
+        Some("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_starts_green_then_terminates_blue_after_retention() {
+    let r = rig(2, "").await;
+    r.deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::BlueGreen),
+            batch: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        settle(&r.deployer, |s| s == Status::Retained).await,
+        Status::Retained
+    );
+    assert_eq!(
+        r.rt.calls().len(),
+        2,
+        "blue is kept during retention: {:?}",
+        r.rt.calls()
+    );
+    let weights: Vec<(String, u32)> = r
+        .deployer
+        .fleet
+        .proxy
+        .table()
+        .groups
+        .iter()
+        .map(|g| (g.name.to_string(), g.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [("blue".to_string(), 0), ("green".to_string(), 100)]
+    );
+    assert_eq!(settle(&r.deployer, done).await, Status::Succeeded);
+    let mut calls = r.rt.calls();
+    calls[..2].sort();
+    calls[2..].sort();
+    assert_eq!(
+        calls,
+        [
+            "start web-3 v2",
+            "start web-4 v2",
+            "stop web-1",
+            "stop web-2"
+        ]
+    );
+    let names: Vec<String> = r
+        .deployer
+        .fleet
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["web-3", "web-4"]);
+    assert_eq!(r.deployer.fleet.live_group(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deployment_per_service_and_a_flip_within_retention() {
+    let r = rig(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n").await;
+    r.deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::BlueGreen),
+            batch: None,
+        })
+        .await
+        .unwrap();
+    // While it runs, a second one is refused by name…
+    match r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "v3".into(),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(DeployError::Conflict { id, .. }) => assert_eq!(id, "web-1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        settle(&r.deployer, |s| s == Status::Retained).await,
+        Status::Retained
+    );
+    // …and within retention a rollback is one weight flip.
+    r.deployer
+        .control(handoff_controller::plan::Event::Rollback)
+        .unwrap();
+    assert_eq!(settle(&r.deployer, done).await, Status::RolledBack);
+    let weights: Vec<(String, u32)> = r
+        .deployer
+        .fleet
+        .proxy
+        .table()
+        .groups
+        .iter()
+        .map(|g| (g.name.to_string(), g.weight))
+        .collect();
+    assert_eq!(weights, [("blue".to_string(), 100)]);
+    assert_eq!(
+        r.store.current_revision("web").unwrap().as_deref(),
+        Some("v1")
+    );
+    assert!(
+        r.rt.calls()
+            .ends_with(&["stop web-3".to_string(), "stop web-4".to_string()])
+            || r.rt
+                .calls()
+                .ends_with(&["stop web-4".to_string(), "stop web-3".to_string()]),
+        "{:?}",
+        r.rt.calls()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_deployments_are_closed_at_boot() {
+    let r = rig(2, "").await;
+    // A record as a crash would leave it: running, mid-batch.
+    let id = r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::InPlace),
+            batch: Some(handoff_core::config::Amount::Count(1)),
+        })
+        .await
+        .unwrap();
+    settle(&r.deployer, done).await;
+    let mut rec = r.store.deployment(&id).unwrap().unwrap();
+    let mut state: handoff_controller::plan::Deployment = serde_json::from_str(&rec.state).unwrap();
+    state.status = Status::Running;
+    rec.status = "running".into();
+    rec.id = "web-9".into();
+    state.id = "web-9".into();
+    state.to = "v9".into();
+    rec.state = serde_json::to_string(&state).unwrap();
+    r.store
+        .save_deployment(&rec, Some(("created", "deploying")))
+        .unwrap();
+    let closed = r.deployer.recover().unwrap();
+    assert_eq!(closed, ["web-9"]);
+    let after = r.store.deployment("web-9").unwrap().unwrap();
+    assert_eq!(after.status, "rolled-back");
+    let events = r.store.deployment_events("web-9").unwrap();
+    assert!(
+        events
+            .last()
+            .unwrap()
+            .2
+            .contains("interrupted by a restart of handoff"),
+        "{events:?}"
+    );
+}
