@@ -240,11 +240,25 @@ async fn deploy(
             format!("revision: '{}' is not a usable revision id", b.revision),
         );
     }
+    let artifact = b.artifact.map(std::path::PathBuf::from);
+    if let Some(a) = &artifact {
+        if !a.is_absolute() || !a.exists() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "artifact: {} is not an existing absolute path on the daemon's machine",
+                    a.display()
+                ),
+            );
+        }
+    }
     match d
         .deploy(DeployRequest {
             revision: b.revision,
             strategy,
             batch,
+            artifact,
         })
         .await
     {
@@ -321,9 +335,20 @@ async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Respons
             format!("{target} is the revision serving now; nothing to roll back to"),
         );
     }
+    // "The previous revision with the same strategy": the strategy of the
+    // deployment being rolled back.
+    let strategy = d
+        .fleet
+        .store
+        .deployments(d.fleet.name(), 1)
+        .ok()
+        .and_then(|l| l.into_iter().next())
+        .and_then(|r| handoff_core::config::Strategy::parse(&r.strategy))
+        .map(Kind::from);
     match d
         .deploy(DeployRequest {
             revision: target,
+            strategy,
             ..Default::default()
         })
         .await

@@ -14,6 +14,10 @@ pub struct DeployBody {
     /// In-place batch, a count (`"1"`) or a percentage (`"50%"`).
     #[serde(default)]
     pub batch: Option<String>,
+    /// A directory or `.tar.gz` on the daemon's machine holding the
+    /// revision's files (absolute path).
+    #[serde(default)]
+    pub artifact: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -50,6 +50,8 @@ pub struct DeployRequest {
     pub revision: String,
     pub strategy: Option<Kind>,
     pub batch: Option<Amount>,
+    /// The revision's files (directory or `.tar.gz`), installed before start.
+    pub artifact: Option<std::path::PathBuf>,
 }
 
 struct Active {
@@ -140,6 +142,12 @@ impl<R: Runtime> Deployer<R> {
             );
             let _ = ctl.send(Event::Promote);
             let _ = rx.wait_for(|d| !d.status.is_active()).await;
+        }
+        if let Some(a) = &req.artifact {
+            self.fleet.set_artifact(&req.revision, a.clone());
+            // Installed (and verified) now, so a bad artifact fails the
+            // request instead of the deployment.
+            self.fleet.install_release(&req.revision).await?;
         }
         let cfg = &self.fleet.service;
         let strategy = req.strategy.unwrap_or_else(|| cfg.strategy.into());

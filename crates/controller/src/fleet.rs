@@ -73,6 +73,8 @@ pub struct Fleet<R: Runtime> {
     base_dir: PathBuf,
     /// Release directory per installed revision.
     release_dirs: Mutex<BTreeMap<String, PathBuf>>,
+    /// Artifacts given with `deploy --artifact`, by revision.
+    artifacts: Mutex<BTreeMap<String, PathBuf>>,
     releases_kept: usize,
     port_range: Option<(u16, u16)>,
     slots: Mutex<BTreeMap<String, Slot>>,
@@ -125,6 +127,7 @@ impl<R: Runtime> Fleet<R> {
             state_dir: opts.state_dir,
             base_dir: opts.base_dir,
             release_dirs: Mutex::new(BTreeMap::new()),
+            artifacts: Mutex::new(BTreeMap::new()),
             releases_kept: opts.releases_kept,
             port_range: opts.port_range,
             slots: Mutex::new(BTreeMap::new()),
@@ -316,14 +319,32 @@ impl<R: Runtime> Fleet<R> {
     }
 
     /// Installs `revision`'s artifact (once; verified by sha256 against both
-    /// the release and the store) and prunes old releases. Revisions other
-    /// than the configured one carry no artifact yet (that comes with
-    /// `deploy --artifact`) and run in the config's directory.
+    /// the release and the store) and prunes old releases. The artifact is
+    /// the one `deploy --artifact` brought, or the config's for its
+    /// revision; a revision installed before keeps its release (rollback
+    /// never needs the original file); one without any runs in the
+    /// config's directory.
     pub async fn install_release(&self, revision: &str) -> Result<PathBuf, ControllerError> {
-        let artifact = (revision == self.managed.revision)
-            .then(|| self.managed.artifact.clone())
-            .flatten();
-        let (dir, sha) = match artifact.clone() {
+        let given = self
+            .artifacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(revision)
+            .cloned();
+        let artifact = given.or_else(|| {
+            (revision == self.managed.revision)
+                .then(|| self.managed.artifact.clone())
+                .flatten()
+        });
+        let installed = handoff_runtime::artifact::Releases::new(&self.state_dir)
+            .installed(self.name(), revision);
+        // An original that is still there is verified against the installed
+        // release (a changed revision is refused); once it is gone, the
+        // installed release is all a rollback or redeploy needs.
+        let (dir, sha) = match artifact
+            .clone()
+            .filter(|a| a.exists() || installed.is_none())
+        {
             Some(a) => {
                 let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
                 let (svc, rev) = (self.name().to_string(), revision.to_string());
@@ -332,7 +353,10 @@ impl<R: Runtime> Fleet<R> {
                     .map_err(|e| ControllerError::Internal(e.to_string()))??;
                 (rel.dir, Some(rel.sha256))
             }
-            None => (self.base_dir.clone(), None),
+            None => match installed {
+                Some(rel) => (rel.dir, Some(rel.sha256)),
+                None => (self.base_dir.clone(), None),
+            },
         };
         let stored = self.store.put_revision(&handoff_store::RevisionRecord {
             service: self.name().to_string(),
@@ -789,6 +813,14 @@ impl<R: Runtime> Fleet<R> {
                 }
             }
         }
+    }
+
+    /// Remembers the artifact a deployment brought for `revision`.
+    pub fn set_artifact(&self, revision: &str, path: PathBuf) {
+        self.artifacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(revision.to_string(), path);
     }
 
     /// Lets held instances into service (after their hooks).

@@ -162,6 +162,7 @@ async fn in_place_batch_1_records_every_step_and_moves_the_current_revision() {
             revision: "v2".into(),
             strategy: Some(Kind::InPlace),
             batch: Some(handoff_core::config::Amount::Count(1)),
+            artifact: None,
         })
         .await
         .unwrap();
@@ -224,6 +225,7 @@ async fn a_failed_start_rolls_back_exactly_what_was_touched() {
             revision: "bad-v2".into(),
             strategy: None,
             batch: Some(handoff_core::config::Amount::Count(1)),
+            artifact: None,
         })
         .await
         .unwrap();
@@ -261,6 +263,7 @@ async fn blue_green_starts_green_then_terminates_blue_after_retention() {
             revision: "v2".into(),
             strategy: Some(Kind::BlueGreen),
             batch: None,
+            artifact: None,
         })
         .await
         .unwrap();
@@ -319,6 +322,7 @@ async fn one_deployment_per_service_and_a_flip_within_retention() {
             revision: "v2".into(),
             strategy: Some(Kind::BlueGreen),
             batch: None,
+            artifact: None,
         })
         .await
         .unwrap();
@@ -378,6 +382,7 @@ async fn interrupted_deployments_are_closed_at_boot() {
             revision: "v2".into(),
             strategy: Some(Kind::InPlace),
             batch: Some(handoff_core::config::Amount::Count(1)),
+            artifact: None,
         })
         .await
         .unwrap();

@@ -60,6 +60,10 @@ enum Cmd {
         /// In-place batch: a count or a percentage ("1", "50%").
         #[arg(long)]
         batch: Option<String>,
+        /// A directory or .tar.gz with the revision's files (installed once,
+        /// verified by sha256, kept for rollbacks).
+        #[arg(long)]
+        artifact: Option<PathBuf>,
         /// Start it and return at once.
         #[arg(long)]
         detach: bool,
@@ -151,14 +155,26 @@ fn main() -> ExitCode {
             revision,
             strategy,
             batch,
+            artifact,
             detach,
             c,
         } => {
+            let artifact = match artifact
+                .map(|a| std::fs::canonicalize(&a).map_err(|e| (a, e)))
+                .transpose()
+            {
+                Ok(a) => a.map(|p| p.display().to_string()),
+                Err((a, e)) => {
+                    eprintln!("error: --artifact {}: {e}", a.display());
+                    return ExitCode::FAILURE;
+                }
+            };
             let body = handoff_api::types::DeployBody {
                 service,
                 revision,
                 strategy,
                 batch,
+                artifact,
             };
             match client::deploy(&client::Client::new(&c.admin), body, detach, c.json).as_deref() {
                 Ok("succeeded" | "retained" | "running") => Ok(()),

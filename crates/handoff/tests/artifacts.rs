@@ -33,7 +33,7 @@ fn config(dir: &Path, revision: &str, artifact: &str) -> std::path::PathBuf {
             "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\nreleases_kept = 1\n\
              [services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"{revision}\"\ninstances = 1\n\
              artifact = \"{artifact}\"\ncommand = \"./run.sh {{port}} {bin}\"\n\
-             [services.web.health]\ninterval = \"100ms\"\n",
+             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"300ms\"\n",
             bin = bin()
         ),
     )
@@ -113,4 +113,76 @@ fn a_missing_artifact_is_a_config_error() {
         err.contains("services.web.artifact:") && err.contains("nowhere.tar.gz does not exist"),
         "{err}"
     );
+}
+
+#[test]
+fn deploy_with_an_artifact_and_roll_back_without_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    app_dir(dir.path(), "v1");
+    let cfg = config(dir.path(), "v1", "app-v1");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("releases_kept = 1", "releases_kept = 3"),
+    )
+    .unwrap();
+    let mut d = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir.path());
+    let web = addr_of(&d.wait_line("listening service=web", Duration::from_secs(20)));
+    let admin = addr_of(&d.wait_line("admin", Duration::from_secs(20)));
+    d.wait_line("ready", Duration::from_secs(20));
+    let version = || -> Option<String> {
+        let (_, b) = http_get(web, "/").ok()?;
+        b.split("\"version\":\"")
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_string)
+    };
+    poll("v1 serving", Duration::from_secs(20), || {
+        (version()? == "v1-from-artifact").then_some(())
+    });
+    let v2 = app_dir(dir.path(), "v2");
+    let tgz = dir.path().join("app-v2.tar.gz");
+    {
+        let f = std::fs::File::create(&tgz).unwrap();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ));
+        b.append_dir_all(".", &v2).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("HANDOFF_ADMIN", format!("http://{admin}"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = cli(&["deploy", "web", "v2", "--artifact", "app-v2.tar.gz"]);
+    assert!(ok, "{out}");
+    assert_eq!(version().unwrap(), "v2-from-artifact");
+    // The originals go; rollback and redeploy use the installed releases.
+    std::fs::remove_file(&tgz).unwrap();
+    std::fs::remove_dir_all(&v2).unwrap();
+    let (ok, out) = cli(&["rollback", "web"]);
+    assert!(ok, "{out}");
+    assert_eq!(version().unwrap(), "v1-from-artifact");
+    let (ok, out) = cli(&["deploy", "web", "v2"]);
+    assert!(ok, "{out}");
+    assert_eq!(version().unwrap(), "v2-from-artifact");
+    let (ok, out) = cli(&["deploy", "web", "v3", "--artifact", "missing.tar.gz"]);
+    assert!(!ok && out.contains("--artifact missing.tar.gz"), "{out}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
 }

@@ -44,6 +44,16 @@ impl Releases {
         self.root.join(service).join(revision)
     }
 
+    /// The release of `revision`, if one was installed.
+    pub fn installed(&self, service: &str, revision: &str) -> Option<Release> {
+        let dir = self.dir(service, revision);
+        let sha = fs::read_to_string(dir.join(MARK)).ok()?;
+        Some(Release {
+            dir,
+            sha256: sha.trim().to_string(),
+        })
+    }
+
     /// Installs `artifact` as `revision` (or finds it installed).
     pub fn install(
         &self,
