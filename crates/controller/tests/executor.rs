@@ -106,10 +106,14 @@ struct Rig {
 }
 
 async fn rig(instances: u32, extra: &str) -> Rig {
+    rig_bake(instances, "0s", extra).await
+}
+
+async fn rig_bake(instances: u32, bake: &str, extra: &str) -> Rig {
     let text = format!(
         "[services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\ncommand = \"fake {{port}}\"\n\
          [services.web.health]\nenabled = false\nmin_healthy_time = \"0s\"\n\
-         [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"0s\"\nretention = \"200ms\"\n{extra}"
+         [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"{bake}\"\nretention = \"200ms\"\n{extra}"
     );
     let cfg = handoff_core::config::parse(Path::new("/tmp/handoff.toml"), &text).unwrap();
     let svc = cfg.services["web"].clone();
@@ -410,5 +414,66 @@ async fn interrupted_deployments_are_closed_at_boot() {
             .2
             .contains("interrupted by a restart of handoff"),
         "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake() {
+    let r = rig(2, "").await;
+    r.deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::InPlace),
+            batch: Some(handoff_core::config::Amount::Count(1)),
+            artifact: None,
+        })
+        .await
+        .unwrap();
+    r.deployer
+        .control(handoff_controller::plan::Event::Pause)
+        .unwrap();
+    // Paused: whatever step was running finishes, nothing more starts.
+    settle(&r.deployer, |_| {
+        r.deployer.current().is_some_and(|d| d.paused && d.held)
+    })
+    .await;
+    let frozen = r.rt.calls();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.rt.calls(), frozen, "no step while paused");
+    assert!(frozen.len() < 4, "{frozen:?}");
+    r.deployer
+        .control(handoff_controller::plan::Event::Resume)
+        .unwrap();
+    assert_eq!(settle(&r.deployer, done).await, Status::Succeeded);
+    assert_eq!(r.rt.calls().len(), 4);
+
+    // Blue/green with a long bake: promote cuts over at once.
+    let r = rig_bake(2, "1h", "").await;
+    r.deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::BlueGreen),
+            batch: None,
+            artifact: None,
+        })
+        .await
+        .unwrap();
+    settle(&r.deployer, |_| {
+        r.deployer
+            .current()
+            .is_some_and(|d| matches!(d.phase, handoff_controller::plan::Phase::Shifting { .. }))
+    })
+    .await;
+    let t = std::time::Instant::now();
+    r.deployer
+        .control(handoff_controller::plan::Event::Promote)
+        .unwrap();
+    assert_eq!(
+        settle(&r.deployer, |s| s == Status::Retained).await,
+        Status::Retained
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "promote did not skip the 1h bake"
     );
 }

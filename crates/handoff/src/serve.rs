@@ -79,6 +79,15 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
 }
 
 async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
+    // The admin API can deploy and roll back; until it has authentication
+    // it only listens where only this machine can reach it.
+    if !cfg.server.admin.ip().is_loopback() {
+        anyhow::bail!(
+            "{}: server.admin {} is not a loopback address; the admin API (which can deploy) has no authentication yet, so it must listen on 127.0.0.1 or [::1]",
+            cfg.path.display(),
+            cfg.server.admin
+        );
+    }
     let needs_state = cfg
         .services
         .values()

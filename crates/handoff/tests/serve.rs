@@ -156,3 +156,20 @@ fn sample_app_knobs_and_graceful_stop() {
     let st = crash.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(1));
 }
+
+#[test]
+fn a_non_loopback_admin_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("h.toml");
+    std::fs::write(&cfg, "[server]\nadmin = \"0.0.0.0:0\"\n[services.api]\nlisten = \"127.0.0.1:0\"\ntargets = [\"127.0.0.1:9\"]\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.admin 0.0.0.0:0 is not a loopback address"),
+        "{err}"
+    );
+}
