@@ -153,22 +153,7 @@ fn deploy_with_an_artifact_and_roll_back_without_the_original() {
         b.append_dir_all(".", &v2).unwrap();
         b.into_inner().unwrap().finish().unwrap();
     }
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args(args)
-            .env("HANDOFF_ADMIN", format!("http://{admin}"))
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let cli = |args: &[&str]| cli(admin, dir.path(), args);
     let (ok, out) = cli(&["deploy", "web", "v2", "--artifact", "app-v2.tar.gz"]);
     assert!(ok, "{out}");
     assert_eq!(version().unwrap(), "v2-from-artifact");

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,18 +72,7 @@ fn setup(instances: u32, extra: &str) -> Env {
 
 impl Env {
     fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(bin())
-            .args(args)
-            .env("HANDOFF_ADMIN", format!("http://{}", self.admin))
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        cli(self.admin, self.dir.path(), args)
     }
 }
 

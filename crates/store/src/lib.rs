@@ -137,24 +137,13 @@ impl Store {
     /// Records a revision once; a second call with the same id keeps the
     /// first record (revisions are immutable).
     pub fn put_revision(&self, r: &RevisionRecord) -> Result<RevisionRecord, StoreError> {
-        let c = self.lock();
-        c.execute(
+        self.lock().execute(
             "INSERT OR IGNORE INTO revisions (service, id, artifact, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![r.service, r.id, r.artifact, r.sha256, r.created_ms],
         )?;
-        Ok(c.query_row(
-            "SELECT service, id, artifact, sha256, created_ms FROM revisions WHERE service = ?1 AND id = ?2",
-            params![r.service, r.id],
-            |row| {
-                Ok(RevisionRecord {
-                    service: row.get(0)?,
-                    id: row.get(1)?,
-                    artifact: row.get(2)?,
-                    sha256: row.get(3)?,
-                    created_ms: row.get(4)?,
-                })
-            },
-        )?)
+        Ok(self
+            .revision(&r.service, &r.id)?
+            .expect("just inserted or already there"))
     }
 
     pub fn revision(&self, service: &str, id: &str) -> Result<Option<RevisionRecord>, StoreError> {

@@ -179,3 +179,19 @@ pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs a CLI command against the daemon at `admin`: (success, stdout+stderr).
+pub fn cli(admin: SocketAddr, dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env("HANDOFF_ADMIN", format!("http://{admin}"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
