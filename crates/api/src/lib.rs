@@ -328,6 +328,18 @@ async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Respons
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         },
     };
+    if !d
+        .fleet
+        .store
+        .is_stable(d.fleet.name(), &target)
+        .unwrap_or(false)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{target} never completed a deployment of '{}', so it is no rollback target; use `handoff deploy` if you mean to try it again", d.fleet.name()),
+        );
+    }
     if target == current {
         return error(
             StatusCode::CONFLICT,

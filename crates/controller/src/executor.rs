@@ -180,6 +180,14 @@ impl<R: Runtime> Deployer<R> {
             &format!("deploying {} → {} ({})", d.from, d.to, kind_str(d.strategy)),
             None,
         )?;
+        if d.strategy == Kind::AllAtOnce {
+            self.save(
+                &d,
+                "warning",
+                "all-at-once stops every instance before starting the new ones: clients get 503 until they are healthy (the downtime baseline, on purpose)",
+                None,
+            )?;
+        }
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(d.clone());
         *self.active() = Some(Active {

@@ -477,3 +477,34 @@ async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake()
         "promote did not skip the 1h bake"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_at_once_is_a_warned_stop_everything_then_start_everything() {
+    let r = rig(2, "").await;
+    let id = r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            strategy: Some(Kind::AllAtOnce),
+            batch: None,
+            artifact: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(settle(&r.deployer, done).await, Status::Succeeded);
+    let calls = r.rt.calls();
+    assert!(
+        calls[..2].iter().all(|c| c.starts_with("stop"))
+            && calls[2..].iter().all(|c| c.starts_with("start")),
+        "{calls:?}"
+    );
+    let events = r.store.deployment_events(&id).unwrap();
+    assert_eq!(events[1].1, "warning");
+    assert!(events[1].2.contains("clients get 503"));
+    let report: serde_json::Value =
+        serde_json::from_str(&r.store.deployment(&id).unwrap().unwrap().report.unwrap()).unwrap();
+    assert_eq!(
+        report["capacity_floor"], 0,
+        "the downtime is measured, not hidden"
+    );
+}

@@ -274,6 +274,12 @@ fn a_revision_that_never_gets_healthy_rolls_back_automatically() {
     assert!(seen.iter().all(|(v, _)| v == "v1"), "only v1 ever served");
     let (_, h) = env.cli(&["history", "web"]);
     assert!(h.contains("rolled-back"), "{h}");
+    // The failing revision is no rollback target.
+    let (ok, out) = env.cli(&["rollback", "web", "--to", "bad-v2"]);
+    assert!(
+        !ok && out.contains("bad-v2 never completed a deployment"),
+        "{out}"
+    );
     stop(env);
 }
 

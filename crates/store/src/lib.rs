@@ -405,6 +405,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a deployment (or the first boot) ever completed `revision`.
+    pub fn is_stable(&self, service: &str, revision: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT stable FROM revisions WHERE service = ?1 AND id = ?2",
+                params![service, revision],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            == Some(1))
+    }
+
     /// The newest stable revision other than `except` (the rollback target).
     pub fn last_stable_except(
         &self,
