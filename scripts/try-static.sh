@@ -16,14 +16,15 @@ trap cleanup EXIT INT TERM
 "$BIN" serve -c examples/static.toml & pids+=($!)
 
 echo "waiting for both targets to pass their health checks..."
+auth() { echo "Authorization: Bearer $(cat examples/.handoff/token 2>/dev/null)"; }
 for _ in $(seq 1 100); do
-  n=$(curl -s http://127.0.0.1:9900/metrics 2>/dev/null | grep -c 'handoff_target_state{.*state="healthy"} 1' || true)
+  n=$(curl -s -H "$(auth)" http://127.0.0.1:9900/metrics 2>/dev/null | grep -c 'handoff_target_state{.*state="healthy"} 1' || true)
   [ "$n" = 2 ] && break
   sleep 0.1
 done
 for _ in 1 2 3 4; do curl -s http://127.0.0.1:8081/; done
 echo
-curl -s http://127.0.0.1:9900/metrics | grep -E '^handoff_(requests_total|target_state).*(2xx|healthy)'
+curl -s -H "$(auth)" http://127.0.0.1:9900/metrics | grep -E '^handoff_(requests_total|target_state).*(2xx|healthy)'
 echo
 echo "handoff is serving on http://127.0.0.1:8081 (metrics on :9900/metrics); Ctrl-C to stop"
 wait "${pids[2]}"

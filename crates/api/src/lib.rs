@@ -40,6 +40,8 @@ pub struct AdminState {
     pub services: Arc<BTreeMap<String, Arc<ServiceProxy>>>,
     /// Deployers of managed services.
     pub deployers: Arc<BTreeMap<String, Arc<Deployer<ProcessRuntime>>>>,
+    /// The bearer token every endpoint but `/healthz` requires.
+    pub token: Arc<str>,
 }
 
 #[derive(serde::Deserialize)]
@@ -48,8 +50,7 @@ struct LogQuery {
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/logs/{service}/{instance}", get(logs))
         .route("/services", get(services))
@@ -57,7 +58,39 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/{verb}", post(control))
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
+}
+
+/// `Authorization: Bearer TOKEN` on every endpoint but `/healthz`.
+async fn auth(
+    State(s): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), s.token.as_bytes()) {
+        let why = if given.is_empty() { "missing" } else { "wrong" };
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{why} bearer token; send `Authorization: Bearer TOKEN` with the token from HANDOFF_TOKEN, [server] token, or the token file in the state dir"),
+        );
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

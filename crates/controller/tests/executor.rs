@@ -106,13 +106,18 @@ struct Rig {
 }
 
 async fn rig(instances: u32, extra: &str) -> Rig {
-    rig_bake(instances, "0s", extra).await
+    rig_with(instances, "0s", "0s", extra).await
 }
 
 async fn rig_bake(instances: u32, bake: &str, extra: &str) -> Rig {
+    rig_with(instances, bake, "0s", extra).await
+}
+
+/// `stay`: each new instance's health window (`min_healthy_time`).
+async fn rig_with(instances: u32, bake: &str, stay: &str, extra: &str) -> Rig {
     let text = format!(
         "[services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\ncommand = \"fake {{port}}\"\n\
-         [services.web.health]\nenabled = false\nmin_healthy_time = \"0s\"\n\
+         [services.web.health]\nenabled = false\nmin_healthy_time = \"{stay}\"\n\
          [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"{bake}\"\nretention = \"200ms\"\n{extra}"
     );
     let cfg = handoff_core::config::parse(Path::new("/tmp/handoff.toml"), &text).unwrap();
@@ -320,7 +325,13 @@ async fn blue_green_starts_green_then_terminates_blue_after_retention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deployment_per_service_and_a_flip_within_retention() {
-    let r = rig(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n").await;
+    // A bake of an hour keeps it running for sure while we ask again.
+    let r = rig_bake(
+        2,
+        "1h",
+        "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n",
+    )
+    .await;
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
@@ -342,6 +353,9 @@ async fn one_deployment_per_service_and_a_flip_within_retention() {
         Err(DeployError::Conflict { id, .. }) => assert_eq!(id, "web-1"),
         other => panic!("{other:?}"),
     }
+    r.deployer
+        .control(handoff_controller::plan::Event::Promote)
+        .unwrap();
     assert_eq!(
         settle(&r.deployer, |s| s == Status::Retained).await,
         Status::Retained
@@ -419,7 +433,9 @@ async fn interrupted_deployments_are_closed_at_boot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake() {
-    let r = rig(2, "").await;
+    // Each batch holds a 300 ms health window: still running when the
+    // pause arrives.
+    let r = rig_with(2, "0s", "300ms", "").await;
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),

@@ -12,20 +12,46 @@ use serde::de::DeserializeOwned;
 pub struct Client {
     admin: String,
     hostport: String,
+    token: Option<String>,
+}
+
+/// Where the daemon is and how to prove who we are: `--admin` /
+/// `HANDOFF_ADMIN` and `--token` / `HANDOFF_TOKEN` win; otherwise the
+/// config file (`-c`, default `handoff.toml`) gives `server.admin` and the
+/// state dir whose `token` file the daemon wrote.
+pub fn resolve(admin: Option<String>, token: Option<String>, config: &std::path::Path) -> Client {
+    let cfg = config
+        .exists()
+        .then(|| handoff_core::config::load(config).ok())
+        .flatten();
+    let admin = admin.unwrap_or_else(|| {
+        cfg.as_ref()
+            .map(|c| format!("http://{}", c.server.admin))
+            .unwrap_or_else(|| format!("http://{}", handoff_core::config::defaults::ADMIN))
+    });
+    let token = token
+        .or_else(|| cfg.as_ref().and_then(|c| c.server.token.clone()))
+        .or_else(|| {
+            let dir = cfg
+                .as_ref()
+                .map(|c| c.server.state_dir.clone())
+                .unwrap_or_else(|| handoff_core::config::defaults::STATE_DIR.into());
+            std::fs::read_to_string(dir.join("token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+    let hostport = admin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    Client {
+        admin,
+        hostport,
+        token,
+    }
 }
 
 impl Client {
-    pub fn new(admin: &str) -> Client {
-        let hostport = admin
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        Client {
-            admin: admin.to_string(),
-            hostport,
-        }
-    }
-
     /// One request; returns (status, body).
     pub fn call(
         &self,
@@ -41,9 +67,14 @@ impl Client {
         })?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
         let body = body.unwrap_or_default();
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.hostport,
             body.len()
         )?;
@@ -76,6 +107,12 @@ impl Client {
         body: Option<String>,
     ) -> anyhow::Result<T> {
         let (status, text) = self.call(method, path, body)?;
+        if status == 401 && self.token.is_none() {
+            bail!(
+                "the daemon at {} wants a token and none was found: set HANDOFF_TOKEN, pass --token, or run from the directory of its handoff.toml (-c FILE)",
+                self.admin
+            );
+        }
         if !(200..300).contains(&status) {
             match serde_json::from_str::<ErrorBody>(&text) {
                 Ok(e) => bail!("{}", e.error.message),
@@ -280,6 +317,23 @@ pub fn report(c: &Client, id: &str, json: bool) -> anyhow::Result<()> {
         println!("{}  {}", clock(e.at_ms), e.message);
     }
     print_report(&v);
+    Ok(())
+}
+
+/// The tail of an instance's log.
+pub fn logs(c: &Client, service: &str, instance: &str, lines: usize) -> anyhow::Result<()> {
+    let (status, text) = c.call(
+        "GET",
+        &format!("/logs/{service}/{instance}?lines={lines}"),
+        None,
+    )?;
+    if status != 200 {
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{}", e.error.message),
+            Err(_) => bail!("daemon answered {status}: {}", text.trim()),
+        }
+    }
+    print!("{text}");
     Ok(())
 }
 

@@ -40,9 +40,8 @@ enum Cmd {
         /// How many lines.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
-        /// Admin address of the daemon.
-        #[arg(long, env = "HANDOFF_ADMIN", default_value = "http://127.0.0.1:9900")]
-        admin: String,
+        #[command(flatten)]
+        c: ClientArgs,
     },
     /// Validate a config file and print every problem in it.
     Check {
@@ -127,12 +126,26 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
-    /// Admin address of the daemon.
-    #[arg(long, env = "HANDOFF_ADMIN", default_value = "http://127.0.0.1:9900")]
-    admin: String,
+    /// Admin address of the daemon (default: server.admin of the config,
+    /// else http://127.0.0.1:9900).
+    #[arg(long, env = "HANDOFF_ADMIN")]
+    admin: Option<String>,
+    /// Bearer token of the admin API (default: [server] token of the config,
+    /// else the token file in its state dir).
+    #[arg(long, env = "HANDOFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The daemon's config file, to find its address and token.
+    #[arg(short, long, default_value = "handoff.toml")]
+    config: PathBuf,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+impl ClientArgs {
+    fn client(&self) -> client::Client {
+        client::resolve(self.admin.clone(), self.token.clone(), &self.config)
+    }
 }
 
 fn main() -> ExitCode {
@@ -146,8 +159,8 @@ fn main() -> ExitCode {
             service,
             instance,
             lines,
-            admin,
-        } => logs(&admin, &service, &instance, lines),
+            c,
+        } => client::logs(&c.client(), &service, &instance, lines),
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
         Cmd::Deploy {
@@ -176,14 +189,14 @@ fn main() -> ExitCode {
                 batch,
                 artifact,
             };
-            match client::deploy(&client::Client::new(&c.admin), body, detach, c.json).as_deref() {
+            match client::deploy(&c.client(), body, detach, c.json).as_deref() {
                 Ok("succeeded" | "retained" | "running") => Ok(()),
                 Ok(_) => return ExitCode::FAILURE,
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
         }
         Cmd::Rollback { service, to, c } => {
-            let cl = client::Client::new(&c.admin);
+            let cl = c.client();
             let body =
                 serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
             // Done when the old revision serves again: a flip ends
@@ -201,13 +214,9 @@ fn main() -> ExitCode {
         Cmd::Resume { service, c } => verb(&c, &service, "resume"),
         Cmd::Abort { service, c } => verb(&c, &service, "abort"),
         Cmd::Promote { service, c } => verb(&c, &service, "promote"),
-        Cmd::Status { service, c } => {
-            client::status(&client::Client::new(&c.admin), service.as_deref(), c.json)
-        }
-        Cmd::History { service, c } => {
-            client::history(&client::Client::new(&c.admin), &service, c.json)
-        }
-        Cmd::Report { id, c } => client::report(&client::Client::new(&c.admin), &id, c.json),
+        Cmd::Status { service, c } => client::status(&c.client(), service.as_deref(), c.json),
+        Cmd::History { service, c } => client::history(&c.client(), &service, c.json),
+        Cmd::Report { id, c } => client::report(&c.client(), &id, c.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,7 +228,7 @@ fn main() -> ExitCode {
 }
 
 fn verb(c: &ClientArgs, service: &str, verb: &str) -> anyhow::Result<()> {
-    let id = client::control(&client::Client::new(&c.admin), service, verb, None, c.json)?;
+    let id = client::control(&c.client(), service, verb, None, c.json)?;
     if !c.json {
         println!("{verb}: sent to deployment {id}");
     }
@@ -245,24 +254,5 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         };
         println!("  {} on {}: {what}", s.name, s.listen);
     }
-    Ok(())
-}
-
-/// A minimal blocking GET against the admin address (the full CLI client
-/// arrives with the API).
-fn logs(admin: &str, service: &str, instance: &str, lines: usize) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let hostport = admin.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(hostport).map_err(|e| {
-        anyhow::anyhow!("cannot reach the handoff daemon at {admin}: {e}; is `handoff serve` running? (set --admin or HANDOFF_ADMIN)")
-    })?;
-    write!(s, "GET /logs/{service}/{instance}?lines={lines} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("{}", body.trim());
-    }
-    print!("{body}");
     Ok(())
 }

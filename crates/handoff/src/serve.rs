@@ -45,6 +45,54 @@ fn init_tracing() {
         .try_init();
 }
 
+/// The admin API's bearer token: `[server] token`, else `HANDOFF_TOKEN`,
+/// else the one generated at first start into `state_dir/token` (0600).
+/// A non-loopback admin address needs an explicit one: a generated token
+/// sitting in a file is fine for this machine's users, not for a network.
+fn admin_token(cfg: &config::Config) -> anyhow::Result<String> {
+    let explicit = cfg.server.token.clone().or_else(|| {
+        std::env::var("HANDOFF_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if let Some(t) = explicit {
+        return Ok(t);
+    }
+    if !cfg.server.admin.ip().is_loopback() {
+        anyhow::bail!(
+            "{}: server.admin {} is reachable from other machines, so the admin API (which can deploy) needs an explicit token: set [server] token or HANDOFF_TOKEN, or listen on 127.0.0.1",
+            cfg.path.display(),
+            cfg.server.admin
+        );
+    }
+    let dir = &cfg.server.state_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+    let path = dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+        .context("cannot read /dev/urandom to make an admin token")?;
+    let t: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{t}")?;
+    tracing::info!(path = %path.display(), "generated the admin API token");
+    Ok(t)
+}
+
 /// Holds an exclusive lock on the state dir for the daemon's life: two
 /// daemons on one state dir would fight over the same instances.
 struct StateLock {
@@ -79,15 +127,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
 }
 
 async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
-    // The admin API can deploy and roll back; until it has authentication
-    // it only listens where only this machine can reach it.
-    if !cfg.server.admin.ip().is_loopback() {
-        anyhow::bail!(
-            "{}: server.admin {} is not a loopback address; the admin API (which can deploy) has no authentication yet, so it must listen on 127.0.0.1 or [::1]",
-            cfg.path.display(),
-            cfg.server.admin
-        );
-    }
+    let token = admin_token(&cfg)?;
     let needs_state = cfg
         .services
         .values()
@@ -166,6 +206,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                 .collect(),
         ),
         deployers: Arc::new(deployers),
+        token: token.into(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {

@@ -58,7 +58,7 @@ fn setup(instances: u32, extra: &str) -> Env {
     let admin = addr_of(&daemon.wait_line("admin", Duration::from_secs(20)));
     daemon.wait_line("ready", Duration::from_secs(20));
     poll("all v1 instances serving", Duration::from_secs(20), || {
-        let (_, body) = http_get(admin, "/services").ok()?;
+        let (_, body) = admin_get(admin, dir.path(), "/services").ok()?;
         (body.matches("\"state\":\"healthy\"").count() == instances as usize).then_some(())
     });
     Env {
@@ -342,7 +342,7 @@ fn daemon_killed_mid_deploy_restarts_consistent_with_a_complete_record() {
     assert!(ok, "{out}");
     // Kill it once the first batch is being started.
     poll("deploy under way", Duration::from_secs(20), || {
-        let (_, b) = http_get(env.admin, "/deployments/web-1").ok()?;
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
         b.contains("starting web-1 on v2").then_some(())
     });
     let Env {
@@ -360,14 +360,14 @@ fn daemon_killed_mid_deploy_restarts_consistent_with_a_complete_record() {
     d2.wait_line("ready", Duration::from_secs(30));
     // Rolled back by the restart: every instance serves v1 again.
     poll("fleet back on v1", Duration::from_secs(30), || {
-        let (_, s) = http_get(admin, "/services").ok()?;
+        let (_, s) = admin_get(admin, dir.path(), "/services").ok()?;
         (s.matches("\"revision\":\"v1\"").count() >= 3
             && !s.contains("v2")
             && s.matches("\"state\":\"healthy\"").count() == 2)
             .then_some(())
     });
     assert_eq!(http_get(web, "/").unwrap().0, 200);
-    let (_, rec) = http_get(admin, "/deployments/web-1").unwrap();
+    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web-1").unwrap();
     assert!(rec.contains("\"status\":\"rolled-back\""), "{rec}");
     assert!(
         rec.contains("deploying v1 → v2")

@@ -143,7 +143,7 @@ fn sigkill_of_an_instance_under_load_fails_no_request_and_it_is_replaced() {
     );
     assert!(ok >= 50, "load too small to mean anything: {ok}");
     assert_eq!(after["web-1"], before["web-1"], "other instances untouched");
-    let (_, log) = http_get(admin, "/logs/web/web-2?lines=5").unwrap();
+    let (_, log) = admin_get(admin, dir.path(), "/logs/web/web-2?lines=5").unwrap();
     assert!(log.contains("listening"), "{log}");
 
     d.signal(libc::SIGTERM);

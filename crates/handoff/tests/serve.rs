@@ -102,7 +102,7 @@ fn serves_static_targets_reports_metrics_and_stops_gracefully() {
         (seen.len() == 2).then_some(())
     });
     assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
-    let (s, metrics) = http_get(admin, "/metrics").unwrap();
+    let (s, metrics) = admin_get(admin, dir.path(), "/metrics").unwrap();
     assert_eq!(s, 200);
     assert!(metrics.contains(&format!("handoff_requests_total{{service=\"api\",group=\"default\",target=\"{a}\",revision=\"static\",code=\"2xx\"}}")), "{metrics}");
     assert!(metrics.contains(&format!("handoff_target_state{{service=\"api\",group=\"default\",target=\"{b}\",revision=\"static\",state=\"healthy\"}} 1")), "{metrics}");
@@ -112,9 +112,10 @@ fn serves_static_targets_reports_metrics_and_stops_gracefully() {
     );
 
     // SIGTERM while a slow request is in flight: it completes, then exit 0.
+    let dirp = dir.path().to_path_buf();
     let slow = std::thread::spawn(move || http_get(api, "/sleep?ms=700"));
     poll("slow request in flight", Duration::from_secs(5), || {
-        let (_, m) = http_get(admin, "/metrics").ok()?;
+        let (_, m) = admin_get(admin, &dirp, "/metrics").ok()?;
         m.lines()
             .any(|l| l.starts_with("handoff_target_in_flight") && l.ends_with(" 1"))
             .then_some(())
@@ -158,18 +159,86 @@ fn sample_app_knobs_and_graceful_stop() {
 }
 
 #[test]
-fn a_non_loopback_admin_address_is_refused() {
+fn admin_api_requires_the_token_and_a_public_address_requires_an_explicit_one() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("h.toml");
+    let cfg = dir.path().join("handoff.toml");
     std::fs::write(&cfg, "[server]\nadmin = \"0.0.0.0:0\"\n[services.api]\nlisten = \"127.0.0.1:0\"\ntargets = [\"127.0.0.1:9\"]\n").unwrap();
     let out = std::process::Command::new(bin())
         .args(["serve", "-c", cfg.to_str().unwrap()])
+        .env_remove("HANDOFF_TOKEN")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("server.admin 0.0.0.0:0 is not a loopback address"),
+        err.contains("server.admin 0.0.0.0:0 is reachable from other machines")
+            && err.contains("needs an explicit token"),
         "{err}"
     );
+
+    // Loopback: a token is generated into the state dir, mode 0600.
+    std::fs::write(&cfg, "[server]\nadmin = \"127.0.0.1:0\"\n[services.api]\nlisten = \"127.0.0.1:0\"\ntargets = [\"127.0.0.1:9\"]\n").unwrap();
+    let mut d = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir.path());
+    let admin = addr_of(&d.wait_line("admin", Duration::from_secs(10)));
+    d.wait_line("ready", Duration::from_secs(10));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join(".handoff/token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        http_get(admin, "/healthz").unwrap().0,
+        200,
+        "healthz needs no token"
+    );
+    for path in ["/metrics", "/services", "/deployments/x"] {
+        let (s, body) = http_get(admin, path).unwrap();
+        assert_eq!(s, 401, "{path}");
+        assert!(
+            body.contains("\"code\":\"unauthorized\"") && body.contains("missing bearer token"),
+            "{body}"
+        );
+    }
+    let (s, body) = request_with(
+        admin,
+        "/services",
+        "Authorization: Bearer wrong-token-xxxxxxxx\r\n",
+    );
+    assert_eq!(s, 401);
+    assert!(body.contains("wrong bearer token"), "{body}");
+    assert_eq!(admin_get(admin, dir.path(), "/services").unwrap().0, 200);
+    // The CLI finds address and token through ./handoff.toml; a wrong one is refused clearly.
+    let (ok, out) = cli(admin, dir.path(), &["status", "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "api");
+    let bad = std::process::Command::new(bin())
+        .args([
+            "status",
+            "--admin",
+            &format!("http://{admin}"),
+            "--token",
+            "nope",
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("wrong bearer token"));
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+}
+
+fn request_with(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{header}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    (out.split_whitespace().nth(1).unwrap().parse().unwrap(), out)
 }

@@ -17,6 +17,10 @@ pub(super) fn on(d: &mut Deployment, ev: Event) -> Option<Vec<Action>> {
         (Status::Running, WaitingGreen, Event::Done) => Some(shift_or_cut(d, 0)),
         (Status::Running, Shifting { index }, Event::Done) => Some(shift_or_cut(d, index + 1)),
         (Status::Running, Shifting { .. }, Event::Promote) => Some(cut_over(d)),
+        (Status::Running, StartingGreen | WaitingGreen, Event::Promote) if !d.promoted => {
+            d.promoted = true;
+            Some(Vec::new())
+        }
         (Status::Running, CuttingOver, Event::Done) => {
             d.phase = Retaining;
             d.status = Status::Retained;
@@ -97,6 +101,9 @@ fn weights(d: &Deployment, green: u32) -> Action {
 }
 
 fn shift_or_cut(d: &mut Deployment, index: usize) -> Vec<Action> {
+    if d.promoted {
+        return cut_over(d);
+    }
     match d.traffic_steps.get(index) {
         Some(w) => {
             d.phase = Phase::Shifting { index };

@@ -153,6 +153,10 @@ pub struct Deployment {
     /// The hooks the service has configured (names), fixed at creation.
     #[serde(default)]
     pub hooks: Vec<String>,
+    /// Blue/green: promoted before the traffic steps began; they are
+    /// skipped when green is ready.
+    #[serde(default)]
+    pub promoted: bool,
 }
 
 /// Something the executor must do. Each names instances, not targets: the
@@ -346,6 +350,7 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         held: false,
         reason: None,
         hooks: r.hooks,
+        promoted: false,
     })
 }
 

@@ -621,3 +621,21 @@ fn a_rollback_runs_install_hooks_for_the_old_revision_but_no_migration() {
         .iter()
         .any(|a| matches!(a, Action::Hook { name, .. } if name.starts_with("migrate"))));
 }
+
+#[test]
+fn promote_before_the_traffic_steps_is_remembered() {
+    let d = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let (d, _) = step(&d, Event::Start).unwrap();
+    let (d, a) = step(&d, Event::Promote).unwrap();
+    assert!(a.is_empty() && d.promoted);
+    assert!(step(&d, Event::Promote).is_err(), "once is enough");
+    let (d, _) = step(&d, Event::Done).unwrap(); // green started
+    let (d, a) = step(&d, Event::Done).unwrap(); // green healthy: no steps
+    assert_eq!(d.phase, Phase::CuttingOver);
+    assert_eq!(
+        a[0],
+        Action::SetWeights {
+            weights: vec![("blue".into(), 0), ("green".into(), 100)]
+        }
+    );
+}

@@ -46,6 +46,9 @@ pub struct Server {
     pub port_range: Option<(u16, u16)>,
     /// Installed releases kept per service (besides those in use).
     pub releases_kept: usize,
+    /// Bearer token of the admin API, if given in the config (else
+    /// `HANDOFF_TOKEN`, else generated into `state_dir/token`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]

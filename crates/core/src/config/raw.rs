@@ -25,6 +25,7 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     pub port_range: Option<String>,
     pub releases_kept: Option<i64>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +129,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "shutdown_timeout",
             "port_range",
             "releases_kept",
+            "token",
         ],
         ["services", _] => &[
             "listen",

@@ -200,6 +200,13 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
             d::RELEASES_KEPT
         }
     };
+    let token = r.token.filter(|t| {
+        let ok = t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic());
+        if !ok {
+            cx.err("server.token", "must be at least 16 printable characters without spaces (or leave it out: one is generated)");
+        }
+        ok
+    });
     Server {
         admin,
         state_dir,
@@ -207,6 +214,7 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
         shutdown_timeout,
         port_range,
         releases_kept,
+        token,
     }
 }
 

@@ -145,11 +145,35 @@ pub fn addr_of(line: &str) -> SocketAddr {
 
 /// A blocking HTTP/1.1 GET on a fresh connection: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, path, "")
+}
+
+/// The admin token a daemon with its state dir under `dir` wrote
+/// (`state_dir = "state"` in the tests' configs, else the default).
+pub fn token(dir: &Path) -> String {
+    for d in ["state", ".handoff"] {
+        if let Ok(t) = std::fs::read_to_string(dir.join(d).join("token")) {
+            return t.trim().to_string();
+        }
+    }
+    panic!("no admin token under {}", dir.display());
+}
+
+/// A GET on the admin API with the daemon's token.
+pub fn admin_get(admin: SocketAddr, dir: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    request(
+        admin,
+        path,
+        &format!("Authorization: Bearer {}\r\n", token(dir)),
+    )
+}
+
+fn request(addr: SocketAddr, path: &str, extra: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
