@@ -12,6 +12,8 @@ use common::*;
 
 /// Load-generating deploy tests run one at a time: several at once on two
 /// cores would starve new instances of CPU and test the machine instead.
+/// (`healthy_deadline` is 8 s for the same reason: under a parallel
+/// compile, 4 s once failed a green start before its bake.)
 static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Env {
@@ -47,7 +49,7 @@ fn setup(instances: u32, extra: &str) -> Env {
             "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
              [services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\n\
              command = \"./app.sh {{port}} {{revision}}\"\nstop_grace = \"5s\"\n\
-             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"300ms\"\nhealthy_deadline = \"4s\"\n\
+             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"300ms\"\nhealthy_deadline = \"8s\"\n\
              [services.web.drain]\ntimeout = \"5s\"\n\
              [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"1s\"\nretention = \"30s\"\n{extra}"
         ),
