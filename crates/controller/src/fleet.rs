@@ -488,7 +488,27 @@ impl<R: Runtime> Fleet<R> {
             command: self.managed.command.clone(),
             release_dir: dir,
         };
-        match self.runtime.start(&spec).await {
+        let mut spec = spec;
+        let mut started = self.runtime.start(&spec).await;
+        if let Err(handoff_runtime::RuntimeError::PortInUse { port, .. }) = &started {
+            // Something else took the instance's port while it was down:
+            // keeping the port is a convenience, serving is not optional.
+            let old = *port;
+            if let Ok(new) = self.port_for(0) {
+                if let Some(s) = self.slots().get_mut(name) {
+                    s.port = new;
+                }
+                self.event(
+                    Some(name),
+                    "port-moved",
+                    &format!("port {old} was taken by another process; moving to {new}"),
+                );
+                spec.port = new;
+                started = self.runtime.start(&spec).await;
+            }
+        }
+        let port = spec.port;
+        match started {
             Ok(run) => {
                 let _ = self.record(name, "running", Some(&run));
                 self.event(

@@ -168,10 +168,22 @@ pub fn deploy(c: &Client, body: DeployBody, detach: bool, json: bool) -> anyhow:
 
 /// Follows a deployment until it settles; returns its status then.
 pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<String> {
+    follow_since(c, id, json, 0)
+}
+
+/// Like [`follow`], showing only events from `since_ms` (unix ms) on: a
+/// rollback within retention continues a deployment whose earlier events
+/// were shown already.
+pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::Result<String> {
     let mut shown = 0;
+    let mut first = true;
     let started = Instant::now();
     loop {
         let v: DeploymentView = c.json("GET", &format!("/deployments/{id}"), None)?;
+        if first {
+            shown = v.events.iter().take_while(|e| e.at_ms < since_ms).count();
+            first = false;
+        }
         if !json {
             for e in &v.events[shown..] {
                 println!("{}  {}", clock(e.at_ms), e.message);
@@ -349,4 +361,12 @@ pub fn control(
         println!("{}", serde_json::to_string(&acc)?);
     }
     Ok(acc.id)
+}
+
+/// Unix milliseconds now (the CLI and the daemon share a clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -2,6 +2,7 @@
 //! the crates together (config → proxy → controller → admin API).
 
 mod client;
+mod demo;
 mod sample_app;
 mod serve;
 
@@ -120,6 +121,9 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// The self-contained tour: a daemon, 4 instances, steady traffic, an
+    /// in-place and a blue/green deploy and a rollback, measured.
+    Demo(demo::Demo),
     /// The bundled test/demo web app.
     SampleApp(sample_app::SampleApp),
 }
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
         } => client::logs(&c.client(), &service, &instance, lines),
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
+        Cmd::Demo(d) => demo::run(d),
         Cmd::Deploy {
             service,
             revision,
@@ -201,9 +206,12 @@ fn main() -> ExitCode {
                 serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
             // Done when the old revision serves again: a flip ends
             // rolled-back, a rollback deploy ends succeeded.
-            match client::control(&cl, &service, "rollback", Some(body), c.json)
-                .and_then(|id| client::follow(&cl, &id, c.json))
-                .as_deref()
+            match {
+                let since = client::now_ms();
+                client::control(&cl, &service, "rollback", Some(body), c.json)
+                    .and_then(|id| client::follow_since(&cl, &id, c.json, since))
+            }
+            .as_deref()
             {
                 Ok("succeeded" | "rolled-back" | "retained") => Ok(()),
                 Ok(_) => return ExitCode::FAILURE,

@@ -1,5 +1,6 @@
-//! Port allocation for instances: from a configured range or ephemeral,
-//! always checked free by binding before use.
+//! Port allocation for instances: from a configured range or from the
+//! default range below the kernel's ephemeral ports, always checked free by
+//! binding before use.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
@@ -12,34 +13,49 @@ pub fn is_free(port: u16) -> bool {
         .all(|ip| TcpListener::bind(SocketAddrV4::new(*ip, port)).is_ok())
 }
 
-/// A free port not in `taken`: the lowest free one of `range`, or an
-/// ephemeral one from the kernel when there is no range.
+/// The kernel's range for the source ports of outgoing connections.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The default range of instance ports: the 10,000 ports just *below* the
+/// kernel's ephemeral range. Not the ephemeral range itself: every outgoing
+/// connection on the machine (the proxy's, health checks', clients') takes a
+/// source port from it, and one can grab a port in the instant a restarting
+/// instance has freed it — the instance then cannot listen on its own port.
+pub fn default_range() -> (u16, u16) {
+    let (lo, _) = ephemeral_range();
+    let to = lo.saturating_sub(1).max(2048);
+    (to.saturating_sub(10_000).max(1024), to)
+}
+
+/// A free port not in `taken`: the lowest free one of `range`; without a
+/// range, a free one of [`default_range`], starting at a random place so
+/// that daemons on one machine rarely reach for the same port.
 pub fn allocate(range: Option<(u16, u16)>, taken: &[u16]) -> Result<u16, RuntimeError> {
-    match range {
-        Some((from, to)) => (from..=to)
-            .find(|p| !taken.contains(p) && is_free(*p))
-            .ok_or(RuntimeError::NoFreePort { from, to }),
-        None => {
-            for _ in 0..64 {
-                let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| {
-                    RuntimeError::Io {
-                        what: "cannot find a free port on",
-                        path: "127.0.0.1".into(),
-                        source,
-                    }
-                })?;
-                let p = l.local_addr().map(|a| a.port()).unwrap_or(0);
-                drop(l);
-                if p != 0 && !taken.contains(&p) && is_free(p) {
-                    return Ok(p);
-                }
-            }
-            Err(RuntimeError::NoFreePort {
-                from: 1024,
-                to: 65535,
-            })
-        }
-    }
+    let ((from, to), start) = match range {
+        Some(r) => (r, 0),
+        None => (default_range(), fastrand_u32()),
+    };
+    let n = (to - from) as u32 + 1;
+    (0..n)
+        .map(|i| from + (start.wrapping_add(i) % n) as u16)
+        .find(|p| !taken.contains(p) && is_free(*p))
+        .ok_or(RuntimeError::NoFreePort { from, to })
+}
+
+fn fastrand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ std::process::id().wrapping_mul(2_654_435_761)
 }
 
 #[cfg(test)]
@@ -57,6 +73,11 @@ mod tests {
         ));
         let p = allocate(None, &[]).unwrap();
         assert!(is_free(p));
+        let (lo, hi) = default_range();
+        assert!(
+            (lo..=hi).contains(&p) && hi < ephemeral_range().0,
+            "{p} not below the ephemeral range"
+        );
         assert!(matches!(
             allocate(Some((p, p)), &[p]),
             Err(RuntimeError::NoFreePort { .. })

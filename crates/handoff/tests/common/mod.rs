@@ -17,6 +17,9 @@ pub fn bin() -> &'static str {
 /// A child process that is always reaped.
 pub struct Proc {
     pub child: Child,
+    /// For `serve`: where its instances' state dir may be, so that even a
+    /// test that fails (and kills the daemon) leaves no instance behind.
+    state_dirs: Vec<std::path::PathBuf>,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
@@ -55,8 +58,14 @@ impl Proc {
                     .push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
         });
+        let state_dirs = if args.first() == Some(&"serve") {
+            vec![dir.join("state"), dir.join(".handoff")]
+        } else {
+            Vec::new()
+        };
         Proc {
             child,
+            state_dirs,
             lines,
             seen: Vec::new(),
             stderr,
@@ -85,6 +94,14 @@ impl Proc {
                 ),
             }
         }
+    }
+
+    /// Every stdout line, once the process has exited (reads what is left).
+    pub fn all_lines(&mut self) -> Vec<String> {
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        self.seen.clone()
     }
 
     pub fn stderr(&self) -> String {
@@ -121,6 +138,14 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for d in &self.state_dirs {
+            for (pid, _, _) in handoff_runtime::procfs::marked_processes(d) {
+                // SAFETY: kill(2) on an instance group this test's daemon made.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
+        }
     }
 }
 
