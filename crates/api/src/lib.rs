@@ -469,6 +469,66 @@ async fn history(State(s): State<AdminState>, Path(name): Path<String>) -> Respo
     }
 }
 
+/// Deployment metrics, read from the store at scrape time.
+pub struct DeployCollector {
+    pub deployers: Vec<(String, Arc<Deployer<ProcessRuntime>>)>,
+}
+
+impl std::fmt::Debug for DeployCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.deployers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("DeployCollector")
+            .field("services", &names)
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for DeployCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        type L = Vec<(&'static str, String)>;
+        {
+            let mut m = enc.encode_descriptor(
+                "handoff_deployments",
+                "Deployments by strategy and result (running ones count as running)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, d) in &self.deployers {
+                for (strategy, status, n) in
+                    d.fleet.store.deployment_counts(name).unwrap_or_default()
+                {
+                    let l: L = vec![
+                        ("service", name.clone()),
+                        ("strategy", strategy),
+                        ("result", status),
+                    ];
+                    m.encode_family(&l)?.encode_counter::<L, _, u64>(&n, None)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "handoff_revision",
+                "1 for the revision that serves each managed service",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, d) in &self.deployers {
+                let l: L = vec![
+                    ("service", name.clone()),
+                    ("revision", d.fleet.current_revision()),
+                ];
+                m.encode_family(&l)?.encode_gauge(&1i64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Serves the admin API until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -126,6 +126,8 @@ enum Cmd {
     Demo(demo::Demo),
     /// The bundled test/demo web app.
     SampleApp(sample_app::SampleApp),
+    /// Print shell completions, e.g. `handoff completions bash > /etc/bash_completion.d/handoff`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +170,16 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
         Cmd::Demo(d) => demo::run(d),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "handoff",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Cmd::Deploy {
             service,
             revision,

@@ -196,6 +196,12 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(proxy.collector()));
+    registry.register_collector(Box::new(handoff_api::DeployCollector {
+        deployers: deployers
+            .iter()
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect(),
+    }));
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
         logs_dir: cfg.server.state_dir.join("logs"),

@@ -208,6 +208,14 @@ fn in_place(batch: &str) {
         ["v2".to_string()].into(),
         "only v2 after the deploy"
     );
+    let (_, m) = admin_get(env.admin, env.dir.path(), "/metrics").unwrap();
+    for line in [
+        "handoff_deployments_total{service=\"web\",strategy=\"in-place\",result=\"succeeded\"} 1",
+        "handoff_revision{service=\"web\",revision=\"v2\"} 1",
+        "handoff_targets{service=\"web\",state=\"healthy\"} 4",
+    ] {
+        assert!(m.contains(line), "{line} not in /metrics:\n{m}");
+    }
     let floor = if batch == "1" {
         "capacity floor 3/4"
     } else {

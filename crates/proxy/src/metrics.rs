@@ -179,6 +179,25 @@ impl Collector for ProxyCollector {
         }
         {
             let mut m = enc.encode_descriptor(
+                "handoff_targets",
+                "Targets of each service by state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for svc in &self.services {
+                let table = svc.table();
+                for s in TargetState::ALL {
+                    let n = table.targets().filter(|(_, t)| t.state() == s).count();
+                    let l: Labels = vec![
+                        ("service", svc.name.to_string()),
+                        ("state", s.as_str().to_string()),
+                    ];
+                    m.encode_family(&l)?.encode_gauge(&(n as i64))?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
                 "handoff_target_connect_errors",
                 "Failed connection attempts to each target",
                 None,

@@ -344,6 +344,21 @@ impl Store {
         Ok(())
     }
 
+    /// Finished and running deployments counted by (strategy, status).
+    pub fn deployment_counts(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT strategy, status, COUNT(*) FROM deployments WHERE service = ?1 GROUP BY strategy, status ORDER BY strategy, status",
+        )?;
+        let rows = st.query_map(params![service], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// `(at_ms, kind, message)` of a deployment, in order.
     pub fn deployment_events(&self, id: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
         let c = self.lock();
