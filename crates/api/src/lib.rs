@@ -7,7 +7,9 @@
 //! - `GET /services`: groups, weights, targets, states, in-flight;
 //! - `POST /deployments` (body [`types::DeployBody`]), `GET /deployments/{id}`,
 //!   `GET /services/{name}/deployments`;
-//! - `POST /services/{name}/{pause|resume|abort|promote|rollback}`.
+//! - `POST /services/{name}/{pause|resume|abort|promote|rollback}`;
+//! - `GET /events`: server-sent events (`deployment` steps, `target` state
+//!   changes), each source in order.
 //!
 //! Errors are JSON `{"error": {"code", "message"}}` with a stable code:
 //! 400 bad body, 404 unknown service/deployment, 409 conflict. The CLI uses
@@ -42,6 +44,8 @@ pub struct AdminState {
     pub deployers: Arc<BTreeMap<String, Arc<Deployer<ProcessRuntime>>>>,
     /// The bearer token every endpoint but `/healthz` requires.
     pub token: Arc<str>,
+    /// Target state changes of every service.
+    pub target_events: tokio::sync::broadcast::Sender<handoff_proxy::TargetEvent>,
 }
 
 #[derive(serde::Deserialize)]
@@ -58,6 +62,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/{verb}", post(control))
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))
+        .route("/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     Router::new()
@@ -467,6 +472,62 @@ async fn history(State(s): State<AdminState>, Path(name): Path<String>) -> Respo
         Ok(list) => Json(list.into_iter().map(|r| view(d, r)).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
+}
+
+/// `GET /events`: server-sent events, `event: deployment` for every recorded
+/// deployment step and `event: target` for every target state change, each
+/// source in the order it happened. A subscriber too slow to keep up gets
+/// an `event: lagged` saying how many it missed, never a silent gap.
+async fn events(State(s): State<AdminState>) -> impl IntoResponse {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Sse>(1024);
+    let mut targets = s.target_events.subscribe();
+    let t2 = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = match targets.recv().await {
+                Ok(e) => Sse::default().event("target").json_data(serde_json::json!({
+                    "service": e.service, "target": e.name, "addr": e.addr.to_string(), "revision": e.revision,
+                    "from": e.from.as_str(), "to": e.to.as_str(), "reason": e.reason,
+                })),
+                Err(RecvError::Lagged(n)) => Ok(Sse::default().event("lagged").data(format!("{n} target events missed"))),
+                Err(RecvError::Closed) => return,
+            };
+            if let Ok(ev) = ev {
+                if t2.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    for d in s.deployers.values() {
+        let mut steps = d.subscribe();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match steps.recv().await {
+                    Ok(e) => Sse::default().event("deployment").json_data(&e),
+                    Err(RecvError::Lagged(n)) => Ok(Sse::default()
+                        .event("lagged")
+                        .data(format!("{n} deployment events missed"))),
+                    Err(RecvError::Closed) => return,
+                };
+                if let Ok(ev) = ev {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// Deployment metrics, read from the store at scrape time.

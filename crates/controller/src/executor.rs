@@ -63,6 +63,19 @@ struct Active {
 pub struct Deployer<R: Runtime> {
     pub fleet: Arc<Fleet<R>>,
     active: Mutex<Option<Active>>,
+    /// Every recorded step, for live subscribers (API server-sent events).
+    steps: tokio::sync::broadcast::Sender<StepEvent>,
+}
+
+/// One recorded step of a deployment, as subscribers see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepEvent {
+    pub deployment: String,
+    pub service: String,
+    pub at_ms: i64,
+    pub kind: String,
+    pub message: String,
+    pub status: String,
 }
 
 enum Outcome {
@@ -95,11 +108,17 @@ impl<R: Runtime> Deployer<R> {
         Arc::new(Deployer {
             fleet,
             active: Mutex::new(None),
+            steps: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deployment steps as they are recorded, in order.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StepEvent> {
+        self.steps.subscribe()
     }
 
     /// The active deployment's latest state.
@@ -278,6 +297,14 @@ impl<R: Runtime> Deployer<R> {
             },
             Some((kind, msg)),
         )?;
+        let _ = self.steps.send(StepEvent {
+            deployment: d.id.clone(),
+            service: d.service.clone(),
+            at_ms: handoff_store::now_ms(),
+            kind: kind.to_string(),
+            message: msg.to_string(),
+            status: status_str(d.status).into(),
+        });
         Ok(())
     }
 

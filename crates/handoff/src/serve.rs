@@ -213,6 +213,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
         ),
         deployers: Arc::new(deployers),
         token: token.into(),
+        target_events: proxy.events(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {
@@ -242,7 +243,16 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     }
     rotation.abort();
     let _ = stop_admin.send(());
-    let _ = admin_task.await;
+    // Graceful shutdown waits for every admin connection, and an open
+    // event stream (`GET /events`) never ends by itself: give the rest a
+    // moment, then cut them.
+    let mut admin_task = admin_task;
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut admin_task)
+        .await
+        .is_err()
+    {
+        admin_task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -459,3 +459,76 @@ fn hooks_run_in_order_and_a_failing_validation_never_lets_the_revision_serve() {
     assert!(!seen.iter().any(|(v, _)| v == "slow-v4"));
     stop(env);
 }
+
+#[test]
+fn server_sent_events_carry_steps_and_target_changes_in_order() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = setup(2, "");
+    let mut s = std::net::TcpStream::connect(env.admin).unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(env.dir.path())
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let reader = BufReader::new(s.try_clone().unwrap());
+    let got = Arc::new(Mutex::new(Vec::<(String, serde_json::Value)>::new()));
+    let g2 = got.clone();
+    let t = std::thread::spawn(move || {
+        let mut event = String::new();
+        for line in reader.lines().map_while(Result::ok) {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                if let Ok(v) = serde_json::from_str(d) {
+                    g2.lock().unwrap().push((event.clone(), v));
+                }
+                if d.contains("\"kind\":\"report\"") {
+                    return;
+                }
+            }
+        }
+    });
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--batch", "1"]);
+    assert!(ok, "{out}");
+    t.join().unwrap();
+    let got = got.lock().unwrap();
+    let kinds: Vec<&str> = got
+        .iter()
+        .filter(|(e, _)| e == "deployment")
+        .map(|(_, v)| v["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "drain",
+            "stop",
+            "start",
+            "health",
+            "drain",
+            "stop",
+            "start",
+            "health",
+            "succeeded",
+            "report"
+        ]
+    );
+    // web-1's own life through the deploy, in order, before the next batch.
+    let pos = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        got.iter()
+            .position(|(e, v)| e == "target" && pred(v))
+            .unwrap_or_else(|| panic!("{got:?}"))
+    };
+    let drained = pos(&|v| v["target"] == "web-1" && v["to"] == "draining");
+    let unused = pos(&|v| v["target"] == "web-1" && v["to"] == "unused");
+    let back = pos(&|v| v["target"] == "web-1" && v["to"] == "healthy" && v["revision"] == "v2");
+    let web2_out = pos(&|v| v["target"] == "web-2" && v["to"] == "draining");
+    assert!(
+        drained < unused && unused < back && back < web2_out,
+        "{drained} {unused} {back} {web2_out}"
+    );
+    drop(got);
+    stop(env);
+}

@@ -87,6 +87,11 @@ impl Proxy {
         self.events.subscribe()
     }
 
+    /// The sender side, for components that subscribe later (API streams).
+    pub fn events(&self) -> broadcast::Sender<TargetEvent> {
+        self.events.clone()
+    }
+
     /// The Prometheus collector over this proxy's live tables.
     pub fn collector(&self) -> ProxyCollector {
         ProxyCollector {
