@@ -50,8 +50,12 @@ pub struct AdminState {
 
 #[derive(serde::Deserialize)]
 struct LogQuery {
-    lines: Option<usize>,
+    lines: Option<String>,
 }
+
+/// The API described for people and schema-driven tools (public, like
+/// `/healthz`: it holds no secret).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router(state: AdminState) -> Router {
     let guarded = Router::new()
@@ -67,7 +71,18 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .merge(guarded)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; the API is described at GET /openapi.json",
+            )
+        })
 }
 
 /// `Authorization: Bearer TOKEN` on every endpoint but `/healthz`.
@@ -185,7 +200,18 @@ async fn logs(
             format!("no log for instance '{instance}' of service '{service}'"),
         );
     }
-    let mut t = handoff_runtime::logs::tail(&path, q.lines.unwrap_or(100).min(10_000));
+    let lines = match q.lines.as_deref().map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) => n.min(10_000),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "lines: must be a whole number",
+            )
+        }
+    };
+    let mut t = handoff_runtime::logs::tail(&path, lines);
     t.push('\n');
     (StatusCode::OK, t).into_response()
 }
@@ -308,7 +334,7 @@ async fn deploy(
 async fn control(
     State(s): State<AdminState>,
     Path((name, verb)): Path<(String, String)>,
-    body: Option<Json<RollbackBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let d = match deployer(&s, &name) {
         Ok(d) => d,
@@ -319,7 +345,24 @@ async fn control(
         "resume" => Event::Resume,
         "abort" => Event::Abort,
         "promote" => Event::Promote,
-        "rollback" => return rollback(d, body.map(|b| b.0).unwrap_or_default()).await,
+        "rollback" => {
+            // The body is optional: empty means "the last stable revision".
+            let b = if body.iter().all(u8::is_ascii_whitespace) {
+                RollbackBody::default()
+            } else {
+                match serde_json::from_slice::<RollbackBody>(&body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("bad rollback body: {e}"),
+                        )
+                    }
+                }
+            };
+            return rollback(d, b).await;
+        }
         other => {
             return error(
                 StatusCode::NOT_FOUND,

@@ -532,3 +532,169 @@ fn server_sent_events_carry_steps_and_target_changes_in_order() {
     drop(got);
     stop(env);
 }
+
+/// POST with the daemon's token; (status, body).
+fn post(env: &Env, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(env.admin).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token(env.dir.path()),
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or_default();
+    (status, json)
+}
+
+#[test]
+fn api_errors_have_a_stable_code_and_name_what_is_wrong() {
+    let env = setup(1, "");
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        (
+            "/deployments",
+            "{\"service\":\"web\"}",
+            400,
+            "bad_request",
+            "revision",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"web\",\"revision\":\"v2\",\"colour\":1}",
+            400,
+            "bad_request",
+            "colour",
+        ),
+        (
+            "/deployments",
+            "not json",
+            400,
+            "bad_request",
+            "bad deploy body",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"web\",\"revision\":\"v2\",\"strategy\":\"yolo\"}",
+            400,
+            "bad_request",
+            "strategy: unknown 'yolo'",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"web\",\"revision\":\"v2\",\"batch\":\"many\"}",
+            400,
+            "bad_request",
+            "batch:",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"web\",\"revision\":\"../x\"}",
+            400,
+            "bad_request",
+            "revision: '../x'",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"nope\",\"revision\":\"v2\"}",
+            404,
+            "not_found",
+            "no service 'nope'",
+        ),
+        (
+            "/deployments",
+            "{\"service\":\"web\",\"revision\":\"v1\"}",
+            400,
+            "bad_request",
+            "already serves",
+        ),
+        (
+            "/services/web/pause",
+            "",
+            409,
+            "conflict",
+            "no deployment in progress",
+        ),
+        (
+            "/services/web/dance",
+            "",
+            404,
+            "not_found",
+            "unknown action 'dance'",
+        ),
+        (
+            "/services/web/rollback",
+            "",
+            409,
+            "conflict",
+            "no stable revision other than v1",
+        ),
+    ];
+    for (path, body, status, code, words) in cases {
+        let (s, j) = post(&env, path, body);
+        assert_eq!(s, *status, "{path} {body}: {j}");
+        assert_eq!(j["error"]["code"], *code, "{path} {body}: {j}");
+        let msg = j["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(words),
+            "{path} {body}: {msg:?} should mention {words:?}"
+        );
+    }
+    let (s, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-99").unwrap();
+    assert_eq!(s, 404);
+    assert!(
+        b.contains("\"code\":\"not_found\"") && b.contains("no deployment 'web-99'"),
+        "{b}"
+    );
+    stop(env);
+}
+
+#[test]
+fn the_openapi_document_describes_real_routes() {
+    use std::io::{Read, Write};
+    let env = setup(1, "");
+    let (s, doc) = http_get(env.admin, "/openapi.json").unwrap();
+    assert_eq!(s, 200, "public, like /healthz");
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10);
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{service}", "web")
+            .replace("{instance}", "web-1")
+            .replace("{name}", "web")
+            .replace("{verb}", "pause")
+            .replace("{id}", "web-1");
+        for method in ops.as_object().unwrap().keys() {
+            if path == "/events" {
+                continue; // a stream: checked by its own test
+            }
+            let mut c = std::net::TcpStream::connect(env.admin).unwrap();
+            write!(
+                c,
+                "{} {concrete} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+                method.to_uppercase(),
+                token(env.dir.path())
+            )
+            .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            assert!(
+                !out.contains("no such endpoint"),
+                "{method} {path} is documented but not routed: {out}"
+            );
+            assert!(!out.starts_with("HTTP/1.1 405"), "{method} {path}: {out}");
+        }
+    }
+    let (s, b) = admin_get(env.admin, env.dir.path(), "/nope").unwrap();
+    assert_eq!(s, 404);
+    assert!(b.contains("\"code\":\"not_found\""), "{b}");
+    stop(env);
+}
