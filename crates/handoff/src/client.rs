@@ -178,6 +178,20 @@ pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::
     let mut shown = 0;
     let mut first = true;
     let started = Instant::now();
+    // A spinner under the step lines while there is something to wait for
+    // (health, drain, bake, retention); indicatif hides it when stdout is
+    // not a terminal, so scripts and `--json` see plain lines only.
+    let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    };
     loop {
         let v: DeploymentView = c.json("GET", &format!("/deployments/{id}"), None)?;
         if first {
@@ -186,12 +200,15 @@ pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::
         }
         if !json {
             for e in &v.events[shown..] {
-                println!("{}  {}", clock(e.at_ms), e.message);
+                bar.suspend(|| println!("{}  {}", clock(e.at_ms), e.message));
+                bar.reset_elapsed();
+                bar.set_message(waiting_for(&e.kind, &e.message));
             }
         }
         shown = v.events.len();
         let finished = matches!(v.status.as_str(), "succeeded" | "rolled-back" | "failed");
         if v.status == "retained" || finished {
+            bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.status == "retained" {
@@ -211,6 +228,21 @@ pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::
             bail!("gave up following {id} after a day");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the deployment is waiting for after a step, for the spinner.
+fn waiting_for(kind: &str, message: &str) -> String {
+    match kind {
+        "drain" => "draining in-flight requests".into(),
+        "stop" => "stopping".into(),
+        "start" => "starting".into(),
+        "health" => "waiting for health checks (and min_healthy_time)".into(),
+        "traffic" => format!("baking: {message}"),
+        "cut-over" => "blue finishing its in-flight requests".into(),
+        "hook" => "running hooks".into(),
+        "rollback" => "rolling back".into(),
+        _ => "working".into(),
     }
 }
 
