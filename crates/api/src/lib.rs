@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,11 +46,6 @@ pub struct AdminState {
     pub token: Arc<str>,
     /// Target state changes of every service.
     pub target_events: tokio::sync::broadcast::Sender<handoff_proxy::TargetEvent>,
-}
-
-#[derive(serde::Deserialize)]
-struct LogQuery {
-    lines: Option<String>,
 }
 
 /// The API described for people and schema-driven tools (public, like
@@ -178,7 +173,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 async fn logs(
     State(s): State<AdminState>,
     Path((service, instance)): Path<(String, String)>,
-    Query(q): Query<LogQuery>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
     let safe = |x: &str| {
         !x.is_empty()
@@ -200,7 +195,14 @@ async fn logs(
             format!("no log for instance '{instance}' of service '{service}'"),
         );
     }
-    let lines = match q.lines.as_deref().map(str::parse::<usize>) {
+    // Parsed by hand: the first `lines=` wins and any oddity gets the API's
+    // own error shape, not the extractor's plain-text rejection.
+    let lines_param = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("lines="));
+    let lines = match lines_param.map(str::parse::<usize>) {
         None => 100,
         Some(Ok(n)) => n.min(10_000),
         Some(Err(_)) => {
