@@ -58,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/logs/{service}/{instance}", get(logs))
         .route("/services", get(services))
         .route("/services/{name}/deployments", get(history))
+        .route("/services/{name}/revisions", get(revisions))
         .route("/services/{name}/{verb}", post(control))
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))
@@ -632,6 +633,30 @@ impl prometheus_client::collector::Collector for DeployCollector {
             }
         }
         Ok(())
+    }
+}
+
+async fn revisions(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let d = match deployer(&s, &name) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let current = d.fleet.current_revision();
+    match d.fleet.store.revisions(&name) {
+        Ok(list) => Json(
+            list.into_iter()
+                .map(|(r, stable)| RevisionView {
+                    current: r.id == current,
+                    id: r.id,
+                    stable,
+                    artifact: r.artifact,
+                    sha256: r.sha256,
+                    created_ms: r.created_ms,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 

@@ -93,3 +93,15 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevisionView {
+    pub id: String,
+    /// Completed a deployment (or the first boot): a rollback target.
+    pub stable: bool,
+    /// Serving now.
+    pub current: bool,
+    pub artifact: Option<String>,
+    pub sha256: Option<String>,
+    pub created_ms: i64,
+}

@@ -364,6 +364,49 @@ pub fn report(c: &Client, id: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A service's revisions.
+pub fn revisions(c: &Client, service: &str, json: bool) -> anyhow::Result<()> {
+    let list: Vec<RevisionView> = c.json("GET", &format!("/services/{service}/revisions"), None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for r in list {
+        let mark = if r.current {
+            "serving"
+        } else if r.stable {
+            "stable"
+        } else {
+            "never completed"
+        };
+        let sha = r
+            .sha256
+            .map(|s| format!("  sha256 {}", &s[..12.min(s.len())]))
+            .unwrap_or_default();
+        println!("{:<16} {mark}{sha}", r.id);
+    }
+    Ok(())
+}
+
+/// The tail of every instance's log of a service.
+pub fn all_logs(c: &Client, service: &str, lines: usize) -> anyhow::Result<()> {
+    let all: Vec<ServiceView> = c.json("GET", "/services", None)?;
+    let svc = all
+        .iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| anyhow::anyhow!("no service '{service}'"))?;
+    for g in &svc.groups {
+        for t in &g.targets {
+            println!(
+                "==> {} ({}, {}, {}) <==",
+                t.name, t.addr, t.revision, t.state
+            );
+            logs(c, service, &t.name, lines)?;
+        }
+    }
+    Ok(())
+}
+
 /// The tail of an instance's log.
 pub fn logs(c: &Client, service: &str, instance: &str, lines: usize) -> anyhow::Result<()> {
     let (status, text) = c.call(

@@ -37,7 +37,8 @@ enum Cmd {
     /// Print the tail of an instance's log (from the running daemon).
     Logs {
         service: String,
-        instance: String,
+        /// One instance (default: every instance of the service).
+        instance: Option<String>,
         /// How many lines.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
@@ -115,6 +116,12 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Revisions of SERVICE: serving, stable (rollback targets), never completed.
+    Revisions {
+        service: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// A deployment's events and measured report.
     Report {
         id: String,
@@ -166,7 +173,10 @@ fn main() -> ExitCode {
             instance,
             lines,
             c,
-        } => client::logs(&c.client(), &service, &instance, lines),
+        } => match instance {
+            Some(i) => client::logs(&c.client(), &service, &i, lines),
+            None => client::all_logs(&c.client(), &service, lines),
+        },
         Cmd::Check { config } => check(&config),
         Cmd::SampleApp(a) => sample_app::run(a),
         Cmd::Demo(d) => demo::run(d),
@@ -236,6 +246,7 @@ fn main() -> ExitCode {
         Cmd::Promote { service, c } => verb(&c, &service, "promote"),
         Cmd::Status { service, c } => client::status(&c.client(), service.as_deref(), c.json),
         Cmd::History { service, c } => client::history(&c.client(), &service, c.json),
+        Cmd::Revisions { service, c } => client::revisions(&c.client(), &service, c.json),
         Cmd::Report { id, c } => client::report(&c.client(), &id, c.json),
     };
     match result {

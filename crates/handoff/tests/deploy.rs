@@ -342,6 +342,45 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
         !ok && out.contains("v1 is the revision serving now"),
         "{out}"
     );
+    // Every state-printing command's --json parses.
+    let (ok, out) = env.cli(&["revisions", "web", "--json"]);
+    assert!(ok, "{out}");
+    let revs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rev = |id: &str| {
+        revs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            rev("v1")["current"].as_bool(),
+            rev("v1")["stable"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        (
+            rev("v2")["current"].as_bool(),
+            rev("v2")["stable"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let (_, out) = env.cli(&["history", "web", "--json"]);
+    let hist: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hist.as_array().unwrap().len(), 2, "{hist}");
+    assert_eq!(hist[0]["to"], "v1");
+    let (_, out) = env.cli(&["report", "web-2", "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["status"], "succeeded");
+    assert!(rep["report"]["duration_ms"].as_u64().is_some(), "{rep}");
+    let (ok, out) = env.cli(&["logs", "web", "-n", "2"]);
+    assert!(
+        ok && out.contains("==> web-1") && out.contains("==> web-2") && out.contains("listening"),
+        "{out}"
+    );
     stop(env);
 }
 

@@ -165,6 +165,27 @@ impl Store {
             .optional()?)
     }
 
+    /// A service's revisions with whether each is stable, newest first.
+    pub fn revisions(&self, service: &str) -> Result<Vec<(RevisionRecord, bool)>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT service, id, artifact, sha256, created_ms, stable FROM revisions WHERE service = ?1 ORDER BY created_ms DESC, id DESC",
+        )?;
+        let rows = st.query_map(params![service], |row| {
+            Ok((
+                RevisionRecord {
+                    service: row.get(0)?,
+                    id: row.get(1)?,
+                    artifact: row.get(2)?,
+                    sha256: row.get(3)?,
+                    created_ms: row.get(4)?,
+                },
+                row.get::<_, i64>(5)? == 1,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Inserts or replaces the instance record (keyed by service + name).
     pub fn put_instance(&self, i: &InstanceRecord) -> Result<(), StoreError> {
         self.lock().execute(
