@@ -25,13 +25,18 @@ struct Env {
 }
 
 fn setup(instances: u32, extra: &str) -> Env {
+    setup_with(instances, "300ms", "[50]", extra)
+}
+
+/// `stay`: `health.min_healthy_time`; `steps`: `blue_green.traffic_steps`.
+fn setup_with(instances: u32, stay: &str, steps: &str, extra: &str) -> Env {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     // The revision's name picks its behaviour.
     std::fs::write(
         dir.path().join("app.sh"),
         format!(
-            "#!/bin/sh\ncase \"$2\" in\n  bad*) exec {b} sample-app --port \"$1\" --version \"$2\" --fail-health ;;\n  err*) exec {b} sample-app --port \"$1\" --version \"$2\" --error-rate 0.5 ;;\n  *) exec {b} sample-app --port \"$1\" --version \"$2\" ;;\nesac\n",
+            "#!/bin/sh\ncase \"$2\" in\n  crash*) exec {b} sample-app --port \"$1\" --version \"$2\" --crash-after 2s ;;\n  bad*) exec {b} sample-app --port \"$1\" --version \"$2\" --fail-health ;;\n  err*) exec {b} sample-app --port \"$1\" --version \"$2\" --error-rate 0.5 ;;\n  *) exec {b} sample-app --port \"$1\" --version \"$2\" ;;\nesac\n",
             b = bin()
         ),
     )
@@ -49,9 +54,9 @@ fn setup(instances: u32, extra: &str) -> Env {
             "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
              [services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\n\
              command = \"./app.sh {{port}} {{revision}}\"\nstop_grace = \"5s\"\n\
-             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"300ms\"\nhealthy_deadline = \"8s\"\n\
+             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"{stay}\"\nhealthy_deadline = \"8s\"\n\
              [services.web.drain]\ntimeout = \"5s\"\n\
-             [services.web.blue_green]\ntraffic_steps = [50]\nbake = \"1s\"\nretention = \"30s\"\n{extra}"
+             [services.web.blue_green]\ntraffic_steps = {steps}\nbake = \"1s\"\nretention = \"30s\"\n{extra}"
         ),
     )
     .unwrap();
@@ -735,5 +740,152 @@ fn the_openapi_document_describes_real_routes() {
     let (s, b) = admin_get(env.admin, env.dir.path(), "/nope").unwrap();
     assert_eq!(s, 404);
     assert!(b.contains("\"code\":\"not_found\""), "{b}");
+    stop(env);
+}
+
+#[test]
+fn blue_green_without_steps_cuts_over_at_once_under_load() {
+    let env = setup_with(2, "300ms", "[]", "");
+    let l = load(env.web, 4);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--strategy", "blue-green"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("traffic 50%"), "{out}");
+    assert!(out.contains("traffic 100% green"), "{out}");
+    let done = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = l.finish();
+    assert_eq!(
+        versions_between(&seen, done, Instant::now()),
+        ["v2".to_string()].into()
+    );
+    stop(env);
+}
+
+#[test]
+fn all_at_once_does_fail_requests_and_its_report_says_so() {
+    // The downtime baseline: the suite must be able to tell it apart.
+    let env = setup(2, "");
+    let l = load(env.web, 4);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--strategy", "all-at-once"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("clients get 503"),
+        "the opt-in is warned: {out}"
+    );
+    assert!(out.contains("capacity floor 0/2"), "{out}");
+    l.stop.store(true, Relaxed);
+    for t in l.threads {
+        t.join().unwrap();
+    }
+    let failures = l.failures.lock().unwrap();
+    assert!(
+        !failures.is_empty(),
+        "all-at-once failed no request: the suite could not tell downtime"
+    );
+    assert!(
+        failures.iter().all(|f| f.starts_with("503 ")),
+        "{:?}",
+        &failures[..failures.len().min(3)]
+    );
+    eprintln!("all-at-once: {} failed requests (expected)", failures.len());
+    drop(failures);
+    stop(env);
+}
+
+#[test]
+fn a_revision_that_crashes_after_two_seconds_rolls_back() {
+    // min_healthy_time (3 s) longer than the crash delay: it must be caught.
+    let env = setup_with(2, "3s", "[50]", "");
+    let l = load(env.web, 3);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "crash-v2", "--batch", "1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("did not stay healthy") || out.contains("exited"),
+        "{out}"
+    );
+    assert!(out.contains("rolled back: v1 serves"), "{out}");
+    l.finish();
+    stop(env);
+}
+
+#[test]
+fn sigkill_of_an_instance_mid_deploy_fails_no_request() {
+    let env = setup(3, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    let l = load(env.web, 4);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--detach"]);
+    assert!(ok, "{out}");
+    // While batch 1 runs, kill web-3 (not yet touched): the supervisor and
+    // the retries must hide it, and the deploy must still complete.
+    poll("batch 1 under way", Duration::from_secs(20), || {
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
+        b.contains("starting web-1 on v2").then_some(())
+    });
+    let pid = handoff_runtime::procfs::marked_processes(&env.dir.path().join("state"))
+        .into_iter()
+        .find(|(_, _, i)| i == "web-3")
+        .map(|(p, _, _)| p)
+        .unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    poll("deploy done", Duration::from_secs(60), || {
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
+        (b.contains("\"status\":\"succeeded\"")).then_some(())
+    });
+    let seen = l.finish();
+    assert!(
+        seen.iter().rev().take(20).all(|(v, _)| v == "v2"),
+        "v2 serves at the end"
+    );
+    stop(env);
+}
+
+#[test]
+fn the_report_matches_what_the_load_generator_saw() {
+    let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    let l = load(env.web, 3);
+    l.wait_for_requests(50);
+    let before = l.seen.lock().unwrap().len();
+    let t0 = Instant::now();
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--json"]);
+    let t1 = Instant::now();
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let seen = l.finish();
+    let during: Vec<&(String, Instant)> = seen[before..]
+        .iter()
+        .filter(|(_, t)| *t >= t0 && *t <= t1)
+        .collect();
+    let count = |rev: &str| during.iter().filter(|(v, _)| v == rev).count() as f64;
+    let report = |rev: &str| {
+        v["report"]["per_revision"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["revision"] == rev)
+            .unwrap()["requests"]
+            .as_f64()
+            .unwrap()
+    };
+    for rev in ["v1", "v2"] {
+        let (saw, said) = (count(rev), report(rev));
+        // The report's window is the deployment's; the client's is the CLI
+        // call around it: a few hundred ms and the last sample apart.
+        assert!(
+            (saw - said).abs() <= 0.15 * saw.max(said) + 100.0,
+            "{rev}: load generator saw {saw}, report says {said}"
+        );
+    }
+    // Mixed window: from the first v2 answer to the last v1 answer.
+    let first_v2 = during.iter().find(|(v, _)| v == "v2").unwrap().1;
+    let last_v1 = during.iter().rev().find(|(v, _)| v == "v1").unwrap().1;
+    let saw_ms = last_v1.saturating_duration_since(first_v2).as_millis() as f64;
+    let said_ms = v["report"]["mixed_window_ms"].as_f64().unwrap();
+    assert!(
+        (saw_ms - said_ms).abs() <= 150.0,
+        "mixed window: client saw {saw_ms} ms, report says {said_ms} ms"
+    );
     stop(env);
 }
