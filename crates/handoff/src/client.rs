@@ -20,6 +20,9 @@ pub struct Client {
 /// config file (`-c`, default `handoff.toml`) gives `server.admin` and the
 /// state dir whose `token` file the daemon wrote.
 pub fn resolve(admin: Option<String>, token: Option<String>, config: &std::path::Path) -> Client {
+    // An empty HANDOFF_TOKEN / HANDOFF_ADMIN means unset, as in most tools.
+    let token = token.filter(|t| !t.trim().is_empty());
+    let admin = admin.filter(|a| !a.trim().is_empty());
     let cfg = config
         .exists()
         .then(|| handoff_core::config::load(config).ok())
