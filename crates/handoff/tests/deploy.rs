@@ -889,3 +889,42 @@ fn the_report_matches_what_the_load_generator_saw() {
     );
     stop(env);
 }
+
+/// Soak: 20 deploys in a row under load, alternating in-place (batch 1 and
+/// 50%) and blue/green, with a rollback flip after every second blue/green
+/// deploy (6, 12, 18). Not in CI by
+/// default: `cargo test -p handoff --test deploy soak -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn soak_twenty_deploys_under_load() {
+    let env = setup(4, "");
+    let l = load(env.web, 4);
+    l.wait_for_requests(100);
+    let started = Instant::now();
+    let mut durations = Vec::new();
+    for i in 1..=20 {
+        let rev = format!("v{}", i + 1);
+        let args: Vec<&str> = match i % 3 {
+            0 => vec!["deploy", "web", &rev, "--strategy", "blue-green"],
+            1 => vec!["deploy", "web", &rev, "--batch", "1"],
+            _ => vec!["deploy", "web", &rev, "--batch", "50%"],
+        };
+        let t = Instant::now();
+        let (ok, out) = env.cli(&args);
+        assert!(ok, "deploy {i}: {out}");
+        if i % 6 == 0 {
+            let (ok, out) = env.cli(&["rollback", "web"]);
+            assert!(ok, "rollback after {i}: {out}");
+        }
+        durations.push(t.elapsed());
+    }
+    let seen = l.finish();
+    let total = started.elapsed();
+    let mean = durations.iter().sum::<Duration>() / durations.len() as u32;
+    eprintln!(
+        "soak: 20 deploys and 3 rollback flips in {total:.1?} (mean {mean:.1?}, max {:.1?}); {} requests, 0 failed",
+        durations.iter().max().unwrap(),
+        seen.len()
+    );
+    stop(env);
+}
