@@ -1,0 +1,62 @@
+//! `GET /events`: the live stream of deployment steps and target changes.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+
+use crate::AdminState;
+
+/// `GET /events`: server-sent events, `event: deployment` for every recorded
+/// deployment step and `event: target` for every target state change, each
+/// source in the order it happened. A subscriber too slow to keep up gets
+/// an `event: lagged` saying how many it missed, never a silent gap.
+pub(crate) async fn events(State(s): State<AdminState>) -> impl IntoResponse {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Sse>(1024);
+    let mut targets = s.target_events.subscribe();
+    let t2 = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = match targets.recv().await {
+                Ok(e) => Sse::default().event("target").json_data(serde_json::json!({
+                    "service": e.service, "target": e.name, "addr": e.addr.to_string(), "revision": e.revision,
+                    "from": e.from.as_str(), "to": e.to.as_str(), "reason": e.reason,
+                })),
+                Err(RecvError::Lagged(n)) => Ok(Sse::default().event("lagged").data(format!("{n} target events missed"))),
+                Err(RecvError::Closed) => return,
+            };
+            if let Ok(ev) = ev {
+                if t2.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    for d in s.deployers.values() {
+        let mut steps = d.subscribe();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match steps.recv().await {
+                    Ok(e) => Sse::default().event("deployment").json_data(&e),
+                    Err(RecvError::Lagged(n)) => Ok(Sse::default()
+                        .event("lagged")
+                        .data(format!("{n} deployment events missed"))),
+                    Err(RecvError::Closed) => return,
+                };
+                if let Ok(ev) = ev {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default())
+}

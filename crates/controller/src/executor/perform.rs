@@ -1,0 +1,241 @@
+//! Performing a step's actions through the fleet and the proxy, running
+//! hooks, and holding bakes and retention (which promote/abort/rollback can
+//! end early).
+
+use std::time::Duration;
+
+use handoff_runtime::Runtime;
+use tokio::sync::mpsc;
+
+use super::{Deployer, Outcome};
+use crate::analysis::{self, Counts};
+use crate::plan::{Action, Deployment, Event, Kind, Status};
+
+impl<R: Runtime> Deployer<R> {
+    pub(super) async fn perform(
+        &self,
+        d: &Deployment,
+        actions: &[Action],
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Outcome {
+        let f = &self.fleet;
+        for a in actions {
+            match a {
+                Action::Drain { instances } => {
+                    for (n, o) in f.drain(instances).await {
+                        if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
+                            let _ = self.fleet.store.save_deployment_event(
+                                &d.id,
+                                "drain-timeout",
+                                &format!("{n}: drain timed out with {in_flight} in flight"),
+                            );
+                        }
+                    }
+                }
+                Action::Stop { instances } => {
+                    f.stop(instances, d.strategy == Kind::BlueGreen).await
+                }
+                Action::Start {
+                    instances,
+                    revision,
+                    group,
+                    hold,
+                } => {
+                    if let Err(e) = f.start(instances, revision, group, *hold).await {
+                        return Outcome::Failed(e);
+                    }
+                }
+                Action::AwaitHealthy { instances } => {
+                    let before = (Counts::of(&f.proxy, &d.from), Counts::of(&f.proxy, &d.to));
+                    if let Err(e) = f.await_healthy(instances).await {
+                        return Outcome::Failed(e);
+                    }
+                    if d.status == Status::Running {
+                        let old = Counts::of(&f.proxy, &d.from).since(&before.0);
+                        let new = Counts::of(&f.proxy, &d.to).since(&before.1);
+                        if let Err(e) =
+                            analysis::verdict(&f.service.rollback, &d.from, &old, &d.to, &new)
+                        {
+                            return Outcome::Failed(e);
+                        }
+                    }
+                }
+                Action::SetWeights { weights } => {
+                    let w: Vec<(&str, u32)> =
+                        weights.iter().map(|(g, w)| (g.as_str(), *w)).collect();
+                    if let Err(e) = f.proxy.set_weights(&w) {
+                        return Outcome::Failed(e.to_string());
+                    }
+                }
+                Action::Bake { .. } => {
+                    let bake = f.service.blue_green.bake;
+                    if let Some(o) = self.bake(d, bake, ctl, deferred).await {
+                        return o;
+                    }
+                }
+                Action::Quiesce { group } => {
+                    let left = f.proxy.quiesce(group, f.service.drain.timeout).await;
+                    if left > 0 {
+                        let _ = f.store.save_deployment_event(
+                            &d.id,
+                            "drain-timeout",
+                            &format!(
+                                "{group}: {left} requests still in flight after the drain timeout"
+                            ),
+                        );
+                    }
+                }
+                Action::Retain => {
+                    let until = tokio::time::sleep(f.service.blue_green.retention);
+                    tokio::pin!(until);
+                    loop {
+                        tokio::select! {
+                            _ = &mut until => break,
+                            Some(ev) = ctl.recv() => {
+                                if let Some(o) = interrupt(ev, deferred) {
+                                    return o;
+                                }
+                            }
+                        }
+                    }
+                }
+                Action::Supervise { instances } => f.supervise(instances),
+                Action::Release { instances } => f.release(instances),
+                Action::Hook { name, instances } => {
+                    if let Err(e) = self.hook(d, name, instances).await {
+                        return Outcome::Failed(e);
+                    }
+                }
+                Action::MarkCurrent { revision } => {
+                    let group = if *revision == d.to && d.strategy == Kind::BlueGreen {
+                        &d.green_group
+                    } else {
+                        &d.blue_group
+                    };
+                    if let Err(e) = f.mark_current(revision, group) {
+                        return Outcome::Failed(e.to_string());
+                    }
+                }
+            }
+        }
+        Outcome::Done
+    }
+
+    /// Runs hook `name` once, or once per instance (concurrently); keeps
+    /// each run's output with the deployment.
+    async fn hook(&self, d: &Deployment, name: &str, instances: &[String]) -> Result<(), String> {
+        let f = &self.fleet;
+        let Some(cmd) = f.service.hooks.get(name).map(str::to_string) else {
+            return Ok(());
+        };
+        let revision = if d.status == Status::RollingBack {
+            d.from.clone()
+        } else {
+            d.to.clone()
+        };
+        let dir = f
+            .install_release(&revision)
+            .await
+            .map_err(|e| e.to_string())?;
+        let once = [String::new()];
+        let targets: &[String] = if instances.is_empty() {
+            &once
+        } else {
+            instances
+        };
+        let runs = targets.iter().map(|inst| {
+            let (cmd, dir, revision) = (cmd.clone(), dir.clone(), revision.clone());
+            let timeout = f.service.hooks.timeout;
+            async move {
+                let env = crate::hooks::HookEnv {
+                    service: &d.service,
+                    revision: &revision,
+                    from: &d.from,
+                    deployment: &d.id,
+                    instance: inst,
+                    phase: name,
+                };
+                (
+                    inst.clone(),
+                    crate::hooks::run(&cmd, &env, &dir, timeout).await,
+                )
+            }
+        });
+        let mut failed = Vec::new();
+        for (inst, (result, output, took)) in futures_util::future::join_all(runs).await {
+            let who = if inst.is_empty() {
+                String::new()
+            } else {
+                format!(" {inst}")
+            };
+            let verdict = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            let mut msg = format!("hook {name}{who}: {verdict} in {} ms", took.as_millis());
+            if !output.is_empty() {
+                msg.push('\n');
+                msg.push_str(&output);
+            }
+            let _ = f.store.save_deployment_event(&d.id, "hook", &msg);
+            if let Err(e) = result {
+                failed.push(format!("hook {name}{who} {e}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Holds a traffic step for `bake`, judging the new revision every
+    /// 250 ms; promote/abort/rollback end it early.
+    async fn bake(
+        &self,
+        d: &Deployment,
+        bake: Duration,
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Option<Outcome> {
+        let p = &self.fleet.proxy;
+        let before = (Counts::of(p, &d.from), Counts::of(p, &d.to));
+        let end = tokio::time::Instant::now() + bake;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                break;
+            }
+            let tick = tokio::time::sleep_until(end.min(now + Duration::from_millis(250)));
+            tokio::select! {
+                _ = tick => {}
+                Some(ev) = ctl.recv() => {
+                    if let Some(o) = interrupt(ev, deferred) {
+                        return Some(o);
+                    }
+                }
+            }
+            let old = Counts::of(p, &d.from).since(&before.0);
+            let new = Counts::of(p, &d.to).since(&before.1);
+            if let Err(e) =
+                analysis::verdict(&self.fleet.service.rollback, &d.from, &old, &d.to, &new)
+            {
+                return Some(Outcome::Failed(e));
+            }
+        }
+        None
+    }
+}
+
+/// Promote/abort/rollback end a bake or the retention at once; pause and
+/// resume wait for its end.
+fn interrupt(ev: Event, deferred: &mut Vec<Event>) -> Option<Outcome> {
+    match ev {
+        Event::Promote | Event::Abort | Event::Rollback => Some(Outcome::Control(ev)),
+        other => {
+            deferred.push(other);
+            None
+        }
+    }
+}
