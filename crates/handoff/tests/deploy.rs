@@ -928,3 +928,78 @@ fn soak_twenty_deploys_under_load() {
     );
     stop(env);
 }
+
+#[test]
+fn daemon_sigkill_at_a_random_step_under_load_recovers_and_measures_downtime() {
+    let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    let l = load(env.web, 3);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--detach"]);
+    assert!(ok, "{out}");
+    // Somewhere in the deploy's first ~1.5 s: a different step each run.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let delay = Duration::from_millis(50 + (nanos % 1500) as u64);
+    std::thread::sleep(delay); // the random point itself, not a synchronisation
+    let Env {
+        _guard,
+        dir,
+        mut daemon,
+        web,
+        ..
+    } = env;
+    let killed_at = Instant::now();
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(10));
+    let cfg = dir.path().join("handoff.toml");
+    let mut d2 = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir.path());
+    // The tests' config listens on port 0: the restarted daemon has a new
+    // address, and the downtime is measured on it.
+    let web2 = addr_of(&d2.wait_line("listening service=web", Duration::from_secs(20)));
+    let admin = addr_of(&d2.wait_line("admin", Duration::from_secs(20)));
+    d2.wait_line("ready", Duration::from_secs(30));
+    let back = poll("serving again", Duration::from_secs(30), || {
+        matches!(http_get(web2, "/"), Ok((200, _))).then(Instant::now)
+    });
+    let downtime = back - killed_at;
+    l.stop.store(true, Relaxed);
+    for t in l.threads {
+        t.join().unwrap();
+    }
+    // Consistent: one revision everywhere, the record complete and closed.
+    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web-1").unwrap();
+    assert!(
+        rec.contains("\"status\":\"rolled-back\"") || rec.contains("\"status\":\"succeeded\""),
+        "{rec}"
+    );
+    assert!(rec.contains("deploying v1 → v2"), "{rec}");
+    let (_, s) = admin_get(admin, dir.path(), "/services").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let serving = v[0]["revision"].as_str().unwrap().to_string();
+    poll(
+        "fleet on one revision, all healthy",
+        Duration::from_secs(30),
+        || {
+            let (_, s) = admin_get(admin, dir.path(), "/services").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let targets: Vec<&serde_json::Value> = v[0]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["targets"].as_array().unwrap().iter())
+                .collect();
+            (targets.len() == 2
+                && targets
+                    .iter()
+                    .all(|t| t["revision"] == serving.as_str() && t["state"] == "healthy"))
+            .then_some(())
+        },
+    );
+    eprintln!(
+        "daemon SIGKILLed {delay:?} into the deploy; serving again {downtime:?} after the kill (restart included); the deploy ended {}",
+        if rec.contains("rolled-back") { "rolled back by the restart" } else { "before the kill" }
+    );
+    d2.signal(libc::SIGTERM);
+    assert!(d2.wait_exit(Duration::from_secs(30)).success());
+}
