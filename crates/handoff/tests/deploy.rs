@@ -947,7 +947,6 @@ fn daemon_sigkill_at_a_random_step_under_load_recovers_and_measures_downtime() {
         _guard,
         dir,
         mut daemon,
-        web,
         ..
     } = env;
     let killed_at = Instant::now();
