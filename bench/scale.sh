@@ -46,8 +46,13 @@ C
   c0=$(cpu_ms "$pid"); t1=$(now_ms)
   "$BIN" deploy web v2 > "$W/deploy.out"
   deploy=$(( $(now_ms) - t1 )); c1=$(cpu_ms "$pid")
+  # Lower bound the config implies: per batch, a new instance needs
+  # (healthy_threshold - 1) more probes after the immediate first one, at
+  # 500 ms, plus min_healthy_time (0 here); no drain is needed without load.
+  reported=$(grep -o 'report: [0-9]* ms' "$W/deploy.out" | grep -o '[0-9]*')
+  bound=$((2 * 500))
   echo "$N instances: boot to all healthy $boot ms; deploy $deploy ms; $(grep '^report' "$W/deploy.out")" >&2
-  echo "BENCH scale instances=$N boot_ms=$boot deploy_ms=$deploy deploy_ms_per_instance=$((deploy / N)) daemon_cpu_ms_per_instance=$(( (c1 - c0) / N ))"
+  echo "BENCH scale instances=$N boot_ms=$boot deploy_ms=$deploy deploy_ms_per_instance=$((deploy / N)) daemon_cpu_ms_per_instance=$(( (c1 - c0) / N )) overhead_ratio=$(awk -v a="$reported" -v b="$bound" 'BEGIN{printf "%.2f", a/b}')"
   kill "$pid"; wait "$pid" || true
   rm -rf "$W"
 done
