@@ -35,15 +35,33 @@ impl Ctx {
         }
     }
 
-    fn positive(&mut self, key: String, v: Option<i64>, default: u32, max: u32) -> u32 {
+    /// An integer within `lo..=hi` (`hi = i64::MAX`: no upper bound), or the
+    /// default with a problem recorded.
+    fn int_in(
+        &mut self,
+        key: impl Into<String>,
+        v: Option<i64>,
+        default: i64,
+        lo: i64,
+        hi: i64,
+    ) -> i64 {
         match v {
             None => default,
-            Some(n) if n >= 1 && n <= max as i64 => n as u32,
+            Some(n) if (lo..=hi).contains(&n) => n,
             Some(n) => {
-                self.err(key, format!("must be between 1 and {max}, got {n}"));
+                let range = if hi == i64::MAX {
+                    format!("at least {lo}")
+                } else {
+                    format!("between {lo} and {hi}")
+                };
+                self.err(key, format!("must be {range}, got {n}"));
                 default
             }
         }
+    }
+
+    fn positive(&mut self, key: String, v: Option<i64>, default: u32, max: u32) -> u32 {
+        self.int_in(key, v, default.into(), 1, max.into()) as u32
     }
 
     fn amount(&mut self, key: String, v: Option<&CountOrText>, default: &str) -> Amount {
@@ -158,17 +176,7 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
         .unwrap_or_else(|| d::ADMIN.parse().expect("default admin"));
     let state_dir = base.join(r.state_dir.as_deref().unwrap_or(d::STATE_DIR));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = match r.workers {
-        None => cores,
-        Some(n) if (1..=256).contains(&n) => n as usize,
-        Some(n) => {
-            cx.err(
-                "server.workers",
-                format!("must be between 1 and 256, got {n}"),
-            );
-            cores
-        }
-    };
+    let workers = cx.int_in("server.workers", r.workers, cores as i64, 1, 256) as usize;
     let shutdown_timeout = cx.duration(
         "server.shutdown_timeout".into(),
         r.shutdown_timeout.as_ref(),
@@ -189,17 +197,13 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
             }
         }
     });
-    let releases_kept = match r.releases_kept {
-        None => d::RELEASES_KEPT,
-        Some(n) if (1..=1000).contains(&n) => n as usize,
-        Some(n) => {
-            cx.err(
-                "server.releases_kept",
-                format!("must be between 1 and 1000, got {n}"),
-            );
-            d::RELEASES_KEPT
-        }
-    };
+    let releases_kept = cx.int_in(
+        "server.releases_kept",
+        r.releases_kept,
+        d::RELEASES_KEPT as i64,
+        1,
+        1000,
+    ) as usize;
     let token = r.token.filter(|t| {
         let ok = t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic());
         if !ok {
@@ -359,17 +363,13 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
                 d::MAX_P99_RATIO
             }
         },
-        min_requests: match rr.min_requests {
-            None => d::MIN_REQUESTS,
-            Some(n) if n >= 1 => n as u64,
-            Some(n) => {
-                cx.err(
-                    k("rollback.min_requests"),
-                    format!("must be at least 1, got {n}"),
-                );
-                d::MIN_REQUESTS
-            }
-        },
+        min_requests: cx.int_in(
+            k("rollback.min_requests"),
+            rr.min_requests,
+            d::MIN_REQUESTS as i64,
+            1,
+            i64::MAX,
+        ) as u64,
     };
     Some(Service {
         name: name.to_string(),
@@ -580,17 +580,13 @@ fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
             Balance::LeastOutstanding
         }
     };
-    let max_header_bytes = match r.max_header_bytes {
-        None => d::MAX_HEADER_BYTES,
-        Some(n) if (1024..=1 << 20).contains(&n) => n as usize,
-        Some(n) => {
-            cx.err(
-                k("max_header_bytes"),
-                format!("must be between 1024 and 1048576, got {n}"),
-            );
-            d::MAX_HEADER_BYTES
-        }
-    };
+    let max_header_bytes = cx.int_in(
+        k("max_header_bytes"),
+        r.max_header_bytes,
+        d::MAX_HEADER_BYTES as i64,
+        1024,
+        1 << 20,
+    ) as usize;
     ProxySettings {
         balance,
         connect_timeout: cx.duration(
