@@ -134,10 +134,7 @@ impl<R: Runtime> Deployer<R> {
         } else {
             d.to.clone()
         };
-        let dir = f
-            .install_release(&revision)
-            .await
-            .map_err(|e| e.to_string())?;
+        let dir = f.release_dir(&revision).await.map_err(|e| e.to_string())?;
         let once = [String::new()];
         let targets: &[String] = if instances.is_empty() {
             &once

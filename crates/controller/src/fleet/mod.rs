@@ -403,6 +403,23 @@ impl<R: Runtime> Fleet<R> {
         Ok(dir)
     }
 
+    /// The release directory of an installed revision, installing it the
+    /// first time only: every batch and every hook of a deployment asks, and
+    /// hashing an artifact again each time would be work done for nothing
+    /// (revisions are immutable; the first install verified it).
+    pub async fn release_dir(&self, revision: &str) -> Result<PathBuf, ControllerError> {
+        let known = self
+            .release_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(revision)
+            .cloned();
+        match known {
+            Some(d) => Ok(d),
+            None => self.install_release(revision).await,
+        }
+    }
+
     /// Processes marked with our state dir and service that no record names
     /// (handoff died between spawning them and writing their pid).
     async fn stop_strays(&self, records: &[InstanceRecord]) {
@@ -467,19 +484,10 @@ impl<R: Runtime> Fleet<R> {
         else {
             return Err(format!("no instance {name}"));
         };
-        let known = self
-            .release_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&revision)
-            .cloned();
-        let dir = match known {
-            Some(d) => d,
-            None => self
-                .install_release(&revision)
-                .await
-                .map_err(|e| e.to_string())?,
-        };
+        let dir = self
+            .release_dir(&revision)
+            .await
+            .map_err(|e| e.to_string())?;
         // Persist the intent before the process exists.
         let _ = self.record(name, "starting", None);
         let spec = InstanceSpec {

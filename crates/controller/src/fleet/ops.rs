@@ -22,7 +22,7 @@ impl<R: Runtime> Fleet<R> {
         group: &str,
         hold: bool,
     ) -> Result<(), String> {
-        self.install_release(revision)
+        self.release_dir(revision)
             .await
             .map_err(|e| e.to_string())?;
         for n in names {
