@@ -109,6 +109,13 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> anyhow::Result<T> {
+        let text = self.text(method, path, body)?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer: {}", text.trim()))
+    }
+
+    /// The body of a 2xx answer; any other answer becomes the API's error
+    /// message (or a hint when no token was found at all).
+    pub fn text(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<String> {
         let (status, text) = self.call(method, path, body)?;
         if status == 401 && self.token.is_none() {
             bail!(
@@ -122,7 +129,7 @@ impl Client {
                 Err(_) => bail!("daemon answered {status}: {}", text.trim()),
             }
         }
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer: {}", text.trim()))
+        Ok(text)
     }
 }
 
@@ -412,17 +419,11 @@ pub fn all_logs(c: &Client, service: &str, lines: usize) -> anyhow::Result<()> {
 
 /// The tail of an instance's log.
 pub fn logs(c: &Client, service: &str, instance: &str, lines: usize) -> anyhow::Result<()> {
-    let (status, text) = c.call(
+    let text = c.text(
         "GET",
         &format!("/logs/{service}/{instance}?lines={lines}"),
         None,
     )?;
-    if status != 200 {
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => bail!("{}", e.error.message),
-            Err(_) => bail!("daemon answered {status}: {}", text.trim()),
-        }
-    }
     print!("{text}");
     Ok(())
 }
