@@ -1,6 +1,6 @@
-//! The deploy report, measured from what actually happened: a sampler reads
-//! the proxy on every target state change and every 50 ms during the
-//! deployment (healthy targets in service, per-revision request counters,
+//! The deploy report, measured from what actually happened: a sampler
+//! applies every target state change to a healthy count and reads the proxy
+//! every 50 ms during the deployment (healthy targets in service, per-revision request counters,
 //! live instances) and the store's events give the step timings.
 
 use std::collections::HashMap;
@@ -58,9 +58,29 @@ struct Seen {
     /// (requests, 5xx) per revision during the deployment.
     totals: HashMap<String, (u64, u64)>,
     rollback_started: Option<Instant>,
+    /// Healthy targets, kept up to date by applying each target event's
+    /// own transition in order: a dip shorter than the sampler's reaction
+    /// time is still counted. (It also counts healthy targets of weight-0
+    /// groups, so it can only read high; the table samples, which know the
+    /// weights, bound the floor from the other side.)
+    healthy: Option<i64>,
 }
 
 impl Seen {
+    fn apply(&mut self, e: &handoff_proxy::TargetEvent) {
+        let Some(h) = self.healthy.as_mut() else {
+            return;
+        };
+        if e.from == TargetState::Healthy {
+            *h -= 1;
+        }
+        if e.to == TargetState::Healthy {
+            *h += 1;
+        }
+        let now = (*h).max(0) as usize;
+        self.floor = Some(self.floor.map_or(now, |f| f.min(now)));
+    }
+
     fn sample(&mut self, p: &ServiceProxy, from: &str, to: &str, alive: usize) {
         let table = p.table();
         let in_service = table
@@ -71,6 +91,13 @@ impl Seen {
             .filter(|t| t.state() == TargetState::Healthy)
             .count();
         self.floor = Some(self.floor.map_or(in_service, |f| f.min(in_service)));
+        if self.healthy.is_none() {
+            let all = table
+                .targets()
+                .filter(|(_, t)| t.state() == TargetState::Healthy)
+                .count();
+            self.healthy = Some(all as i64);
+        }
         self.peak = self.peak.max(alive);
         let now = Instant::now();
         for (_, t) in table.targets() {
@@ -111,6 +138,8 @@ impl Sampler {
         to: &str,
         alive: impl Fn() -> usize + Send + 'static,
     ) -> Sampler {
+        // Subscribed before the first count, so no transition falls between.
+        let mut events = proxy.subscribe();
         let seen = Arc::new(Mutex::new(Seen::default()));
         seen.lock().unwrap().sample(&proxy, from, to, alive());
         let (p, s2, f, t) = (
@@ -119,18 +148,18 @@ impl Sampler {
             from.to_string(),
             to.to_string(),
         );
-        // Every target state change wakes the sampler, so a dip in capacity
-        // is seen however short it is; the timer catches weight changes and
-        // request counters.
-        let mut events = proxy.subscribe();
+        // Every target state change is applied to the healthy count in
+        // order, so a dip in capacity is counted however short; the timer
+        // samples weights and request counters.
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(EVERY) => {}
                     ev = events.recv() => match ev {
                         Ok(e) if e.service != *p.name => continue,
+                        Ok(e) => s2.lock().unwrap_or_else(|e| e.into_inner()).apply(&e),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => tokio::time::sleep(EVERY).await,
-                        _ => {}
+                        Err(_) => {}
                     },
                 }
                 let n = alive();

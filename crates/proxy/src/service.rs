@@ -139,6 +139,15 @@ impl ServiceProxy {
         if spec.hold && !self.health.enabled {
             target.set_ready(true);
         }
+        if initial == TargetState::Healthy {
+            // Straight into service (active checks off): subscribers still
+            // see it enter, as they would after passing its checks.
+            target.emit(
+                TargetState::Initial,
+                TargetState::Healthy,
+                "registered; active health checks are off",
+            );
+        }
         crate::health::spawn(self.clone(), target.clone());
         Ok(target)
     }

@@ -183,7 +183,7 @@ impl Target {
         ok
     }
 
-    fn emit(&self, from: TargetState, to: TargetState, reason: &str) {
+    pub(crate) fn emit(&self, from: TargetState, to: TargetState, reason: &str) {
         tracing::info!(service = %self.service, target = %self.name, addr = %self.addr,
             from = %from, to = %to, reason, "target state");
         let _ = self.events.send(TargetEvent {
