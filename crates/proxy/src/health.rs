@@ -19,6 +19,27 @@ use hyper_util::rt::TokioIo;
 use crate::service::ServiceProxy;
 use crate::target::Target;
 
+/// First and longest wait between start-up probes (see `run`).
+const STARTUP_FIRST_RETRY: Duration = Duration::from_millis(5);
+const STARTUP_MAX_RETRY: Duration = Duration::from_millis(100);
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing listens on the port (yet).
+    Refused(String),
+    /// Anything else: a bad answer, a timeout, a reset.
+    Failed(String),
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Refused(m) | Probe::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Consecutive results; the pure half of health checking.
 #[derive(Debug, Default, Clone)]
 pub struct Tracker {
@@ -78,6 +99,15 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
         // Without active checks this loop only ends passive ejections.
         Duration::from_millis(250)
     };
+    // Start-up: until a new target's port first accepts a connection, a
+    // refused probe means "not listening yet", not "unhealthy". It is not
+    // counted, and the next probe comes after a short back-off instead of
+    // a whole interval, so a deploy waits for the app, not for the clock.
+    // The phase lasts at most as long as the plain schedule would take to
+    // call the target unhealthy, so a dead target is still reported so.
+    let mut startup = cfg.enabled && t.state() == TargetState::Initial;
+    let startup_ends = Instant::now() + cfg.interval * cfg.unhealthy_threshold;
+    let mut startup_wait = STARTUP_FIRST_RETRY;
     let mut first = true;
     loop {
         let state = t.state();
@@ -85,7 +115,12 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             return;
         }
         if !first {
-            tokio::time::sleep(tick).await;
+            if startup {
+                tokio::time::sleep(startup_wait.min(tick)).await;
+                startup_wait = (startup_wait * 3 / 2).min(STARTUP_MAX_RETRY);
+            } else {
+                tokio::time::sleep(tick).await;
+            }
         }
         first = false;
         let state = t.state();
@@ -100,6 +135,16 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             continue;
         }
         let ok = probe(&t, &cfg).await;
+        if startup {
+            if matches!(ok, Err(Probe::Refused(_)))
+                && state == TargetState::Initial
+                && Instant::now() < startup_ends
+            {
+                continue;
+            }
+            startup = false;
+        }
+        let ok = ok.map_err(|e| e.to_string());
         if t.ejected() {
             // Passive ejection holds the target out for its back-off even if
             // probes pass (an app can answer /healthz and fail real work).
@@ -118,10 +163,11 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
         if let Some((to, why)) = tracker.record(state, ok.is_ok(), &cfg) {
             if t.is_held() {
                 // Held: passing checks make it ready, not healthy.
-                t.set_ready(to == TargetState::Healthy);
                 if to == TargetState::Healthy {
+                    t.mark_ready();
                     continue;
                 }
+                t.set_ready(false);
             }
             let why = match &ok {
                 Err(e) if to == TargetState::Unhealthy => format!("{why}: {e}"),
@@ -135,40 +181,49 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
 /// One HTTP probe on a fresh connection: success is a 2xx or 3xx answer to
 /// `GET path` within the timeout. A fresh connection also proves the target
 /// still accepts new connections, which a pooled one would not.
-pub async fn probe(t: &Target, cfg: &Health) -> Result<(), String> {
+pub async fn probe(t: &Target, cfg: &Health) -> Result<(), Probe> {
     let fut = async {
-        let stream = tokio::net::TcpStream::connect(t.addr)
-            .await
-            .map_err(|e| format!("connect {}: {e}", t.addr))?;
+        let stream = tokio::net::TcpStream::connect(t.addr).await.map_err(|e| {
+            let m = format!("connect {}: {e}", t.addr);
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                Probe::Refused(m)
+            } else {
+                Probe::Failed(m)
+            }
+        })?;
         let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| Probe::Failed(format!("handshake: {e}")))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::get(cfg.path.as_str())
             .header(http::header::HOST, t.addr.to_string())
             .header(http::header::USER_AGENT, "handoff-health/1")
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("bad health check request: {e}"))?;
+            .map_err(|e| Probe::Failed(format!("bad health check request: {e}")))?;
         let resp = send
             .send_request(req)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| Probe::Failed(format!("request: {e}")))?;
         conn.abort();
         let s = resp.status();
         if s.is_success() || s.is_redirection() {
             Ok(())
         } else {
-            Err(format!("GET {} answered {}", cfg.path, s.as_u16()))
+            Err(Probe::Failed(format!(
+                "GET {} answered {}",
+                cfg.path,
+                s.as_u16()
+            )))
         }
     };
     match tokio::time::timeout(cfg.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(_) => Err(Probe::Failed(format!(
             "no answer within {}",
             handoff_core::duration::format(cfg.timeout)
-        )),
+        ))),
     }
 }
 

@@ -155,6 +155,21 @@ impl Target {
         self.ready.store(ready, SeqCst);
     }
 
+    /// Held checks passed. A release may land between the checker's
+    /// `is_held()` and this store; both sides take `ready` with a swap, so
+    /// exactly one of them moves the target into service, without waiting
+    /// for another probe.
+    pub(crate) fn mark_ready(&self) {
+        self.ready.store(true, SeqCst);
+        if !self.is_held() && self.ready.swap(false, SeqCst) {
+            self.transition(
+                TargetState::Initial,
+                TargetState::Healthy,
+                "health checks passed; released into service",
+            );
+        }
+    }
+
     /// Lets a held target into service: at once if its checks already pass,
     /// else as soon as they do.
     pub fn release_into_service(&self) {

@@ -228,3 +228,69 @@ async fn proxy_headers_are_set_and_hop_by_hop_removed() {
     assert!(!h.contains("x-secret"), "{h}");
     assert!(!h.contains("keep-alive"), "{h}");
 }
+
+/// A port nobody listens on (bound, then released).
+fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn target_at(p: &TestProxy, addr: std::net::SocketAddr) -> u64 {
+    p.svc
+        .add_target(
+            handoff_proxy::DEFAULT_GROUP,
+            handoff_proxy::TargetSpec {
+                addr,
+                revision: "v1".into(),
+                name: "late".into(),
+                hold: false,
+            },
+        )
+        .unwrap()
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_starts_listening_late_is_probed_at_once_not_after_an_interval() {
+    // An app needs a moment to bind its port after its process starts. The
+    // refused probes of that moment are not failures, and the next probe
+    // comes soon: healthy long before one 3 s interval.
+    let mut h = health(3000);
+    h.healthy_threshold = 1;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
+    let mut events = p.svc.subscribe();
+    let addr = closed_port();
+    let id = target_at(&p, addr);
+    let t = p.svc.target(id).unwrap();
+    // The scenario, not a synchronisation: the app binds 200 ms late.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.state(), TargetState::Initial);
+    let _app = upstream_on("late", addr).await;
+    let listening = std::time::Instant::now();
+    wait_for("healthy", Duration::from_secs(10), || {
+        t.state() == TargetState::Healthy
+    })
+    .await;
+    let took = listening.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "healthy {took:?} after listening"
+    );
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| (e.from, e.to))
+        .collect();
+    assert_eq!(seen, vec![(TargetState::Initial, TargetState::Healthy)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_listens_is_still_reported_unhealthy() {
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    let id = target_at(&p, closed_port());
+    let t = p.svc.target(id).unwrap();
+    wait_for("unhealthy", Duration::from_secs(5), || {
+        t.state() == TargetState::Unhealthy
+    })
+    .await;
+}

@@ -50,7 +50,13 @@ impl Drop for Upstream {
 }
 
 pub async fn upstream(name: &str) -> Upstream {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// An upstream on a given address (e.g. one a target was registered on
+/// before anything listened there).
+pub async fn upstream_on(name: &str, addr: SocketAddr) -> Upstream {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     let healthy = Arc::new(AtomicBool::new(true));
     let fail = Arc::new(AtomicBool::new(false));
