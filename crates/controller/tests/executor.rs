@@ -31,7 +31,15 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    async fn start(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
+    async fn confirm_start(
+        &self,
+        _: &InstanceSpec,
+        _: &RunningInstance,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn spawn(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
         self.calls
             .lock()
             .unwrap()

@@ -132,12 +132,34 @@ pub enum RuntimeError {
 /// Where instances run. Implementations must make `stop` leave nothing
 /// behind, and `is_alive` must never mistake a recycled pid for the instance.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts an instance and returns once it is running (its early exit is
-    /// reported as an error, with the tail of its log).
-    fn start(
+    /// Launches an instance and returns at once: the caller may register it
+    /// (held) and start its health checks while `confirm_start` watches.
+    fn spawn(
         &self,
         spec: &InstanceSpec,
     ) -> impl Future<Output = Result<RunningInstance, RuntimeError>> + Send;
+
+    /// Watches a just-spawned instance for an immediate exit (bad command,
+    /// port taken, crash at boot) and reports it as a typed error with the
+    /// tail of its log. Runs beside the first health checks, so the watch
+    /// costs a deploy nothing when the app needs longer than it to be healthy.
+    fn confirm_start(
+        &self,
+        spec: &InstanceSpec,
+        inst: &RunningInstance,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// `spawn`, then `confirm_start`.
+    fn start(
+        &self,
+        spec: &InstanceSpec,
+    ) -> impl Future<Output = Result<RunningInstance, RuntimeError>> + Send {
+        async move {
+            let inst = self.spawn(spec).await?;
+            self.confirm_start(spec, &inst).await?;
+            Ok(inst)
+        }
+    }
 
     /// SIGTERM (or the runtime's equivalent), up to `grace`, then kill.
     fn stop(

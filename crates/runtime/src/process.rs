@@ -96,7 +96,7 @@ fn signal_group(pgid: u32, sig: i32) {
 }
 
 impl Runtime for ProcessRuntime {
-    async fn start(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
+    async fn spawn(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
         let command = Self::render(spec)?;
         if !ports::is_free(spec.port) {
             return Err(RuntimeError::PortInUse {
@@ -179,39 +179,55 @@ impl Runtime for ProcessRuntime {
             pid,
             start_time,
         };
-        let mut rx2 = rx;
+        tracing::info!(service = %spec.service, instance = %spec.instance, revision = %spec.revision,
+            pid, port = spec.port, "instance spawned");
+        Ok(inst)
+    }
+
+    async fn confirm_start(
+        &self,
+        spec: &InstanceSpec,
+        inst: &RunningInstance,
+    ) -> Result<(), RuntimeError> {
+        let rx = self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&inst.pid)
+            .cloned();
+        let Some(mut rx) = rx else {
+            return Ok(()); // adopted: it has long been running
+        };
         let early =
-            match tokio::time::timeout(EARLY_EXIT_WINDOW, rx2.wait_for(|e| e.is_some())).await {
+            match tokio::time::timeout(EARLY_EXIT_WINDOW, rx.wait_for(|e| e.is_some())).await {
                 Ok(Ok(e)) => Some((*e).unwrap_or(Exit::Unknown)),
                 _ => None,
             };
-        if let Some(exit) = early {
-            signal_group(pid, libc::SIGKILL);
-            let log_tail = logs::tail(&log_path, 10);
-            if exit == Exit::Code(127) {
-                return Err(RuntimeError::CommandNotFound {
-                    instance: spec.instance.clone(),
-                    command,
-                    dir: spec.release_dir.clone(),
-                });
-            }
-            if log_tail.contains("Address already in use")
-                || log_tail.contains("address already in use")
-            {
-                return Err(RuntimeError::PortInUse {
-                    instance: spec.instance.clone(),
-                    port: spec.port,
-                });
-            }
-            return Err(RuntimeError::ExitedDuringStart {
+        let Some(exit) = early else {
+            return Ok(());
+        };
+        signal_group(inst.pid, libc::SIGKILL);
+        let log_tail = logs::tail(&self.log_path(&spec.service, &spec.instance), 10);
+        if exit == Exit::Code(127) {
+            return Err(RuntimeError::CommandNotFound {
                 instance: spec.instance.clone(),
-                exit,
-                log_tail,
+                command: Self::render(spec)?,
+                dir: spec.release_dir.clone(),
             });
         }
-        tracing::info!(service = %spec.service, instance = %spec.instance, revision = %spec.revision,
-            pid, port = spec.port, "instance started");
-        Ok(inst)
+        if log_tail.contains("Address already in use")
+            || log_tail.contains("address already in use")
+        {
+            return Err(RuntimeError::PortInUse {
+                instance: spec.instance.clone(),
+                port: spec.port,
+            });
+        }
+        Err(RuntimeError::ExitedDuringStart {
+            instance: spec.instance.clone(),
+            exit,
+            log_tail,
+        })
     }
 
     async fn stop(&self, inst: &RunningInstance, grace: Duration) -> StopOutcome {

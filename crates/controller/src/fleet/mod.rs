@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use handoff_core::config::{Managed, Service};
-use handoff_proxy::{ServiceProxy, TargetId, TargetSpec};
-use handoff_runtime::{ports, procfs, InstanceSpec, RunningInstance, Runtime};
+use handoff_proxy::{ServiceProxy, TargetId};
+use handoff_runtime::{ports, procfs, RunningInstance, Runtime};
 use handoff_store::{InstanceRecord, Store};
 use tokio::task::JoinHandle;
 
 use crate::ControllerError;
 
+mod launch;
 mod ops;
 mod supervise;
 
@@ -261,7 +262,8 @@ impl<R: Runtime> Fleet<R> {
                 rec.name.clone(),
                 slot(rec.port, &rec.revision, &group, rec.restarts),
             );
-            self.register(&rec.name, running_of(rec), true, false)?;
+            self.register(&rec.name, running_of(rec), false)?;
+            self.supervise(std::slice::from_ref(&rec.name));
         }
         let mut names: Vec<(String, u16, u32)> = restart
             .iter()
@@ -468,103 +470,6 @@ impl<R: Runtime> Fleet<R> {
             restarts,
             group,
         })?;
-        Ok(())
-    }
-
-    /// Starts instance `name` as its slot says and registers it (as
-    /// `initial`: traffic only after its checks pass). `supervise` starts
-    /// the watcher that restarts it if it dies.
-    async fn start_one(
-        self: &Arc<Self>,
-        name: &str,
-        supervise: bool,
-        hold: bool,
-    ) -> Result<(), String> {
-        let Some((port, revision)) = self.slots().get(name).map(|s| (s.port, s.revision.clone()))
-        else {
-            return Err(format!("no instance {name}"));
-        };
-        let dir = self
-            .release_dir(&revision)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Persist the intent before the process exists.
-        let _ = self.record(name, "starting", None);
-        let spec = InstanceSpec {
-            service: self.name().to_string(),
-            instance: name.to_string(),
-            revision: revision.clone(),
-            port,
-            command: self.managed.command.clone(),
-            release_dir: dir,
-        };
-        let mut spec = spec;
-        let mut started = self.runtime.start(&spec).await;
-        if let Err(handoff_runtime::RuntimeError::PortInUse { port, .. }) = &started {
-            // Something else took the instance's port while it was down:
-            // keeping the port is a convenience, serving is not optional.
-            let old = *port;
-            if let Ok(new) = self.port_for(0) {
-                if let Some(s) = self.slots().get_mut(name) {
-                    s.port = new;
-                }
-                self.event(
-                    Some(name),
-                    "port-moved",
-                    &format!("port {old} was taken by another process; moving to {new}"),
-                );
-                spec.port = new;
-                started = self.runtime.start(&spec).await;
-            }
-        }
-        let port = spec.port;
-        match started {
-            Ok(run) => {
-                let _ = self.record(name, "running", Some(&run));
-                self.event(
-                    Some(name),
-                    "started",
-                    &format!("pid {} on port {port} ({revision})", run.pid),
-                );
-                self.register(name, run, supervise, hold)
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                let _ = self.record(name, "failed", None);
-                Err(e.to_string())
-            }
-        }
-    }
-
-    fn register(
-        self: &Arc<Self>,
-        name: &str,
-        run: RunningInstance,
-        supervise: bool,
-        hold: bool,
-    ) -> Result<(), ControllerError> {
-        let group = self
-            .slots()
-            .get(name)
-            .map(|s| s.group.clone())
-            .unwrap_or_else(|| self.live_group());
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], run.port));
-        let target = self.proxy.add_target(
-            &group,
-            TargetSpec {
-                addr,
-                revision: run.revision.clone(),
-                name: name.to_string(),
-                hold,
-            },
-        )?;
-        if let Some(s) = self.slots().get_mut(name) {
-            s.running = Some(run);
-            s.target = Some(target.id);
-        }
-        if supervise {
-            self.supervise(&[name.to_string()]);
-        }
         Ok(())
     }
 

@@ -62,6 +62,9 @@ impl<R: Runtime> Fleet<R> {
     /// All `names` pass their health checks within `healthy_deadline`, then
     /// stay healthy (and alive) for `min_healthy_time`.
     pub async fn await_healthy(&self, names: &[String]) -> Result<(), String> {
+        // Woken by every target transition (so a batch moves on the moment
+        // its last instance turns healthy) and by a tick, for exits.
+        let mut events = self.proxy.subscribe();
         let h = &self.service.health;
         let deadline = Instant::now() + h.healthy_deadline;
         let state = |n: &String| -> Result<bool, String> {
@@ -107,7 +110,10 @@ impl<R: Runtime> Fleet<R> {
                     handoff_core::duration::format(h.healthy_deadline)
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
         }
         let stay_until = Instant::now() + h.min_healthy_time;
         while Instant::now() < stay_until {
