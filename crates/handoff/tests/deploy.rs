@@ -342,6 +342,40 @@ fn a_revision_answering_5xx_during_the_bake_is_rolled_back() {
 }
 
 #[test]
+fn in_place_with_a_holding_hook_still_judges_the_batch_once_it_serves() {
+    // before_allow_traffic holds new instances out of service while they are
+    // awaited; the batch's analysis window must come again after release,
+    // or a 5xx revision would pass in-place deploys that have hooks.
+    let hooks = "[services.web.hooks]\nbefore_allow_traffic = \"true\"\n";
+    let env = setup_with(2, "1s", "[50]", hooks);
+    let l = load(env.web, 4);
+    l.wait_for_requests(50);
+    let (ok, out) = env.cli(&["deploy", "web", "err-v2", "--batch", "1"]);
+    assert!(!ok, "{out}");
+    // Either judge may speak first once web-1 serves: the error-rate
+    // analysis, or passive ejection (consecutive 5xx) ending its stay.
+    assert!(
+        (out.contains("answered") && out.contains("5xx"))
+            || out.contains("did not stay healthy for min_healthy_time"),
+        "{out}"
+    );
+    assert!(out.contains("rolled back: v1 serves"), "{out}");
+    l.stop.store(true, Relaxed);
+    for t in l.threads {
+        t.join().unwrap();
+    }
+    let f = l.failures.lock().unwrap();
+    assert!(
+        f.iter().any(|e| e.contains("injected")),
+        "err-v2 never served: {f:?}"
+    );
+    let seen = l.seen.lock().unwrap();
+    let last = seen.last().map(|(v, _)| v.clone());
+    assert_eq!(last.as_deref(), Some("v1"));
+    stop(env);
+}
+
+#[test]
 fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
     let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
     let (ok, out) = env.cli(&["deploy", "web", "v2", "--detach"]);

@@ -411,6 +411,14 @@ impl Deployment {
             a.push(Action::Release {
                 instances: instances.to_vec(),
             });
+            if after_allow {
+                // Held instances took no traffic while they were awaited, so
+                // the batch's analysis window (min_healthy_time, judged on
+                // the proxy's figures) is observed again once they serve.
+                a.push(Action::AwaitHealthy {
+                    instances: instances.to_vec(),
+                });
+            }
         }
         if after_allow {
             self.hook("after_allow_traffic", instances, &mut a);

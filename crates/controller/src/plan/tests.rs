@@ -535,6 +535,10 @@ fn in_place_hooks_run_in_order_and_hold_traffic_until_released() {
             Action::Release {
                 instances: s(&["web-1"])
             },
+            // The analysis window again, now that web-1 serves.
+            Action::AwaitHealthy {
+                instances: s(&["web-1"])
+            },
             hook("after_allow_traffic", &["web-1"]),
         ]
     );
