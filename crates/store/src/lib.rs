@@ -9,6 +9,7 @@
 //! Data flow: the controller writes here *before* it acts (start, stop,
 //! replace), and reads it back at boot to adopt live instances.
 
+mod measure;
 mod migrations;
 
 use std::path::{Path, PathBuf};

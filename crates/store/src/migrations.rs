@@ -74,6 +74,17 @@ const STEPS: &[&str] = &[
         updated_ms INTEGER NOT NULL
      );
      ALTER TABLE revisions ADD COLUMN stable INTEGER NOT NULL DEFAULT 0;",
+    // v4: what deploys measured (start-up, drain, stop, hook times), which
+    // `handoff plan` predicts from, and the plan each deployment was given.
+    "CREATE TABLE observations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ms INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX observations_by_kind ON observations (service, kind, id);
+     ALTER TABLE deployments ADD COLUMN plan TEXT;",
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

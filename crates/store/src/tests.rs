@@ -175,3 +175,50 @@ fn current_and_last_stable_revisions() {
         Some("v1")
     );
 }
+
+#[test]
+fn observations_keep_the_newest_per_kind() {
+    let s = Store::memory().unwrap();
+    for ms in 0..250u64 {
+        s.observe("web", "drain", ms).unwrap();
+    }
+    s.observe("web", "stop", 7).unwrap();
+    s.observe("api", "drain", 9).unwrap();
+    let d = s.observations("web", "drain", 1000).unwrap();
+    assert_eq!(d.len(), 200);
+    assert_eq!(d[0], 249);
+    assert_eq!(*d.last().unwrap(), 50);
+    assert_eq!(
+        s.observations("web", "drain", 3).unwrap(),
+        vec![249, 248, 247]
+    );
+    assert_eq!(s.observations("web", "stop", 10).unwrap(), vec![7]);
+    assert_eq!(s.observations("api", "drain", 10).unwrap(), vec![9]);
+}
+
+#[test]
+fn a_deployment_keeps_its_plan() {
+    let s = Store::memory().unwrap();
+    let d = DeploymentRecord {
+        id: "web-1".into(),
+        service: "web".into(),
+        from: "v1".into(),
+        to: "v2".into(),
+        strategy: "in-place".into(),
+        status: "running".into(),
+        state: "{}".into(),
+        report: None,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    s.save_deployment(&d, None).unwrap();
+    assert_eq!(s.deployment_plan("web-1").unwrap(), None);
+    s.set_deployment_plan("web-1", "{\"steps\":[]}").unwrap();
+    // A later state save keeps it.
+    s.save_deployment(&d, Some(("drain", "batch 1/2"))).unwrap();
+    assert_eq!(
+        s.deployment_plan("web-1").unwrap().as_deref(),
+        Some("{\"steps\":[]}")
+    );
+    assert_eq!(s.deployment_plan("nope").unwrap(), None);
+}
