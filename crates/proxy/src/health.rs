@@ -161,6 +161,9 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             healthy_since = None;
         }
         if let Some((to, why)) = tracker.record(state, ok.is_ok(), &cfg) {
+            if to == TargetState::Healthy {
+                t.note_passed();
+            }
             if t.is_held() {
                 // Held: passing checks make it ready, not healthy.
                 if to == TargetState::Healthy {

@@ -64,6 +64,9 @@ pub struct Target {
     ejections: AtomicU32,
     /// Ejected until this many ms after `epoch`; 0 = not ejected.
     ejected_until_ms: AtomicU64,
+    /// When its checks first passed, in ms after `epoch` (its registration);
+    /// `u64::MAX` until then. The start-up time `handoff plan` learns from.
+    passed_ms: AtomicU64,
     epoch: Instant,
     /// Woken when in-flight drops to 0 while draining.
     drained: Notify,
@@ -123,6 +126,7 @@ impl Target {
             passive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            passed_ms: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             drained: Notify::new(),
             cut: Notify::new(),
@@ -149,6 +153,21 @@ impl Target {
     /// Held and passing its checks.
     pub fn is_ready(&self) -> bool {
         self.ready.load(SeqCst)
+    }
+
+    /// How long after registration its checks first passed (held or not).
+    pub fn first_passed(&self) -> Option<Duration> {
+        match self.passed_ms.load(SeqCst) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(crate) fn note_passed(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        let _ = self
+            .passed_ms
+            .compare_exchange(u64::MAX, ms, SeqCst, SeqCst);
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

@@ -149,6 +149,11 @@ pub trait Runtime: Send + Sync + 'static {
         inst: &RunningInstance,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// How long `confirm_start` watches (what `start` costs at least).
+    fn start_watch(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// `spawn`, then `confirm_start`.
     fn start(
         &self,

@@ -184,6 +184,10 @@ impl Runtime for ProcessRuntime {
         Ok(inst)
     }
 
+    fn start_watch(&self) -> Duration {
+        EARLY_EXIT_WINDOW
+    }
+
     async fn confirm_start(
         &self,
         spec: &InstanceSpec,

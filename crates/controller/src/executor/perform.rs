@@ -160,7 +160,11 @@ impl<R: Runtime> Deployer<R> {
             }
         });
         let mut failed = Vec::new();
-        for (inst, (result, output, took)) in futures_util::future::join_all(runs).await {
+        let results = futures_util::future::join_all(runs).await;
+        if let Some(longest) = results.iter().map(|(_, (_, _, took))| *took).max() {
+            f.observe(&format!("hook:{name}"), longest);
+        }
+        for (inst, (result, output, took)) in results {
             let who = if inst.is_empty() {
                 String::new()
             } else {

@@ -49,6 +49,8 @@ struct Slot {
     running: Option<RunningInstance>,
     target: Option<TargetId>,
     restarts: u32,
+    /// The target whose start-up time was recorded (once per start).
+    noted: Option<TargetId>,
     /// Watches the process and its health (or waits to restart it);
     /// aborted before every deliberate stop.
     watcher: Option<JoinHandle<()>>,
@@ -162,6 +164,23 @@ impl<R: Runtime> Fleet<R> {
     }
 
     /// Records an event of the fleet (or of a deployment) in the store.
+    pub fn stop_grace(&self) -> Duration {
+        self.managed.stop_grace
+    }
+
+    /// How long the runtime watches a new process before `start` returns.
+    pub fn start_watch(&self) -> Duration {
+        self.runtime.start_watch()
+    }
+
+    /// Keeps one measurement (`boot`, `drain`, `stop`, `hook:NAME`) that
+    /// `handoff plan` predicts from; losing one only costs precision.
+    pub fn observe(&self, kind: &str, took: Duration) {
+        let _ = self
+            .store
+            .observe(self.name(), kind, took.as_millis() as u64);
+    }
+
     pub fn event(&self, instance: Option<&str>, kind: &str, message: &str) {
         tracing::info!(service = %self.name(), instance = instance.unwrap_or("-"), kind, "{message}");
         if let Err(e) = self.store.event(self.name(), instance, kind, message) {
@@ -489,6 +508,7 @@ fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
         running: None,
         target: None,
         restarts,
+        noted: None,
         watcher: None,
     }
 }

@@ -115,6 +115,7 @@ impl<R: Runtime> Fleet<R> {
                 _ = tokio::time::sleep(Duration::from_millis(25)) => {}
             }
         }
+        self.note_ready(names);
         let stay_until = Instant::now() + h.min_healthy_time;
         while Instant::now() < stay_until {
             for n in names {
@@ -128,6 +129,35 @@ impl<R: Runtime> Fleet<R> {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok(())
+    }
+
+    /// Records how long each of `names` took from registration (just after
+    /// its spawn) to answering its first probe, once per start.
+    fn note_ready(&self, names: &[String]) {
+        for n in names {
+            let t = {
+                let mut slots = self.slots();
+                let Some(s) = slots.get_mut(n) else { continue };
+                match s.target {
+                    Some(t) if s.noted != Some(t) => {
+                        s.noted = Some(t);
+                        t
+                    }
+                    _ => continue,
+                }
+            };
+            if let Some(took) = self.proxy.target(t).ok().and_then(|t| t.first_passed()) {
+                // Kept as the app's own start-up: the probes after the first
+                // follow the config, which may change before the next plan.
+                let h = &self.service.health;
+                let probes = if h.enabled {
+                    h.interval * h.healthy_threshold.saturating_sub(1)
+                } else {
+                    Duration::ZERO
+                };
+                self.observe("boot", took.saturating_sub(probes));
+            }
+        }
     }
 
     /// Deregisters `names` and waits for their in-flight requests (all at
@@ -146,6 +176,13 @@ impl<R: Runtime> Fleet<R> {
         let mut out = Vec::new();
         for j in jobs {
             if let Ok((n, Ok(o))) = j.await {
+                self.observe(
+                    "drain",
+                    match o {
+                        handoff_proxy::DrainOutcome::Drained { waited } => waited,
+                        handoff_proxy::DrainOutcome::TimedOut { .. } => self.service.drain.timeout,
+                    },
+                );
                 out.push((n, o));
             }
         }
@@ -170,14 +207,22 @@ impl<R: Runtime> Fleet<R> {
             let (rt, grace) = (self.runtime.clone(), self.managed.stop_grace);
             let n = n.clone();
             jobs.push(tokio::spawn(async move {
-                if let Some(run) = run {
-                    rt.stop(&run, grace).await;
-                }
-                n
+                let t0 = Instant::now();
+                let stopped = match run {
+                    Some(run) => {
+                        rt.stop(&run, grace).await;
+                        Some(t0.elapsed())
+                    }
+                    None => None,
+                };
+                (n, stopped)
             }));
         }
         for j in jobs {
-            if let Ok(n) = j.await {
+            if let Ok((n, stopped)) = j.await {
+                if let Some(took) = stopped {
+                    self.observe("stop", took);
+                }
                 if forget {
                     self.slots().remove(&n);
                     let _ = self.store.delete_instance(self.name(), &n);
