@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use handoff_controller::executor::{DeployRequest, Deployer};
 use handoff_controller::plan::{Event, Kind};
+use handoff_controller::predict::{compare, Prediction};
 use handoff_runtime::ProcessRuntime;
 
 use crate::types::*;
@@ -31,39 +32,19 @@ pub(crate) async fn deploy(
         Ok(d) => d,
         Err(r) => return r,
     };
-    let strategy = match b.strategy.as_deref() {
-        None => None,
-        Some(x) => match handoff_core::config::Strategy::parse(x) {
-            Some(k) => Some(Kind::from(k)),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("strategy: unknown '{x}'; use in-place, blue-green or all-at-once"),
-                )
-            }
-        },
-    };
-    let batch = match b.batch.as_deref() {
-        None => None,
-        Some(x) => match handoff_core::config::parse_amount(x) {
-            Ok(a) => Some(a),
-            Err(m) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("batch: {m}"),
-                )
-            }
-        },
-    };
-    if b.revision.is_empty() || b.revision.contains('/') || b.revision.starts_with('.') {
+    let (strategy, batch) =
+        match parse_choice(b.strategy.as_deref(), b.batch.as_deref(), &b.revision) {
+            Ok(x) => x,
+            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+        };
+    if strategy.as_ref().is_some_and(|s| s.len() > 1) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("revision: '{}' is not a usable revision id", b.revision),
+            "strategy: 'all' is for `plan`; a deployment uses one of in-place, blue-green or all-at-once".to_string(),
         );
     }
+    let strategy = strategy.and_then(|s| s.first().copied());
     let artifact = b.artifact.map(std::path::PathBuf::from);
     if let Some(a) = &artifact {
         if !a.is_absolute() || !a.exists() {
@@ -89,6 +70,39 @@ pub(crate) async fn deploy(
         Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
         Err(e) => deploy_error(e),
     }
+}
+
+/// The strategy (`all`: every one, for `plan`), batch and revision of a
+/// deploy or plan request, checked; the error is a 400's message.
+type Choice = (Option<Vec<Kind>>, Option<handoff_core::config::Amount>);
+
+pub(crate) fn parse_choice(
+    strategy: Option<&str>,
+    batch: Option<&str>,
+    revision: &str,
+) -> Result<Choice, String> {
+    let strategy = match strategy {
+        None => None,
+        Some("all") => Some(vec![Kind::InPlace, Kind::BlueGreen, Kind::AllAtOnce]),
+        Some(x) => match handoff_core::config::Strategy::parse(x) {
+            Some(k) => Some(vec![Kind::from(k)]),
+            None => {
+                return Err(format!(
+                    "strategy: unknown '{x}'; use in-place, blue-green or all-at-once"
+                ))
+            }
+        },
+    };
+    let batch = match batch {
+        None => None,
+        Some(x) => Some(handoff_core::config::parse_amount(x).map_err(|m| format!("batch: {m}"))?),
+    };
+    if revision.is_empty() || revision.contains('/') || revision.starts_with('.') {
+        return Err(format!(
+            "revision: '{revision}' is not a usable revision id"
+        ));
+    }
+    Ok((strategy, batch))
 }
 
 pub(crate) async fn control(
@@ -234,7 +248,23 @@ fn view(d: &Arc<Deployer<ProcessRuntime>>, rec: handoff_store::DeploymentRecord)
                 .map(|e| e.at_ms + d.fleet.service.blue_green.retention.as_millis() as i64)
         })
         .flatten();
+    let plan: Option<Prediction> = d
+        .fleet
+        .store
+        .deployment_plan(&rec.id)
+        .ok()
+        .flatten()
+        .and_then(|p| serde_json::from_str(&p).ok());
+    let comparison = plan.as_ref().map(|p| {
+        let ev: Vec<(i64, String, String)> = events
+            .iter()
+            .map(|e| (e.at_ms, e.kind.clone(), e.message.clone()))
+            .collect();
+        compare(p, &ev)
+    });
     DeploymentView {
+        plan,
+        comparison,
         id: rec.id,
         service: rec.service,
         from: rec.from,
@@ -298,5 +328,49 @@ pub(crate) async fn revisions(State(s): State<AdminState>, Path(name): Path<Stri
         )
         .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// `handoff plan`: the predicted deployment, for one strategy or all.
+pub(crate) async fn plan(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<PlanBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bad plan body: {}", e.body_text()),
+            )
+        }
+    };
+    let d = match deployer(&s, &name) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let (strategy, batch) =
+        match parse_choice(b.strategy.as_deref(), b.batch.as_deref(), &b.revision) {
+            Ok(x) => x,
+            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+        };
+    let strategies = strategy.unwrap_or_else(|| vec![d.fleet.service.strategy.into()]);
+    let req = DeployRequest {
+        revision: b.revision.clone(),
+        batch,
+        ..Default::default()
+    };
+    match d.plan(&req, &strategies) {
+        Ok(plans) => Json(PlanView {
+            schema: PLAN_SCHEMA,
+            service: name,
+            from: d.fleet.current_revision(),
+            to: b.revision,
+            plans,
+        })
+        .into_response(),
+        Err(e) => deploy_error(e),
     }
 }

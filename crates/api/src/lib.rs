@@ -66,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/services", get(services))
         .route("/services/{name}/deployments", get(history))
         .route("/services/{name}/revisions", get(revisions))
+        .route("/services/{name}/plan", post(deployments::plan))
         .route("/services/{name}/{verb}", post(control))
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))

@@ -1,6 +1,7 @@
 //! Request and response bodies shared by the API and the CLI, so the two
 //! cannot drift apart.
 
+use handoff_controller::predict::{Comparison, Prediction};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,6 +19,30 @@ pub struct DeployBody {
     /// revision's files (absolute path).
     #[serde(default)]
     pub artifact: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBody {
+    pub revision: String,
+    /// As for a deployment, or `all` for every strategy side by side.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub batch: Option<String>,
+}
+
+/// Bumped when a field of the plan's JSON changes meaning or goes away
+/// (adding one does not); scripts can check it.
+pub const PLAN_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanView {
+    pub schema: u32,
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub plans: Vec<Prediction>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -53,6 +78,12 @@ pub struct DeploymentView {
     pub retained_until_ms: Option<i64>,
     pub events: Vec<EventView>,
     pub report: Option<serde_json::Value>,
+    /// What `plan` predicted for this deployment when it was created.
+    #[serde(default)]
+    pub plan: Option<Prediction>,
+    /// Each predicted step beside its measured duration.
+    #[serde(default)]
+    pub comparison: Option<Comparison>,
     pub created_ms: i64,
     pub updated_ms: i64,
 }

@@ -59,4 +59,5 @@ pub mod analysis;
 pub mod executor;
 pub mod hooks;
 pub mod plan;
+pub mod predict;
 pub mod report;

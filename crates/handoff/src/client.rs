@@ -343,17 +343,7 @@ pub fn history(c: &Client, service: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    for d in list {
-        println!(
-            "{:<12} {} → {}  {:<12} {:<12} {}",
-            d.id,
-            d.from,
-            d.to,
-            d.strategy,
-            d.status,
-            d.reason.unwrap_or_default()
-        );
-    }
+    crate::plan_view::print_history(&list);
     Ok(())
 }
 
@@ -371,6 +361,9 @@ pub fn report(c: &Client, id: &str, json: bool) -> anyhow::Result<()> {
         println!("{}  {}", clock(e.at_ms), e.message);
     }
     print_report(&v);
+    if let Some(c) = &v.comparison {
+        crate::plan_view::print_comparison(c);
+    }
     Ok(())
 }
 

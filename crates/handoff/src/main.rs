@@ -3,6 +3,7 @@
 
 mod client;
 mod demo;
+mod plan_view;
 mod sample_app;
 mod serve;
 
@@ -71,6 +72,21 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Predict a deployment of SERVICE to REVISION without changing
+    /// anything: its steps, how long each takes, capacity over time, the
+    /// mixed-version window, extra instances and the cost of a rollback.
+    Plan {
+        service: String,
+        revision: String,
+        /// in-place, blue-green, all-at-once, or all (side by side).
+        #[arg(long)]
+        strategy: Option<String>,
+        /// In-place batch: a count or a percentage ("1", "50%").
+        #[arg(long)]
+        batch: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Roll SERVICE back: a flip while blue/green retains blue, else a deploy
     /// of the last stable revision (or --to).
     Rollback {
@@ -110,7 +126,7 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// Deployments of SERVICE, newest first.
+    /// Deployments of SERVICE, newest first, with their measured figures.
     History {
         service: String,
         #[command(flatten)]
@@ -122,7 +138,7 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// A deployment's events and measured report.
+    /// A deployment's events and measured report, beside what was predicted.
     Report {
         id: String,
         #[command(flatten)]
@@ -163,6 +179,17 @@ impl ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve { .. } | Cmd::Demo(_) | Cmd::SampleApp(_)
+    ) {
+        // A client command piped into `head` ends quietly, as Unix tools do;
+        // the servers keep Rust's default (EPIPE as an error on a socket).
+        // SAFETY: no other thread exists yet; SIG_DFL is always valid.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.cmd {
         Cmd::Serve {
             config,
@@ -245,6 +272,22 @@ fn main() -> ExitCode {
         Cmd::Abort { service, c } => verb(&c, &service, "abort"),
         Cmd::Promote { service, c } => verb(&c, &service, "promote"),
         Cmd::Status { service, c } => client::status(&c.client(), service.as_deref(), c.json),
+        Cmd::Plan {
+            service,
+            revision,
+            strategy,
+            batch,
+            c,
+        } => plan_view::plan(
+            &c.client(),
+            &service,
+            handoff_api::types::PlanBody {
+                revision,
+                strategy,
+                batch,
+            },
+            c.json,
+        ),
         Cmd::History { service, c } => client::history(&c.client(), &service, c.json),
         Cmd::Revisions { service, c } => client::revisions(&c.client(), &service, c.json),
         Cmd::Report { id, c } => client::report(&c.client(), &id, c.json),

@@ -4,7 +4,7 @@
 use crate::plan::{Action, BatchStep, Deployment, Phase, Status};
 
 /// The event recorded for a transition, in the seed's terms.
-pub(super) fn describe(
+pub(crate) fn describe(
     before: &Deployment,
     d: &Deployment,
     actions: &[Action],

@@ -20,8 +20,9 @@ use crate::fleet::Fleet;
 use crate::plan::{self, Action, Deployment, Event, Kind, Phase, Status};
 use crate::report::{Report, Sampler};
 
-mod describe;
+pub(crate) mod describe;
 mod perform;
+mod predicted;
 
 use describe::describe;
 
@@ -171,37 +172,22 @@ impl<R: Runtime> Deployer<R> {
             // request instead of the deployment.
             self.fleet.install_release(&req.revision).await?;
         }
-        let cfg = &self.fleet.service;
-        let strategy = req.strategy.unwrap_or_else(|| cfg.strategy.into());
-        let from = self.fleet.current_revision();
-        let fleet = self.fleet.serving();
+        let strategy = req
+            .strategy
+            .unwrap_or_else(|| self.fleet.service.strategy.into());
         let n_prev = self.fleet.store.deployments(&svc, 1_000_000)?.len();
         let id = format!("{svc}-{}", n_prev + 1);
-        let green = if strategy == Kind::BlueGreen {
-            self.fleet.new_names(fleet.len())
-        } else {
-            Vec::new()
-        };
-        let d = plan::new(plan::Request {
-            id: id.clone(),
-            service: svc.clone(),
-            from,
-            to: req.revision.clone(),
-            strategy,
-            fleet,
-            green,
-            live_group: self.fleet.live_group(),
-            batch: req.batch.unwrap_or(cfg.in_place.batch),
-            min_healthy: cfg.in_place.min_healthy,
-            traffic_steps: cfg.blue_green.traffic_steps.clone(),
-            hooks: cfg.hooks.commands.keys().cloned().collect(),
-        })?;
+        let d = self.build(id.clone(), &req, strategy)?;
+        let prediction = self.predict(&d);
         self.save(
             &d,
             "created",
             &format!("deploying {} → {} ({})", d.from, d.to, kind_str(d.strategy)),
             None,
         )?;
+        if let Ok(p) = serde_json::to_string(&prediction) {
+            let _ = self.fleet.store.set_deployment_plan(&d.id, &p);
+        }
         if d.strategy == Kind::AllAtOnce {
             self.save(
                 &d,

@@ -1,0 +1,143 @@
+//! The executor's side of `handoff plan`: the deployment a request would
+//! create (the very one `deploy` creates) and the timings measured on this
+//! service, handed to the pure predictor.
+
+use std::collections::BTreeMap;
+
+use handoff_runtime::Runtime;
+
+use super::{DeployError, DeployRequest, Deployer};
+use crate::plan::{self, Deployment, Kind};
+use crate::predict::{self, fmt_ms, Estimate, Prediction, Timings};
+
+/// How many recent measurements an estimate is the median of.
+const RECENT: usize = 20;
+
+impl<R: Runtime> Deployer<R> {
+    /// The pending deployment for `req` with `strategy` (nothing changes).
+    pub(super) fn build(
+        &self,
+        id: String,
+        req: &DeployRequest,
+        strategy: Kind,
+    ) -> Result<Deployment, DeployError> {
+        let f = &self.fleet;
+        let cfg = &f.service;
+        let fleet = f.serving();
+        let green = if strategy == Kind::BlueGreen {
+            f.new_names(fleet.len())
+        } else {
+            Vec::new()
+        };
+        Ok(plan::new(plan::Request {
+            id,
+            service: f.name().to_string(),
+            from: f.current_revision(),
+            to: req.revision.clone(),
+            strategy,
+            fleet,
+            green,
+            live_group: f.live_group(),
+            batch: req.batch.unwrap_or(cfg.in_place.batch),
+            min_healthy: cfg.in_place.min_healthy,
+            traffic_steps: cfg.blue_green.traffic_steps.clone(),
+            hooks: cfg.hooks.commands.keys().cloned().collect(),
+        })?)
+    }
+
+    /// What this service's config and its measured history say about time.
+    pub fn timings(&self) -> Timings {
+        let f = &self.fleet;
+        let cfg = &f.service;
+        let h = &cfg.health;
+        let recent = |kind: &str| {
+            f.store
+                .observations(f.name(), kind, RECENT)
+                .unwrap_or_default()
+        };
+        let more_probes_ms = if h.enabled {
+            h.interval.as_millis() as u64 * u64::from(h.healthy_threshold.saturating_sub(1))
+        } else {
+            0
+        };
+        let hooks = cfg
+            .hooks
+            .commands
+            .keys()
+            .map(|name| {
+                let e = Estimate::from_measured(
+                    &format!("{name} runs"),
+                    &recent(&format!("hook:{name}")),
+                    Estimate::new(
+                        0,
+                        format!(
+                            "not measured yet; at most hooks.timeout {}",
+                            fmt_ms(cfg.hooks.timeout.as_millis() as u64)
+                        ),
+                    ),
+                );
+                (name.clone(), e)
+            })
+            .collect::<BTreeMap<_, _>>();
+        Timings {
+            boot: Estimate::from_measured(
+                "start-ups",
+                &recent("boot"),
+                Estimate::new(50, "not measured yet: a guess"),
+            ),
+            more_probes_ms,
+            min_healthy_ms: h.min_healthy_time.as_millis() as u64,
+            early_exit_ms: f.start_watch().as_millis() as u64,
+            drain: Estimate::from_measured(
+                "drains",
+                &recent("drain"),
+                Estimate::new(
+                    0,
+                    format!(
+                        "not measured yet; at most drain.timeout {}",
+                        fmt_ms(cfg.drain.timeout.as_millis() as u64)
+                    ),
+                ),
+            ),
+            drain_timeout_ms: cfg.drain.timeout.as_millis() as u64,
+            stop: Estimate::from_measured(
+                "stops",
+                &recent("stop"),
+                Estimate::new(
+                    100,
+                    format!(
+                        "not measured yet: a guess; at most stop_grace {}",
+                        fmt_ms(f.stop_grace().as_millis() as u64)
+                    ),
+                ),
+            ),
+            hooks,
+            bake_ms: cfg.blue_green.bake.as_millis() as u64,
+            retention_ms: cfg.blue_green.retention.as_millis() as u64,
+            flip_ms: FLIP_MS,
+        }
+    }
+
+    pub(super) fn predict(&self, d: &Deployment) -> Prediction {
+        predict::predict(d, &self.timings())
+    }
+
+    /// `handoff plan`: the predicted deployment of `req` for each strategy.
+    pub fn plan(
+        &self,
+        req: &DeployRequest,
+        strategies: &[Kind],
+    ) -> Result<Vec<Prediction>, DeployError> {
+        strategies
+            .iter()
+            .map(|k| {
+                let d = self.build(format!("{}-plan", self.fleet.name()), req, *k)?;
+                Ok(self.predict(&d))
+            })
+            .collect()
+    }
+}
+
+/// A blue/green flip back, end to end (`cargo run --release --example
+/// cutover`: 1.5 ms p50, 2.8 ms max on the reference machine).
+const FLIP_MS: u64 = 3;
