@@ -74,7 +74,7 @@ pub(crate) async fn deploy(
 
 /// The strategy (`all`: every one, for `plan`), batch and revision of a
 /// deploy or plan request, checked; the error is a 400's message.
-type Choice = (Option<Vec<Kind>>, Option<handoff_core::config::Amount>);
+type Choice = (Option<Vec<Kind>>, Option<handoff_core::config::Batch>);
 
 pub(crate) fn parse_choice(
     strategy: Option<&str>,
@@ -95,7 +95,7 @@ pub(crate) fn parse_choice(
     };
     let batch = match batch {
         None => None,
-        Some(x) => Some(handoff_core::config::parse_amount(x).map_err(|m| format!("batch: {m}"))?),
+        Some(x) => Some(handoff_core::config::parse_batch(x).map_err(|m| format!("batch: {m}"))?),
     };
     if revision.is_empty() || revision.contains('/') || revision.starts_with('.') {
         return Err(format!(

@@ -58,6 +58,7 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
 pub mod analysis;
 pub mod executor;
 pub mod hooks;
+pub mod load;
 pub mod plan;
 pub mod predict;
 pub mod report;

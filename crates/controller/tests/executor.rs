@@ -178,7 +178,7 @@ async fn in_place_batch_1_records_every_step_and_moves_the_current_revision() {
         .deploy(DeployRequest {
             revision: "v2".into(),
             strategy: Some(Kind::InPlace),
-            batch: Some(handoff_core::config::Amount::Count(1)),
+            batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
         })
         .await
@@ -241,7 +241,7 @@ async fn a_failed_start_rolls_back_exactly_what_was_touched() {
         .deploy(DeployRequest {
             revision: "bad-v2".into(),
             strategy: None,
-            batch: Some(handoff_core::config::Amount::Count(1)),
+            batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
         })
         .await
@@ -407,7 +407,7 @@ async fn interrupted_deployments_are_closed_at_boot() {
         .deploy(DeployRequest {
             revision: "v2".into(),
             strategy: Some(Kind::InPlace),
-            batch: Some(handoff_core::config::Amount::Count(1)),
+            batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
         })
         .await
@@ -448,7 +448,7 @@ async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake()
         .deploy(DeployRequest {
             revision: "v2".into(),
             strategy: Some(Kind::InPlace),
-            batch: Some(handoff_core::config::Amount::Count(1)),
+            batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
         })
         .await
@@ -531,4 +531,123 @@ async fn all_at_once_is_a_warned_stop_everything_then_start_everything() {
         report["capacity_floor"], 0,
         "the downtime is measured, not hidden"
     );
+}
+
+/// `secs` of synthetic load on the meter: `rate` req/s, `in_service`.
+fn feed(
+    d: &Deployer<FakeRuntime>,
+    from_s: u64,
+    secs: u64,
+    rate: u64,
+    in_service: usize,
+    total: &mut u64,
+) {
+    for i in 0..=secs {
+        if i > 0 {
+            *total += rate;
+        }
+        d.meter.record(handoff_controller::load::Sample {
+            at_ms: (from_s + i) * 1000,
+            requests: *total,
+            in_flight: 0,
+            in_service,
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_batches_follow_the_load_and_wait_when_it_rises() {
+    // 4 instances have carried 100 req/s each; 100 req/s now (+30 %) needs
+    // 2, so the batch is 2. Each new instance stays 1 s (min_healthy_time).
+    let r = rig_with(
+        4,
+        "0s",
+        "1s",
+        "[services.web.in_place]\nbatch = \"auto\"\nmin_healthy = 0\n",
+    )
+    .await;
+    let mut total = 0;
+    // A busy spell, then a minute and more of quiet: the load "now" is
+    // the last minute's.
+    feed(&r.deployer, 0, 10, 400, 4, &mut total);
+    feed(&r.deployer, 100, 70, 100, 4, &mut total);
+    let plans = r
+        .deployer
+        .plan(
+            &DeployRequest {
+                revision: "v2".into(),
+                ..Default::default()
+            },
+            &[Kind::InPlace],
+        )
+        .unwrap();
+    assert_eq!(plans[0].batch_size, Some(2));
+    let why = plans[0].batch_choice.clone().unwrap();
+    assert!(why.starts_with("auto: 100 req/s"), "{why}");
+    assert!(why.ends_with("→ batch 2 of 4"), "{why}");
+
+    let id = r
+        .deployer
+        .deploy(DeployRequest {
+            revision: "v2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The load triples: 2 out of 4 would leave too few for 300 req/s.
+    feed(&r.deployer, 171, 70, 300, 4, &mut total);
+    let events = |id: &str| -> Vec<(String, String)> {
+        r.store
+            .deployment_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.1, e.2))
+            .collect()
+    };
+    let mut waited = false;
+    for _ in 0..300 {
+        if events(&id).iter().any(|e| e.0 == "waiting") {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waited, "{:?}", events(&id));
+    let w = events(&id)
+        .into_iter()
+        .find(|e| e.0 == "waiting")
+        .unwrap()
+        .1;
+    assert!(
+        w.contains("300 req/s") && w.contains("would leave 2"),
+        "{w}"
+    );
+    // While it waits, nothing more is stopped.
+    let stops =
+        r.rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("stop"))
+            .count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.deployer.current().unwrap().status, Status::Running);
+    assert_eq!(
+        r.rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("stop"))
+            .count(),
+        stops
+    );
+    // The load falls back: the deployment goes on and finishes.
+    feed(&r.deployer, 242, 70, 100, 4, &mut total);
+    assert_eq!(settle(&r.deployer, done).await, Status::Succeeded);
+    assert!(
+        events(&id)
+            .iter()
+            .any(|e| e.0 == "load" && e.1.starts_with("load fell")),
+        "{:?}",
+        events(&id)
+    );
+    let rec = r.store.deployment(&id).unwrap().unwrap();
+    let state: handoff_controller::plan::Deployment = serde_json::from_str(&rec.state).unwrap();
+    assert_eq!(state.batches.len(), 2);
 }

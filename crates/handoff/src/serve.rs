@@ -182,6 +182,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                     tracing::warn!(service = %svc.name, deployment = %id, "closed a deployment interrupted by a restart of handoff");
                 }
                 fleet.boot().await?;
+                deployer.meter.start(fleet.proxy.clone());
                 deployers.insert(svc.name.clone(), deployer);
                 fleets.push(fleet);
             }

@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use handoff_core::config::Amount;
+use handoff_core::config::Batch;
 use handoff_runtime::Runtime;
 use handoff_store::DeploymentRecord;
 use tokio::sync::{mpsc, watch};
@@ -53,7 +53,7 @@ impl From<handoff_store::StoreError> for DeployError {
 pub struct DeployRequest {
     pub revision: String,
     pub strategy: Option<Kind>,
-    pub batch: Option<Amount>,
+    pub batch: Option<Batch>,
     /// The revision's files (directory or `.tar.gz`), installed before start.
     pub artifact: Option<std::path::PathBuf>,
 }
@@ -66,6 +66,9 @@ struct Active {
 
 pub struct Deployer<R: Runtime> {
     pub fleet: Arc<Fleet<R>>,
+    /// The service's load, for `batch = "auto"` (sampling starts with
+    /// [`crate::load::LoadMeter::start`]; tests feed it directly).
+    pub meter: Arc<crate::load::LoadMeter>,
     active: Mutex<Option<Active>>,
     /// Every recorded step, for live subscribers (API server-sent events).
     steps: tokio::sync::broadcast::Sender<StepEvent>,
@@ -111,6 +114,7 @@ impl<R: Runtime> Deployer<R> {
     pub fn new(fleet: Arc<Fleet<R>>) -> Arc<Self> {
         Arc::new(Deployer {
             fleet,
+            meter: Arc::default(),
             active: Mutex::new(None),
             steps: tokio::sync::broadcast::channel(1024).0,
         })

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use super::{Deployer, Outcome};
 use crate::analysis::{self, Counts};
-use crate::plan::{Action, Deployment, Event, Kind, Status};
+use crate::load::instances_needed;
+use crate::plan::{Action, AutoBatch, Deployment, Event, Kind, Status};
 
 impl<R: Runtime> Deployer<R> {
     pub(super) async fn perform(
@@ -23,6 +24,14 @@ impl<R: Runtime> Deployer<R> {
         for a in actions {
             match a {
                 Action::Drain { instances } => {
+                    if let (Some(auto), Status::Running) = (&d.auto, d.status) {
+                        if let Some(o) = self
+                            .await_capacity(d, auto, instances.len(), ctl, deferred)
+                            .await
+                        {
+                            return o;
+                        }
+                    }
                     for (n, o) in f.drain(instances).await {
                         if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
                             let _ = self.fleet.store.save_deployment_event(
@@ -188,6 +197,61 @@ impl<R: Runtime> Deployer<R> {
             Ok(())
         } else {
             Err(failed.join("; "))
+        }
+    }
+
+    /// `batch = "auto"`: before a batch leaves, the rest must carry the load
+    /// the batch was sized for. If the load rose past that, wait (saying so)
+    /// until it falls back; abort/rollback end the wait, promote overrides it.
+    async fn await_capacity(
+        &self,
+        d: &Deployment,
+        auto: &AutoBatch,
+        batch: usize,
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Option<Outcome> {
+        let mut waiting = false;
+        loop {
+            let (needed, why) =
+                instances_needed(&self.meter.load(), auto.headroom, auto.instance_capacity);
+            let in_service = self.fleet.in_service();
+            let left = in_service.saturating_sub(batch);
+            if needed <= left || needed <= auto.needed {
+                if waiting {
+                    let _ = self.fleet.store.save_deployment_event(
+                        &d.id,
+                        "load",
+                        &format!("load fell: {why}; the next batch goes"),
+                    );
+                }
+                return None;
+            }
+            if !waiting {
+                waiting = true;
+                let _ = self.fleet.store.save_deployment_event(
+                    &d.id,
+                    "waiting",
+                    &format!(
+                        "waiting: {why}; taking {batch} out would leave {left} (`handoff promote` goes anyway)"
+                    ),
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Some(ev) = ctl.recv() => match ev {
+                    Event::Abort | Event::Rollback => return Some(Outcome::Control(ev)),
+                    Event::Promote => {
+                        let _ = self.fleet.store.save_deployment_event(
+                            &d.id,
+                            "load",
+                            "promoted: the next batch goes despite the load",
+                        );
+                        return None;
+                    }
+                    other => deferred.push(other),
+                },
+            }
         }
     }
 

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use handoff_runtime::Runtime;
 
 use super::{DeployError, DeployRequest, Deployer};
-use crate::plan::{self, Deployment, Kind};
+use handoff_core::config::{Amount, Batch};
+
+use crate::load::auto_batch;
+use crate::plan::{self, AutoBatch, Deployment, Kind};
 use crate::predict::{self, fmt_ms, Estimate, Prediction, Timings};
 
 /// How many recent measurements an estimate is the median of.
@@ -29,7 +32,30 @@ impl<R: Runtime> Deployer<R> {
         } else {
             Vec::new()
         };
-        Ok(plan::new(plan::Request {
+        let ip = &cfg.in_place;
+        let (batch, auto) = match req.batch.unwrap_or(ip.batch) {
+            Batch::Amount(a) => (a, None),
+            Batch::Auto if strategy == Kind::InPlace => {
+                let n = fleet.len();
+                let c = auto_batch(
+                    n,
+                    ip.min_healthy.of(n as u32, false) as usize,
+                    &self.meter.load(),
+                    ip.headroom,
+                    ip.instance_capacity,
+                );
+                let auto = AutoBatch {
+                    headroom: ip.headroom,
+                    needed: c.needed,
+                    instance_capacity: ip.instance_capacity,
+                    choice: c.why,
+                };
+                (Amount::Count(c.batch as u32), Some(auto))
+            }
+            // Only in-place has batches.
+            Batch::Auto => (Amount::Count(1), None),
+        };
+        let mut d = plan::new(plan::Request {
             id,
             service: f.name().to_string(),
             from: f.current_revision(),
@@ -38,11 +64,13 @@ impl<R: Runtime> Deployer<R> {
             fleet,
             green,
             live_group: f.live_group(),
-            batch: req.batch.unwrap_or(cfg.in_place.batch),
-            min_healthy: cfg.in_place.min_healthy,
+            batch,
+            min_healthy: ip.min_healthy,
             traffic_steps: cfg.blue_green.traffic_steps.clone(),
             hooks: cfg.hooks.commands.keys().cloned().collect(),
-        })?)
+        })?;
+        d.auto = auto;
+        Ok(d)
     }
 
     /// What this service's config and its measured history say about time.
@@ -119,7 +147,9 @@ impl<R: Runtime> Deployer<R> {
     }
 
     pub(super) fn predict(&self, d: &Deployment) -> Prediction {
-        predict::predict(d, &self.timings())
+        let mut p = predict::predict(d, &self.timings());
+        p.batch_choice = d.auto.as_ref().map(|a| a.choice.clone());
+        p
     }
 
     /// `handoff plan`: the predicted deployment of `req` for each strategy.

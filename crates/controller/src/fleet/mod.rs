@@ -164,6 +164,18 @@ impl<R: Runtime> Fleet<R> {
     }
 
     /// Records an event of the fleet (or of a deployment) in the store.
+    /// Healthy targets taking traffic now.
+    pub fn in_service(&self) -> usize {
+        let table = self.proxy.table();
+        table
+            .groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.targets.iter())
+            .filter(|t| t.state() == handoff_core::TargetState::Healthy)
+            .count()
+    }
+
     pub fn stop_grace(&self) -> Duration {
         self.managed.stop_grace
     }

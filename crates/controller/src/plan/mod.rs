@@ -157,6 +157,20 @@ pub struct Deployment {
     /// skipped when green is ready.
     #[serde(default)]
     pub promoted: bool,
+    /// In-place `batch = "auto"`: the batches were sized from the load, and
+    /// each waits while taking it out would overload the rest.
+    #[serde(default)]
+    pub auto: Option<AutoBatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoBatch {
+    pub headroom: u32,
+    /// Instances the load needed when the size was chosen.
+    pub needed: usize,
+    pub instance_capacity: Option<u32>,
+    /// Why this size, in one line.
+    pub choice: String,
 }
 
 /// Something the executor must do. Each names instances, not targets: the
@@ -351,6 +365,7 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         reason: None,
         hooks: r.hooks,
         promoted: false,
+        auto: None,
     })
 }
 

@@ -39,18 +39,18 @@ fn matters(predicted: u64, measured: u64) -> bool {
 /// with the predicted steps by their words, which the planner and the
 /// executor share.
 pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
-    let mut at: Vec<Option<usize>> = vec![None; p.steps.len()];
+    let mut pos: Vec<Option<usize>> = vec![None; p.steps.len()];
     let mut from = 0;
     for (i, s) in p.steps.iter().enumerate() {
         if let Some(j) = events[from..].iter().position(|e| e.2 == s.message) {
-            at[i] = Some(from + j);
+            pos[i] = Some(from + j);
             from += j + 1;
         }
     }
-    let matched: Vec<usize> = at.iter().flatten().copied().collect();
+    let matched: Vec<usize> = pos.iter().flatten().copied().collect();
     let mut steps = Vec::new();
     for (i, s) in p.steps.iter().enumerate() {
-        let measured = at[i].and_then(|j| {
+        let measured = pos[i].and_then(|j| {
             let start = events[j].0;
             // The step ends at the next step's event, whichever it is.
             let end = events[j + 1..]
@@ -76,13 +76,26 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
         });
     }
     let mut callouts = Vec::new();
-    for (s, c) in p.steps.iter().zip(&steps) {
+    for (i, (s, c)) in p.steps.iter().zip(&steps).enumerate() {
         let Some(m) = c.measured_ms else { continue };
         if !matters(s.ms, m) {
             continue;
         }
         let (pm, mm) = (fmt_ms(s.ms), fmt_ms(m));
         let at = s.message.split(':').next().unwrap_or(&s.message);
+        // `batch = "auto"` held this step back for the load.
+        let waited = pos[i].is_some_and(|j| {
+            events[j + 1..]
+                .iter()
+                .take_while(|e| e.0 <= events[j].0 + m as i64)
+                .any(|e| e.1 == "waiting")
+        });
+        if waited {
+            callouts.push(format!(
+                "{at} waited for the load to fall before going: the step took {mm} (predicted {pm})"
+            ));
+            continue;
+        }
         callouts.push(match s.kind.as_str() {
             "drain" if m > s.ms => format!(
                 "drain took {mm} of {} on {at} (predicted {pm}): long requests in flight",
@@ -111,7 +124,7 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
             .find_map(|s| s.measured_ms.map(|m| (s, m))),
     ) {
         (Some(first), Some((last, m))) => {
-            let last_at = at[last.n - 1].map_or(events[*first].0, |j| events[j].0);
+            let last_at = pos[last.n - 1].map_or(events[*first].0, |j| events[j].0);
             (last_at - events[*first].0).max(0) as u64 + m
         }
         _ => 0,

@@ -504,6 +504,8 @@ pub fn fmt_ms(ms: u64) -> String {
         format!("{ms} ms")
     } else if ms < 60_000 {
         format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms % 60_000 < 1000 {
+        format!("{} min", ms / 60_000)
     } else {
         format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
     }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{parse_amount, validate};
+pub use validate::{parse_amount, parse_batch, validate};
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone)]
@@ -234,10 +234,37 @@ impl fmt::Display for Amount {
     }
 }
 
+/// An in-place batch: fixed, or chosen from the load at deploy time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Amount(Amount),
+    Auto,
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Batch::Amount(a) => a.fmt(f),
+            Batch::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl From<Amount> for Batch {
+    fn from(a: Amount) -> Batch {
+        Batch::Amount(a)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct InPlace {
-    pub batch: Amount,
+    pub batch: Batch,
     pub min_healthy: Amount,
+    /// `batch = "auto"`: capacity kept above the measured load, in percent.
+    pub headroom: u32,
+    /// `batch = "auto"`: requests per second one instance can carry, if
+    /// known; else handoff trusts only what it has seen one carry.
+    pub instance_capacity: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

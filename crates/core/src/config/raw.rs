@@ -81,6 +81,8 @@ pub struct RawProxy {
 pub struct RawInPlace {
     pub batch: Option<CountOrText>,
     pub min_healthy: Option<CountOrText>,
+    pub headroom: Option<String>,
+    pub instance_capacity: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,7 +172,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "idle_timeout",
             "max_header_bytes",
         ],
-        ["services", _, "in_place"] => &["batch", "min_healthy"],
+        ["services", _, "in_place"] => &["batch", "min_healthy", "headroom", "instance_capacity"],
         ["services", _, "blue_green"] => &["traffic_steps", "bake", "retention"],
         ["services", _, "hooks"] => &[
             "timeout",

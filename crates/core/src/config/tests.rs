@@ -79,7 +79,7 @@ targets = ["127.0.0.1:9001", "127.0.0.1:9002"]
     .unwrap();
     let web = &c.services["web"];
     assert_eq!(web.strategy, Strategy::InPlace);
-    assert_eq!(web.in_place.batch, Amount::Percent(50));
+    assert_eq!(web.in_place.batch, Amount::Percent(50).into());
     assert_eq!(
         web.blue_green.retention,
         std::time::Duration::from_secs(600)
@@ -216,4 +216,40 @@ fn amounts() {
     assert_eq!(Amount::Count(1).of(10, true), 1);
     assert!(validate::parse_amount("150%").is_err());
     assert!(validate::parse_amount("half").is_err());
+}
+
+#[test]
+fn auto_batch_headroom_and_capacity() {
+    let ok = "[services.web]\nlisten = \"127.0.0.1:8080\"\nrevision = \"v1\"\ninstances = 4\ncommand = \"app {port}\"\n\
+        [services.web.in_place]\nbatch = \"auto\"\nheadroom = \"50%\"\ninstance_capacity = 250\n";
+    let c = parse(Path::new("/x/handoff.toml"), ok).unwrap();
+    let ip = &c.services["web"].in_place;
+    assert_eq!(ip.batch, Batch::Auto);
+    assert_eq!((ip.headroom, ip.instance_capacity), (50, Some(250)));
+    let c = parse(
+        Path::new("/x/handoff.toml"),
+        &ok.replace("headroom = \"50%\"\ninstance_capacity = 250\n", ""),
+    )
+    .unwrap();
+    assert_eq!(c.services["web"].in_place.headroom, 30);
+    assert_eq!(c.services["web"].in_place.instance_capacity, None);
+    let bad = ok
+        .replace("\"50%\"", "\"lots\"")
+        .replace("250", "0")
+        .replace("\"auto\"", "\"most\"");
+    let e = parse(Path::new("/x/handoff.toml"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.web.in_place.headroom: 'lots' is not a percentage"),
+        "{e}"
+    );
+    assert!(e.contains("services.web.in_place.instance_capacity"), "{e}");
+    assert!(
+        e.contains("services.web.in_place.batch: 'most' is neither a count"),
+        "{e}"
+    );
+    assert_eq!(parse_batch("auto"), Ok(Batch::Auto));
+    assert_eq!(parse_batch("25%"), Ok(Batch::Amount(Amount::Percent(25))));
+    assert!(parse_batch("x").unwrap_err().contains("nor \"auto\""));
 }

@@ -78,6 +78,16 @@ impl Ctx {
     }
 }
 
+/// A batch: an amount, or `"auto"`.
+pub fn parse_batch(s: &str) -> Result<Batch, String> {
+    if s.trim() == "auto" {
+        return Ok(Batch::Auto);
+    }
+    parse_amount(s)
+        .map(Batch::Amount)
+        .map_err(|m| format!("{m}, nor \"auto\""))
+}
+
 /// `"2"`, `2` or `"50%"`.
 pub fn parse_amount(s: &str) -> Result<Amount, String> {
     let t = s.trim();
@@ -291,13 +301,41 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
     };
     let proxy = proxy(cx, name, r.proxy.unwrap_or_default());
     let ri = r.in_place.unwrap_or_default();
+    let batch = match &ri.batch {
+        Some(CountOrText::Text(t)) if t.trim() == "auto" => Batch::Auto,
+        b => Batch::Amount(cx.amount(k("in_place.batch"), b.as_ref(), d::BATCH)),
+    };
+    let headroom = match ri.headroom.as_deref().map(str::trim) {
+        None => d::HEADROOM,
+        Some(h) => match h.strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+            Some(Ok(p)) if p <= 1000 => p,
+            _ => {
+                cx.err(
+                    k("in_place.headroom"),
+                    format!("'{h}' is not a percentage from 0% to 1000%, e.g. \"30%\""),
+                );
+                d::HEADROOM
+            }
+        },
+    };
+    let instance_capacity = ri.instance_capacity.map(|_| {
+        cx.int_in(
+            k("in_place.instance_capacity"),
+            ri.instance_capacity,
+            1,
+            1,
+            u32::MAX.into(),
+        ) as u32
+    });
     let in_place = InPlace {
-        batch: cx.amount(k("in_place.batch"), ri.batch.as_ref(), d::BATCH),
+        batch,
         min_healthy: cx.amount(
             k("in_place.min_healthy"),
             ri.min_healthy.as_ref(),
             d::MIN_HEALTHY,
         ),
+        headroom,
+        instance_capacity,
     };
     if let Some(Backend::Managed(m)) = &backend {
         check_in_place(cx, name, &in_place, m.instances, ri.min_healthy.is_some());
@@ -478,12 +516,21 @@ impl TemplateSink for Ctx {
 }
 
 fn check_in_place(cx: &mut Ctx, name: &str, ip: &InPlace, n: u32, explicit_floor: bool) {
-    let batch = ip.batch.of(n, true).max(1);
     let floor = ip.min_healthy.of(n, false);
+    let Batch::Amount(amount) = ip.batch else {
+        if n <= floor && explicit_floor && n > 1 {
+            cx.err(
+                format!("services.{name}.in_place.min_healthy"),
+                format!("min_healthy {} keeps all {n} instances in service, so no batch could ever go; lower it", ip.min_healthy),
+            );
+        }
+        return;
+    };
+    let batch = amount.of(n, true).max(1);
     if batch > n {
         cx.err(
             format!("services.{name}.in_place.batch"),
-            format!("batch {} is larger than the {n} instances", ip.batch),
+            format!("batch {amount} is larger than the {n} instances"),
         );
     } else if n - batch < floor && explicit_floor {
         cx.err(
@@ -491,7 +538,7 @@ fn check_in_place(cx: &mut Ctx, name: &str, ip: &InPlace, n: u32, explicit_floor
             format!(
                 "batch {} of {n} instances leaves {} in service, below min_healthy {} ({floor}); \
                  lower the batch or the floor",
-                ip.batch,
+                amount,
                 n - batch,
                 ip.min_healthy
             ),

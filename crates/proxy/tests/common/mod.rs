@@ -229,7 +229,9 @@ pub fn service_cfg(balance: Balance, health: Health) -> Service {
         },
         strategy: Strategy::InPlace,
         in_place: InPlace {
-            batch: Amount::Count(1),
+            batch: Amount::Count(1).into(),
+            headroom: 30,
+            instance_capacity: None,
             min_healthy: Amount::Count(1),
         },
         blue_green: BlueGreen {
