@@ -146,6 +146,7 @@ struct Life {
     /// When its checks pass.
     ready_at: u64,
     held: bool,
+    released: bool,
     serve_from: Option<u64>,
     serve_until: Option<u64>,
 }
@@ -264,6 +265,7 @@ impl Sim<'_> {
                         run_until: None,
                         ready_at,
                         held: *hold,
+                        released: false,
                         serve_from: (!hold).then_some(ready_at),
                         serve_until: None,
                     });
@@ -284,17 +286,28 @@ impl Sim<'_> {
                     .max()
                     .unwrap_or(t);
                 let wait = ready.saturating_sub(t);
-                let basis = if wait > 0 {
+                let again = instances.iter().all(|n| {
+                    self.lives
+                        .iter()
+                        .rev()
+                        .find(|l| &l.name == n)
+                        .is_some_and(|l| l.released)
+                });
+                let basis = if again {
                     format!(
-                        "healthy {} after start ({} to answer, {}; then {} more probes) + min_healthy_time {}",
+                        "min_healthy_time {} again, now that they serve",
+                        fmt_ms(tm.min_healthy_ms)
+                    )
+                } else {
+                    format!(
+                        "healthy {} after start ({} to answer, {}; then {} more probes){} + min_healthy_time {}",
                         fmt_ms(tm.ready_ms()),
                         fmt_ms(tm.boot.ms),
                         tm.boot.source,
                         fmt_ms(tm.more_probes_ms),
+                        if wait == 0 { ", within the start" } else { "" },
                         fmt_ms(tm.min_healthy_ms)
                     )
-                } else {
-                    format!("min_healthy_time {}", fmt_ms(tm.min_healthy_ms))
                 };
                 (wait + tm.min_healthy_ms, Some(basis))
             }
@@ -302,6 +315,7 @@ impl Sim<'_> {
                 for n in instances {
                     if let Some(l) = self.latest(n) {
                         l.held = false;
+                        l.released = true;
                         l.serve_from = Some(t.max(l.ready_at));
                     }
                 }
@@ -357,6 +371,7 @@ pub fn predict(d: &Deployment, timings: &Timings) -> Prediction {
                 run_until: None,
                 ready_at: 0,
                 held: false,
+                released: false,
                 serve_from: Some(0),
                 serve_until: None,
             })

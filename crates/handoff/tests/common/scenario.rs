@@ -186,4 +186,3 @@ pub fn stop(mut env: Env) {
     });
     let _ = marked;
 }
-
