@@ -301,8 +301,8 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
     }
     println!("\n== what was measured");
     println!(
-        "{:<44} {:>9} {:>10} {:>10} {:>9} {:>7} {:>10}",
-        "", "duration", "capacity", "mixed", "requests", "failed", "rollback"
+        "{:<44} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10}",
+        "", "duration", "predicted", "capacity", "mixed", "requests", "failed", "rollback"
     );
     for (i, a) in acts.iter().enumerate() {
         let is_rollback = i == 2;
@@ -335,9 +335,16 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
             };
             (d, floor, ms(g("mixed_window_ms")), "-".to_string())
         };
+        // What `handoff plan` said beforehand: for blue/green, until the
+        // new revision alone serves (the act ends there).
+        let predicted = match (&a.view.plan, i) {
+            (_, 2) | (None, _) => "-".to_string(),
+            (Some(p), 1) => ms(Some(p.serving_ms)),
+            (Some(p), _) => ms(Some(p.duration_ms)),
+        };
         println!(
-            "{:<44} {:>9} {:>10} {:>10} {:>9} {:>7} {:>10}",
-            a.name, duration, floor, mixed, a.requests, a.failed, rollback
+            "{:<44} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10}",
+            a.name, duration, predicted, floor, mixed, a.requests, a.failed, rollback
         );
     }
     let failed = seen.failed.load(Relaxed);
