@@ -99,6 +99,28 @@ fn each_predicted_step_is_within_tolerance_of_the_real_executor() {
     let (ok, out) = env.cli(&["deploy", "web", "v2", "--batch", "1"]);
     assert!(ok, "{out}");
 
+    // Under load, `--batch auto` sizes the batch from what the proxy
+    // measured and says so.
+    let (ok, out) = env.cli(&[
+        "plan",
+        "web",
+        "v9",
+        "--strategy",
+        "in-place",
+        "--batch",
+        "auto",
+        "--json",
+    ]);
+    assert!(ok, "{out}");
+    let why = json_of(&out)["plans"][0]["batch_choice"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.starts_with("auto: ") && why.contains(" req/s and ") && why.ends_with(" of 2"),
+        "{why}"
+    );
+
     let view = plan_then_deploy(&env, "v3", "in-place");
     assert_eq!(view["status"], "succeeded");
     assert_steps_within_tolerance(&view, 0);
