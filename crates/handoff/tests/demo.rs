@@ -25,15 +25,22 @@ fn demo_runs_the_tour_with_zero_failed_requests() {
             .map(str::to_string)
             .collect()
     };
-    // in-place: "3.0 s  2/4  1.0 s  REQUESTS  FAILED  -"
+    // in-place: "3.0 s  3.1 s  2/4  1.0 s  REQUESTS  FAILED  -" (measured,
+    // then what plan predicted)
     let ip = row("in-place deploy to v2, batches of 2");
-    assert_eq!(ip[2], "2/4", "batches of 2 of 4 keep 2 in service: {ip:?}");
+    assert_eq!(ip[4], "2/4", "batches of 2 of 4 keep 2 in service: {ip:?}");
+    let (took, predicted): (f64, f64) = (ip[0].parse().unwrap(), ip[2].parse().unwrap());
+    assert!(
+        (took - predicted).abs() <= 0.5 + predicted / 4.0,
+        "the plan was far off: {ip:?}"
+    );
     assert_eq!(ip[ip.len() - 2], "0", "failed requests: {ip:?}");
     let bg = row("blue/green deploy to v3, 50% step");
-    assert_eq!(bg[2], "4/4", "blue/green keeps full capacity: {bg:?}");
+    assert_eq!(bg[4], "4/4", "blue/green keeps full capacity: {bg:?}");
     assert_eq!(bg[bg.len() - 2], "0", "{bg:?}");
     let rb = row("rollback to v2 (blue is retained: a flip)");
     assert_eq!(rb[rb.len() - 3], "0", "{rb:?}");
+    assert_eq!(rb[2], "-", "a flip has no plan of its own: {rb:?}");
     assert_eq!(
         rb.last().map(String::as_str),
         Some("ms"),
