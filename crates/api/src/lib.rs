@@ -9,12 +9,16 @@
 //!   `GET /services/{name}/deployments`;
 //! - `POST /services/{name}/{pause|resume|abort|promote|rollback}`;
 //! - `GET /events`: server-sent events (`deployment` steps, `target` state
-//!   changes), each source in order.
+//!   changes), each source in order;
+//! - `GET /`: the dashboard (static HTML, CSS and JavaScript embedded in the
+//!   binary, public like `/healthz`: every figure it shows comes from the
+//!   API above with the token the page is given).
 //!
 //! Errors are JSON `{"error": {"code", "message"}}` with a stable code:
 //! 400 bad body, 404 unknown service/deployment, 409 conflict. The CLI uses
 //! the same [`types`].
 
+mod dashboard;
 mod deployments;
 mod events;
 mod metrics;
@@ -74,6 +78,9 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::script))
+        .route("/ui/style.css", get(dashboard::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/openapi.json",
@@ -235,6 +242,7 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
                             revision: t.revision.to_string(),
                             state: t.state().to_string(),
                             in_flight: t.in_flight(),
+                            requests: t.stats.requests(),
                         })
                         .collect(),
                 })

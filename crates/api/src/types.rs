@@ -95,6 +95,9 @@ pub struct TargetView {
     pub revision: String,
     pub state: String,
     pub in_flight: u64,
+    /// Requests answered so far (a counter: rates are its differences).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

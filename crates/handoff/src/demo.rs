@@ -358,7 +358,8 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
             seen.last_errors.lock().unwrap_or_else(|e| e.into_inner())
         );
     }
-    println!("\nAPI  http://{admin}   token {token}");
+    println!("\ndashboard  http://{admin}/#token={token}");
+    println!("API  http://{admin}   token {token}");
     println!("     export HANDOFF_ADMIN=http://{admin} HANDOFF_TOKEN={token}; handoff status");
     println!("metrics  curl -H 'Authorization: Bearer {token}' http://{admin}/metrics");
     if failed > 0 {

@@ -213,7 +213,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                 .collect(),
         ),
         deployers: Arc::new(deployers),
-        token: token.into(),
+        token: token.as_str().into(),
         target_events: proxy.events(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -227,6 +227,8 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
         tracing::info!(service = %name, %addr, "proxy listening");
     }
     println!("admin addr={admin_addr}");
+    // The token rides in the fragment, which browsers never send.
+    println!("dashboard http://{admin_addr}/#token={token}");
     println!("ready");
     tracing::info!(%admin_addr, "admin API listening (/metrics, /healthz, /logs)");
 

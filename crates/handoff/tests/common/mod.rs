@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod scenario;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

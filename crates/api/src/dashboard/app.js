@@ -1,0 +1,556 @@
+// handoff dashboard: a live picture of each service's load balancer, its
+// target groups and instances, the running deployment and its history.
+// Plain JavaScript, no build step, no external requests. State comes from
+// the admin API (GET /services, /deployments/ID, /services/NAME/deployments)
+// and is refreshed on every server-sent event and once a second (request
+// rates are the difference between two readings of each target's counter).
+"use strict";
+
+const TOKEN_KEY = "handoff-token";
+const SVG = "http://www.w3.org/2000/svg";
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---- the token: from the link's fragment, kept for this tab only ----
+
+function takeTokenFromFragment() {
+  const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+class Unauthorized extends Error {}
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + token() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+  if (r.status === 401) throw new Unauthorized(json?.error?.message || "unauthorized");
+  if (!r.ok) throw new Error(json?.error?.message || `${method} ${path}: ${r.status}`);
+  return json;
+}
+
+// ---- small helpers ----
+
+function el(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+  return e;
+}
+
+function svg(tag, attrs = {}) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+function ms(v) {
+  if (v === null || v === undefined) return "—";
+  if (v < 1000) return `${v} ms`;
+  if (v < 60000) return `${(v / 1000).toFixed(1)} s`;
+  return `${Math.floor(v / 60000)} min ${Math.round((v % 60000) / 1000)} s`;
+}
+
+/// A stable colour per revision, so v1 and v2 read apart at a glance.
+function colour(rev) {
+  let h = 0;
+  for (const c of rev) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return `hsl(${(h * 137) % 360} 62% 72%)`;
+}
+
+function clock(at) {
+  return new Date(at).toLocaleTimeString([], { hour12: false });
+}
+
+// ---- the confirmation every action goes through ----
+
+function confirmAction(text) {
+  const d = $("#confirm");
+  $("#confirm-text").textContent = text;
+  d.returnValue = "";
+  d.showModal();
+  $("#confirm-cancel").focus();
+  return new Promise((resolve) => d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true }));
+}
+
+// ---- state ----
+
+const state = {
+  services: [],
+  /// Per target key: [requests, at ms] from the previous reading.
+  counters: new Map(),
+  /// Per target key: requests per second.
+  rates: new Map(),
+  /// Per service: { id, view, series: [[t, inService]], base: Map(revision -> requests at start) }.
+  deploys: new Map(),
+  history: new Map(),
+  flash: new Map(),
+};
+
+function inService(s) {
+  return s.groups.filter((g) => g.weight > 0)
+    .reduce((n, g) => n + g.targets.filter((t) => t.state === "healthy").length, 0);
+}
+
+function requestsBy(s) {
+  const out = new Map();
+  for (const g of s.groups) for (const t of g.targets) out.set(t.revision, (out.get(t.revision) || 0) + (t.requests || 0));
+  return out;
+}
+
+async function refresh() {
+  const services = await api("GET", "/services");
+  const now = Date.now();
+  for (const s of services) {
+    for (const g of s.groups) for (const t of g.targets) {
+      const key = `${s.name}/${t.name}/${t.addr}`;
+      const prev = state.counters.get(key);
+      if (prev && now > prev[1]) {
+        const r = ((t.requests || 0) - prev[0]) * 1000 / (now - prev[1]);
+        state.rates.set(key, Math.max(0, r));
+      }
+      state.counters.set(key, [t.requests || 0, now]);
+    }
+    const managed = s.revision !== null && s.revision !== undefined;
+    let d = state.deploys.get(s.name);
+    const id = s.deployment || (d && d.id);
+    if (managed && id) {
+      if (!d || d.id !== id) {
+        d = { id, series: [], base: requestsBy(s), start: now };
+        state.deploys.set(s.name, d);
+      }
+      d.view = await api("GET", `/deployments/${encodeURIComponent(id)}`);
+      if (s.deployment) d.series.push([now - d.start, inService(s)]);
+      d.live = requestsBy(s);
+    }
+    if (managed && (!state.history.has(s.name) || state.history.get(s.name).stale)) {
+      state.history.set(s.name, { list: await api("GET", `/services/${encodeURIComponent(s.name)}/deployments`) });
+    }
+  }
+  state.services = services;
+  render();
+}
+
+let pending = null;
+function soon(delay = 120) {
+  if (pending) return;
+  pending = setTimeout(() => {
+    pending = null;
+    refresh().catch(onError);
+  }, delay);
+}
+
+function onError(e) {
+  if (e instanceof Unauthorized) {
+    showLogin(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused: " + e.message : "");
+    return;
+  }
+  console.warn(e);
+}
+
+// ---- the live stream: fetch (so the token goes in a header), parsed by hand ----
+
+let streamAbort = null;
+async function stream() {
+  const conn = $("#conn");
+  let wait = 500;
+  for (;;) {
+    if (!token()) return;
+    streamAbort = new AbortController();
+    try {
+      const r = await fetch("/events", { headers: { Authorization: "Bearer " + token() }, signal: streamAbort.signal });
+      if (r.status === 401) throw new Unauthorized("unauthorized");
+      if (!r.ok || !r.body) throw new Error(`events: ${r.status}`);
+      conn.dataset.state = "live";
+      conn.textContent = "live";
+      wait = 500;
+      soon(0);
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          onEvent(block);
+        }
+      }
+    } catch (e) {
+      if (e instanceof Unauthorized) { onError(e); return; }
+      if (e.name === "AbortError") return;
+    }
+    conn.dataset.state = "reconnecting";
+    conn.textContent = "reconnecting…";
+    await new Promise((r) => setTimeout(r, wait));
+    wait = Math.min(wait * 2, 8000);
+  }
+}
+
+function onEvent(block) {
+  let kind = "message";
+  let data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) kind = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  if (kind === "deployment") {
+    try {
+      const e = JSON.parse(data);
+      const h = state.history.get(e.service);
+      if (h && !["hook", "waiting", "load"].includes(e.kind)) h.stale = true;
+    } catch (_) { /* keep going */ }
+  }
+  if (kind === "deployment" || kind === "target" || kind === "lagged") soon();
+}
+
+// ---- rendering ----
+
+function render() {
+  const root = $("#services");
+  for (const s of state.services) {
+    let sec = document.getElementById(`svc-${s.name}`);
+    if (!sec) {
+      sec = buildService(s);
+      root.append(sec);
+    }
+    updateService(sec, s);
+  }
+}
+
+function buildService(s) {
+  const managed = s.revision !== null && s.revision !== undefined;
+  const sec = el("section", { class: "service", id: `svc-${s.name}`, "data-service": s.name, "aria-label": `service ${s.name}` });
+  sec.append(el("div", { class: "service-head" },
+    el("h2", { text: s.name }),
+    el("span", { class: "meta", "data-role": "meta" })));
+  const left = el("div", {}, svgPicture());
+  const right = el("div", { "data-role": "side" });
+  sec.append(el("div", { class: "grid" }, left, right));
+  if (managed) {
+    right.append(
+      deployForm(s.name),
+      el("h3", { text: "Deployment" }),
+      el("div", { "data-role": "deployment" }, el("p", { class: "muted", text: "No deployment yet." })),
+      el("h3", { text: "History" }),
+      el("div", { "data-role": "history" }));
+  } else {
+    right.append(el("p", { class: "muted", text: "Fixed targets: handoff balances them; it does not deploy them." }));
+  }
+  return sec;
+}
+
+function svgPicture() {
+  const p = svg("svg", { class: "picture", viewBox: "0 0 800 300", role: "img", "aria-label": "load balancer, groups and instances" });
+  const lb = svg("g", { class: "lb" });
+  lb.append(svg("rect", { x: 300, y: 8, width: 200, height: 40, rx: 8 }));
+  const t = svg("text", { x: 400, y: 33, "text-anchor": "middle" });
+  t.textContent = "load balancer";
+  lb.append(t);
+  p.append(svg("g", { "data-role": "links" }), lb, svg("g", { "data-role": "groups" }));
+  return p;
+}
+
+const TILE_W = 150, TILE_H = 58, GAP = 10, GROUP_PAD = 12, GROUP_TOP = 90;
+
+function updateService(sec, s) {
+  $("[data-role=meta]", sec).textContent =
+    `listens on ${s.listen}` + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)} in service`;
+  const pic = $("svg.picture", sec);
+  const groupsG = $("[data-role=groups]", pic);
+  const linksG = $("[data-role=links]", pic);
+  const groups = s.groups.length ? s.groups : [];
+  const cols = Math.max(1, Math.min(3, Math.ceil(6 / Math.max(1, groups.length))));
+  const width = 800;
+  const gw = (width - GAP * (groups.length + 1)) / Math.max(1, groups.length);
+  const perRow = Math.max(1, Math.min(cols, Math.floor((gw - 2 * GROUP_PAD + GAP) / (TILE_W + GAP))));
+  let height = GROUP_TOP + 60;
+  const seenGroups = new Set();
+  const seenTiles = new Set();
+  linksG.replaceChildren();
+  groups.forEach((g, gi) => {
+    seenGroups.add(g.name);
+    const x = GAP + gi * (gw + GAP);
+    const rows = Math.max(1, Math.ceil(g.targets.length / perRow));
+    const gh = 34 + rows * (TILE_H + GAP) + GROUP_PAD;
+    height = Math.max(height, GROUP_TOP + gh + 10);
+    let node = $(`g.group[data-group="${CSS.escape(g.name)}"]`, groupsG);
+    if (!node) {
+      node = svg("g", { class: "group", "data-group": g.name });
+      node.append(svg("rect", {}), svg("text", { class: "label" }), svg("g", { class: "tiles" }));
+      groupsG.append(node);
+    }
+    node.setAttribute("data-weight", g.weight);
+    node.setAttribute("data-live", g.weight > 0);
+    const r = node.querySelector("rect");
+    r.setAttribute("x", x); r.setAttribute("y", GROUP_TOP); r.setAttribute("width", gw); r.setAttribute("height", gh);
+    const label = node.querySelector("text.label");
+    label.setAttribute("x", x + 10); label.setAttribute("y", GROUP_TOP + 20);
+    label.textContent = `${g.name} group · weight ${g.weight}%`;
+    const link = svg("line", { class: "link", x1: 400, y1: 48, x2: x + gw / 2, y2: GROUP_TOP,
+      "stroke-width": 1 + g.weight / 12, opacity: g.weight > 0 ? 1 : 0.25 });
+    linksG.append(link);
+    const tilesG = node.querySelector("g.tiles");
+    const byName = [...g.targets].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+    byName.forEach((t, i) => {
+      const key = `${t.name}@${t.addr}`;
+      seenTiles.add(key);
+      let tile = [...tilesG.children].find((c) => c.dataset.key === key);
+      if (!tile) {
+        tile = svg("g", { class: "tile", "data-key": key });
+        tile.append(svg("rect", { width: TILE_W, height: TILE_H }),
+          svg("text", { class: "name", x: 8, y: 18 }), svg("text", { class: "small", x: 8, y: 34 }),
+          svg("text", { class: "small", x: 8, y: 49 }));
+        tilesG.append(tile);
+      }
+      const tx = x + GROUP_PAD + (i % perRow) * (TILE_W + GAP);
+      const ty = GROUP_TOP + 30 + Math.floor(i / perRow) * (TILE_H + GAP);
+      tile.setAttribute("transform", `translate(${tx} ${ty})`);
+      tile.style.transform = `translate(${tx}px, ${ty}px)`;
+      tile.dataset.name = t.name;
+      tile.dataset.revision = t.revision;
+      tile.dataset.state = t.state;
+      tile.dataset.group = g.name;
+      tile.querySelector("rect").setAttribute("fill", colour(t.revision));
+      const [name, line1, line2] = tile.querySelectorAll("text");
+      name.textContent = `${t.name} · ${t.revision}`;
+      line1.textContent = t.state;
+      const rate = state.rates.get(`${s.name}/${t.name}/${t.addr}`) || 0;
+      line2.textContent = `${t.in_flight} in flight · ${rate.toFixed(0)} req/s`;
+    });
+    for (const c of [...tilesG.children]) if (!seenTiles.has(c.dataset.key)) c.remove();
+  });
+  for (const n of [...groupsG.children]) if (!seenGroups.has(n.dataset.group)) n.remove();
+  pic.setAttribute("viewBox", `0 0 800 ${height}`);
+  if (s.revision !== null && s.revision !== undefined) {
+    updateDeployment(sec, s);
+    updateHistory(sec, s);
+  }
+}
+
+// ---- actions ----
+
+function deployForm(service) {
+  const rev = el("input", { id: `rev-${service}`, name: "revision", placeholder: "v2", required: true, size: 10, "aria-label": "revision" });
+  const strat = el("select", { id: `strategy-${service}`, name: "strategy", "aria-label": "strategy" },
+    el("option", { value: "", text: "configured strategy" }),
+    el("option", { value: "in-place", text: "in-place" }),
+    el("option", { value: "blue-green", text: "blue/green" }),
+    el("option", { value: "all-at-once", text: "all-at-once" }));
+  const batch = el("input", { id: `batch-${service}`, name: "batch", placeholder: "batch", size: 6, "aria-label": "in-place batch (count, % or auto)" });
+  const msg = el("span", { class: "error", role: "alert", "data-role": "action-error" });
+  const form = el("form", { class: "controls", "data-role": "deploy-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const body = { service, revision: rev.value.trim() };
+    if (strat.value) body.strategy = strat.value;
+    if (batch.value.trim()) body.batch = batch.value.trim();
+    const what = `Deploy ${service} to ${body.revision}` + (body.strategy ? ` (${body.strategy})` : "") + (body.batch ? `, batch ${body.batch}` : "") + "?";
+    if (!(await confirmAction(what))) return;
+    msg.textContent = "";
+    try {
+      await api("POST", "/deployments", body);
+      state.history.get(service) && (state.history.get(service).stale = true);
+      soon(0);
+    } catch (e) {
+      msg.textContent = e.message;
+      onError(e);
+    }
+  } },
+  el("label", { for: `rev-${service}`, text: "Deploy" }), rev, strat, batch,
+  el("button", { type: "submit", class: "primary", "data-action": "deploy", text: "Deploy…" }));
+  const verbs = el("div", { class: "controls", "data-role": "verbs" });
+  for (const [verb, label, cls] of [["pause", "Pause"], ["resume", "Resume"], ["promote", "Promote"], ["abort", "Abort", "danger"], ["rollback", "Rollback", "danger"]]) {
+    verbs.append(el("button", { type: "button", class: cls, "data-action": verb, text: label, onclick: async () => {
+      if (!(await confirmAction(`${label} ${service}?`))) return;
+      msg.textContent = "";
+      try {
+        await api("POST", `/services/${encodeURIComponent(service)}/${verb}`, verb === "rollback" ? {} : undefined);
+        soon(0);
+      } catch (e) {
+        msg.textContent = e.message;
+        onError(e);
+      }
+    } }));
+  }
+  return el("div", {}, form, verbs, msg);
+}
+
+// ---- the deployment: timeline, capacity over time, requests per revision ----
+
+function stepStates(view) {
+  const steps = view.plan ? view.plan.steps : [];
+  const cmp = view.comparison ? view.comparison.steps : [];
+  const active = ["running", "rolling-back", "retained"].includes(view.status);
+  let last = -1;
+  let from = 0;
+  steps.forEach((st, i) => {
+    const j = view.events.slice(from).findIndex((e) => e.message === st.message);
+    if (j >= 0) { last = i; from += j + 1; }
+  });
+  return steps.map((st, i) => ({
+    ...st,
+    measured: cmp[i] ? cmp[i].measured_ms : null,
+    phase: i < last || (i === last && !active) ? "done" : i === last ? "current" : "pending",
+  }));
+}
+
+function updateDeployment(sec, s) {
+  const box = $("[data-role=deployment]", sec);
+  const d = state.deploys.get(s.name);
+  const verbs = $("[data-role=verbs]", sec);
+  const status = d && d.view ? d.view.status : null;
+  const active = ["running", "rolling-back"].includes(status);
+  for (const b of verbs.querySelectorAll("button")) {
+    const v = b.dataset.action;
+    b.disabled = v === "pause" ? !(active && !d.view.paused) : v === "resume" ? !(active && d.view.paused)
+      : v === "promote" ? !(active || status === "retained") : v === "abort" ? !active : false;
+  }
+  $("[data-action=deploy]", sec).disabled = active;
+  if (!d || !d.view) return;
+  const v = d.view;
+  const head = el("p", {},
+    el("strong", { text: `${v.id}: ${v.from} → ${v.to}` }), ` ${v.strategy} `,
+    el("span", { class: "status", "data-role": "status", "data-status": v.status, text: v.paused ? `${v.status} (paused)` : v.status }));
+  if (v.retained_until_ms) head.append(` · blue retained until ${clock(v.retained_until_ms)}`);
+  const list = el("ol", { class: "timeline", "data-role": "timeline" });
+  for (const st of stepStates(v)) {
+    list.append(el("li", { "data-step": st.phase },
+      el("span", { text: String(st.n) }), el("span", { text: st.message }),
+      el("span", { class: "t", text: st.measured !== null && st.measured !== undefined ? `${ms(st.measured)} (plan ${ms(st.ms)})` : `plan ${ms(st.ms)}` })));
+  }
+  const kids = [head];
+  if (v.reason) kids.push(el("p", { class: "error", text: v.reason }));
+  if (v.plan) kids.push(list, capacityChart(d, v));
+  kids.push(revisionSplit(d, v));
+  box.replaceChildren(...kids);
+}
+
+function capacityChart(d, v) {
+  const p = v.plan;
+  const W = 400, H = 90, top = Math.max(p.desired, ...d.series.map((x) => x[1]), ...p.capacity.map((c) => c[1]), 1);
+  const span = Math.max(p.serving_ms || p.duration_ms, d.series.length ? d.series[d.series.length - 1][0] : 0, 1);
+  const X = (t) => (t / span) * W, Y = (n) => H - 6 - (n / top) * (H - 12);
+  const step = (pts) => pts.map(([t, n], i) => (i ? `H${X(t).toFixed(1)}V${Y(n).toFixed(1)}` : `M${X(t).toFixed(1)},${Y(n).toFixed(1)}`)).join("");
+  const c = svg("svg", { class: "capacity", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", "data-role": "capacity", role: "img",
+    "aria-label": "capacity in service over time: planned (dashed) and measured" });
+  c.append(svg("line", { class: "desired", x1: 0, x2: W, y1: Y(p.desired), y2: Y(p.desired) }));
+  const planned = p.capacity.filter(([t]) => t <= span);
+  if (planned.length) c.append(svg("path", { class: "plan", d: step([...planned, [span, planned[planned.length - 1][1]]]) }));
+  if (d.series.length) c.append(svg("path", { class: "live", d: step(d.series) }));
+  return el("div", {}, el("h3", { text: `Capacity in service (of ${p.desired}): plan dashed, measured solid` }), c);
+}
+
+function revisionSplit(d, v) {
+  let figures;
+  if (v.report && v.report.per_revision) {
+    figures = v.report.per_revision.map((r) => [r.revision, r.requests]);
+  } else {
+    figures = [v.from, v.to].map((rev) => [rev, Math.max(0, (d.live?.get(rev) || 0) - (d.base.get(rev) || 0))]);
+  }
+  const total = figures.reduce((n, f) => n + f[1], 0);
+  const bar = el("div", { class: "split", "data-role": "split" });
+  const legend = el("div", { class: "legend" });
+  for (const [rev, n] of figures) {
+    bar.append(el("span", { style: `flex-grow:${total ? n : 1};background:${colour(rev)}`, title: `${rev}: ${n}` }));
+    legend.append(el("span", {}, el("span", { class: "swatch", style: `background:${colour(rev)}` }), `${rev}: ${n.toLocaleString()} requests`));
+  }
+  return el("div", {}, el("h3", { text: "Requests per revision during the deployment" }), bar, legend);
+}
+
+// ---- history and the report view ----
+
+function updateHistory(sec, s) {
+  const box = $("[data-role=history]", sec);
+  const h = state.history.get(s.name);
+  if (!h || h.rendered === h.list) return;
+  h.rendered = h.list;
+  if (!h.list.length) {
+    box.replaceChildren(el("p", { class: "muted", text: "No deployments yet." }));
+    return;
+  }
+  const t = el("table", { class: "history" });
+  t.append(el("tr", {}, ...["", "revisions", "strategy", "status", "took", "plan", "floor", "mixed"].map((x, i) => el("th", { class: i > 3 ? "num" : "", text: x }))));
+  for (const d of h.list.slice(0, 12)) {
+    const r = d.report || {};
+    t.append(el("tr", {},
+      el("td", {}, el("button", { type: "button", class: "quiet", "data-action": "report", "data-id": d.id, text: d.id, onclick: () => showReport(d.id) })),
+      el("td", { text: `${d.from} → ${d.to}` }), el("td", { text: d.strategy }),
+      el("td", {}, el("span", { class: "status", "data-status": d.status, text: d.status })),
+      el("td", { class: "num", text: ms(r.duration_ms) }), el("td", { class: "num", text: ms(d.plan?.duration_ms) }),
+      el("td", { class: "num", text: r.capacity_floor !== undefined ? `${r.capacity_floor}/${r.desired}` : "—" }),
+      el("td", { class: "num", text: ms(r.mixed_window_ms) })));
+  }
+  box.replaceChildren(el("div", { class: "table-wrap" }, t));
+}
+
+async function showReport(id) {
+  const v = await api("GET", `/deployments/${encodeURIComponent(id)}`).catch((e) => { onError(e); return null; });
+  if (!v) return;
+  $("#report-title").textContent = `${v.id}: ${v.from} → ${v.to} (${v.strategy}), ${v.status}`;
+  const body = [];
+  if (v.reason) body.push(el("p", { class: "error", text: v.reason }));
+  if (v.report) {
+    const r = v.report;
+    body.push(el("p", { text: `took ${ms(r.duration_ms)} · capacity floor ${r.capacity_floor}/${r.desired} · mixed versions ${ms(r.mixed_window_ms)} · peak ${r.peak_instances} instances` + (r.rollback_ms ? ` · rollback ${ms(r.rollback_ms)}` : "") }));
+  }
+  if (v.comparison) {
+    const t = el("table", { class: "history" }, el("tr", {}, el("th", { text: "#" }), el("th", { text: "step" }), el("th", { class: "num", text: "predicted" }), el("th", { class: "num", text: "measured" })));
+    for (const st of v.comparison.steps) {
+      t.append(el("tr", {}, el("td", { text: String(st.n) }), el("td", { text: st.message }), el("td", { class: "num", text: ms(st.predicted_ms) }), el("td", { class: "num", text: ms(st.measured_ms) })));
+    }
+    body.push(el("h3", { text: "Predicted beside measured" }), t);
+    if (v.comparison.callouts.length) body.push(el("ul", { class: "callouts" }, ...v.comparison.callouts.map((c) => el("li", { text: c }))));
+  }
+  body.push(el("h3", { text: "Events" }), el("div", { class: "events", text: v.events.map((e) => `${clock(e.at_ms)}  ${e.message}`).join("\n") }));
+  $("#report-body").replaceChildren(...body);
+  $("#report").showModal();
+}
+
+// ---- start ----
+
+function showLogin(message) {
+  $("#login").hidden = false;
+  $("#services").hidden = true;
+  $("#logout").hidden = true;
+  $("#login-error").textContent = message || "";
+  $("#conn").dataset.state = "offline";
+  $("#conn").textContent = "not connected";
+  if (streamAbort) streamAbort.abort();
+  $("#token").focus();
+}
+
+function start() {
+  $("#login").hidden = true;
+  $("#services").hidden = false;
+  $("#logout").hidden = false;
+  refresh().then(() => stream()).catch(onError);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  takeTokenFromFragment();
+  $("#login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    $("#token").value = "";
+    start();
+  });
+  $("#logout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("");
+  });
+  setInterval(() => { if (token() && $("#login").hidden) soon(0); }, 1000);
+  if (token()) start(); else showLogin("");
+});
