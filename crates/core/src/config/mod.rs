@@ -9,6 +9,7 @@
 pub mod defaults;
 mod locate;
 pub mod raw;
+mod sections;
 mod validate;
 
 use std::collections::BTreeMap;
