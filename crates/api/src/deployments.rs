@@ -18,15 +18,9 @@ pub(crate) async fn deploy(
     State(s): State<AdminState>,
     body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(b) = match body {
+    let b = match json_body(body, "deploy") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("bad deploy body: {}", e.body_text()),
-            )
-        }
+        Err(r) => return r,
     };
     let d = match deployer(&s, &b.service) {
         Ok(d) => d,
@@ -70,6 +64,21 @@ pub(crate) async fn deploy(
         Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
         Err(e) => deploy_error(e),
     }
+}
+
+/// A JSON body, or the API's own 400 naming what is wrong with it.
+#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    what: &str,
+) -> Result<T, Response> {
+    body.map(|Json(b)| b).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("bad {what} body: {}", e.body_text()),
+        )
+    })
 }
 
 /// The strategy (`all`: every one, for `plan`), batch and revision of a
@@ -337,15 +346,9 @@ pub(crate) async fn plan(
     Path(name): Path<String>,
     body: Result<Json<PlanBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(b) = match body {
+    let b = match json_body(body, "plan") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("bad plan body: {}", e.body_text()),
-            )
-        }
+        Err(r) => return r,
     };
     let d = match deployer(&s, &name) {
         Ok(d) => d,

@@ -83,13 +83,7 @@ impl Seen {
 
     fn sample(&mut self, p: &ServiceProxy, from: &str, to: &str, alive: usize) {
         let table = p.table();
-        let in_service = table
-            .groups
-            .iter()
-            .filter(|g| g.weight > 0)
-            .flat_map(|g| g.targets.iter())
-            .filter(|t| t.state() == TargetState::Healthy)
-            .count();
+        let in_service = table.in_service();
         self.floor = Some(self.floor.map_or(in_service, |f| f.min(in_service)));
         if self.healthy.is_none() {
             let all = table

@@ -34,6 +34,17 @@ impl RoutingTable {
             .flat_map(|g| g.targets.iter().map(move |t| (g, t)))
     }
 
+    /// Healthy targets taking traffic (in a group of weight > 0): the
+    /// capacity in service.
+    pub fn in_service(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.targets.iter())
+            .filter(|t| t.state() == handoff_core::TargetState::Healthy)
+            .count()
+    }
+
     pub fn find(&self, id: u64) -> Option<&Arc<Target>> {
         self.targets().map(|(_, t)| t).find(|t| t.id == id)
     }

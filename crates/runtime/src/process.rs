@@ -42,6 +42,15 @@ impl ProcessRuntime {
         }
     }
 
+    /// The exit watch of a child we spawned (none for adopted processes).
+    fn child(&self, pid: u32) -> Option<watch::Receiver<Option<Exit>>> {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned()
+    }
+
     fn render(spec: &InstanceSpec) -> Result<String, RuntimeError> {
         let mut out = String::with_capacity(spec.command.len() + 16);
         let mut rest = spec.command.as_str();
@@ -193,12 +202,7 @@ impl Runtime for ProcessRuntime {
         spec: &InstanceSpec,
         inst: &RunningInstance,
     ) -> Result<(), RuntimeError> {
-        let rx = self
-            .children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&inst.pid)
-            .cloned();
+        let rx = self.child(inst.pid);
         let Some(mut rx) = rx else {
             return Ok(()); // adopted: it has long been running
         };
@@ -275,12 +279,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn exited(&self, inst: &RunningInstance) -> Exit {
-        let rx = self
-            .children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&inst.pid)
-            .cloned();
+        let rx = self.child(inst.pid);
         match rx {
             Some(mut rx) => match rx.wait_for(|e| e.is_some()).await {
                 Ok(e) => e.unwrap_or(Exit::Unknown),

@@ -163,17 +163,9 @@ impl<R: Runtime> Fleet<R> {
             .clone()
     }
 
-    /// Records an event of the fleet (or of a deployment) in the store.
     /// Healthy targets taking traffic now.
     pub fn in_service(&self) -> usize {
-        let table = self.proxy.table();
-        table
-            .groups
-            .iter()
-            .filter(|g| g.weight > 0)
-            .flat_map(|g| g.targets.iter())
-            .filter(|t| t.state() == handoff_core::TargetState::Healthy)
-            .count()
+        self.proxy.table().in_service()
     }
 
     pub fn stop_grace(&self) -> Duration {
@@ -193,6 +185,7 @@ impl<R: Runtime> Fleet<R> {
             .observe(self.name(), kind, took.as_millis() as u64);
     }
 
+    /// Records an event of the fleet (or of a deployment) in the store.
     pub fn event(&self, instance: Option<&str>, kind: &str, message: &str) {
         tracing::info!(service = %self.name(), instance = instance.unwrap_or("-"), kind, "{message}");
         if let Err(e) = self.store.event(self.name(), instance, kind, message) {

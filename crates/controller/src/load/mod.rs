@@ -13,7 +13,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handoff_core::TargetState;
 use handoff_proxy::ServiceProxy;
 use serde::{Deserialize, Serialize};
 
@@ -94,13 +93,7 @@ impl LoadMeter {
             in_flight += t.in_flight();
         }
         g.last = seen;
-        let in_service = table
-            .groups
-            .iter()
-            .filter(|g| g.weight > 0)
-            .flat_map(|g| g.targets.iter())
-            .filter(|t| t.state() == TargetState::Healthy)
-            .count();
+        let in_service = table.in_service();
         let s = Sample {
             at_ms: self.epoch.elapsed().as_millis() as u64,
             requests: g.total,
