@@ -8,7 +8,8 @@ use crate::AdminState;
 /// `GET /events`: server-sent events, `event: deployment` for every recorded
 /// deployment step and `event: target` for every target state change, each
 /// source in the order it happened. A subscriber too slow to keep up gets
-/// an `event: lagged` saying how many it missed, never a silent gap.
+/// an `event: lagged` saying how many it missed, never a silent gap. The
+/// stream ends (cleanly) when the daemon stops.
 pub(crate) async fn events(State(s): State<AdminState>) -> impl IntoResponse {
     use axum::response::sse::{Event as Sse, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
@@ -53,10 +54,15 @@ pub(crate) async fn events(State(s): State<AdminState>) -> impl IntoResponse {
         });
     }
     drop(tx);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
-    });
+    // Ends when the daemon stops (the body then closes with its last chunk).
+    let stopping = s.stopping.clone();
+    let stream =
+        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+            let e = tokio::select! {
+                e = rx.recv() => e,
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            e.map(|e| (Ok::<_, std::convert::Infallible>(e), (rx, stopping)))
+        });
     axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default())
 }

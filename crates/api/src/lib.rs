@@ -57,6 +57,9 @@ pub struct AdminState {
     pub token: Arc<str>,
     /// Target state changes of every service.
     pub target_events: tokio::sync::broadcast::Sender<handoff_proxy::TargetEvent>,
+    /// Turns true when the daemon stops: open event streams end cleanly, so
+    /// the graceful shutdown of the admin server need not cut them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The API described for people and schema-driven tools (public, like

@@ -203,6 +203,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
             .map(|(n, d)| (n.clone(), d.clone()))
             .collect(),
     }));
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
         logs_dir: cfg.server.state_dir.join("logs"),
@@ -215,6 +216,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
         deployers: Arc::new(deployers),
         token: token.as_str().into(),
         target_events: proxy.events(),
+        stopping: stopping_rx,
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {
@@ -234,6 +236,8 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    // Live views (dashboards, `/events` followers) learn it first.
+    let _ = stopping.send(true);
     tokio::task::spawn_blocking(move || server.shutdown()).await?;
     if opts.keep_instances {
         tracing::info!(
@@ -246,9 +250,9 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     }
     rotation.abort();
     let _ = stop_admin.send(());
-    // Graceful shutdown waits for every admin connection, and an open
-    // event stream (`GET /events`) never ends by itself: give the rest a
-    // moment, then cut them.
+    // Graceful shutdown waits for every admin connection; event streams
+    // ended when `stopping` turned. A client that holds a connection open
+    // otherwise gets 2 s, then it is cut.
     let mut admin_task = admin_task;
     if tokio::time::timeout(std::time::Duration::from_secs(2), &mut admin_task)
         .await

@@ -189,3 +189,38 @@ fn the_dashboard_is_public_holds_no_data_and_serve_prints_its_link() {
     assert!(raw_get(env.admin, "/services").starts_with("HTTP/1.1 401"));
     stop(env);
 }
+
+#[test]
+fn an_open_event_stream_ends_cleanly_when_the_daemon_stops() {
+    use std::io::{Read, Write};
+    let env = setup(1, "");
+    let mut s = std::net::TcpStream::connect(env.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(env.dir.path())
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    env.daemon.signal(libc::SIGTERM);
+    // Read to the end: a stream the server ends has its last chunk; one the
+    // shutdown cut would stop short of it.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the stream did not end: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "cut, not ended: {text:?}");
+    stop(env);
+}
