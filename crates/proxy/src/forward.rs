@@ -113,11 +113,7 @@ pub(crate) async fn handle(
         match sent {
             Err(_) => {
                 last = Failure::Timeout;
-                t.passive_failure(
-                    svc.health.passive_failures,
-                    svc.health.ejection_time,
-                    svc.health.max_ejection_time,
-                );
+                svc.passive_failure(&t);
                 break;
             }
             Ok(Ok(resp)) => {
@@ -148,11 +144,7 @@ pub(crate) async fn handle(
                     break;
                 }
                 last = Failure::Upstream;
-                t.passive_failure(
-                    svc.health.passive_failures,
-                    svc.health.ejection_time,
-                    svc.health.max_ejection_time,
-                );
+                svc.passive_failure(&t);
                 // Nothing of the response arrived, so an idempotent,
                 // body-less request is safe to send once more elsewhere:
                 // a stale keep-alive connection (reused) or an instance
@@ -219,11 +211,7 @@ async fn connection(
                 _ => "timed out".into(),
             };
             tracing::debug!(service = %svc.name, target = %t.name, addr = %t.addr, error = %why, "connect failed");
-            t.passive_failure(
-                svc.health.passive_failures,
-                svc.health.ejection_time,
-                svc.health.max_ejection_time,
-            );
+            svc.passive_failure(t);
             Err(())
         }
     }
@@ -241,11 +229,7 @@ fn relay(
     let t = &claim.0;
     let status = resp.status();
     if status.is_server_error() {
-        t.passive_failure(
-            svc.health.passive_failures,
-            svc.health.ejection_time,
-            svc.health.max_ejection_time,
-        );
+        svc.passive_failure(t);
     } else {
         t.passive_ok();
     }

@@ -248,6 +248,7 @@ mod tests {
             passive_failures: 5,
             ejection_time: Duration::from_secs(1),
             max_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 50,
         }
     }
 

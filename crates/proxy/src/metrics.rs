@@ -70,10 +70,12 @@ pub struct ServiceStats {
     pub bad_request: AtomicU64,
     pub header_timeout: AtomicU64,
     pub retries: AtomicU64,
+    /// Ejections passive checks wanted but `max_ejection_percent` refused.
+    pub ejections_limited: AtomicU64,
 }
 
 impl ServiceStats {
-    fn reasons(&self) -> [(&'static str, u64); 7] {
+    fn reasons(&self) -> [(&'static str, u64); 8] {
         [
             ("no_healthy_target", self.no_healthy_target.load(Relaxed)),
             ("connect_failed", self.connect_failed.load(Relaxed)),
@@ -82,6 +84,7 @@ impl ServiceStats {
             ("bad_request", self.bad_request.load(Relaxed)),
             ("header_timeout", self.header_timeout.load(Relaxed)),
             ("retry", self.retries.load(Relaxed)),
+            ("ejection_limited", self.ejections_limited.load(Relaxed)),
         ]
     }
 }

@@ -261,6 +261,30 @@ impl ServiceProxy {
     }
 
     /// Target state changes of this proxy (all services), in order.
+    /// Real traffic failed on `t` (connect error, timeout or 5xx): counts
+    /// towards its passive ejection, which `health.max_ejection_percent`
+    /// limits per group. One target may always go; beyond that, a failure
+    /// that many targets share is more likely the app's dependency than the
+    /// targets, and their own answers beat handoff's 503.
+    pub(crate) fn passive_failure(&self, t: &Target) {
+        let h = &self.health;
+        t.passive_failure(h.passive_failures, h.ejection_time, h.max_ejection_time, || {
+            let table = self.table();
+            let Some(g) = table.groups.iter().find(|g| g.name == t.group) else {
+                return true;
+            };
+            let registered = g.targets.iter().filter(|x| x.state().is_registered()).count();
+            let ejected = g.targets.iter().filter(|x| x.ejected()).count();
+            let ok = ejected == 0 || (ejected + 1) * 100 <= h.max_ejection_percent as usize * registered;
+            if !ok {
+                self.stats.ejections_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(service = %self.name, target = %t.name, ejected, of = registered,
+                    "not ejected: max_ejection_percent {}% of the group is out already", h.max_ejection_percent);
+            }
+            ok
+        });
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<TargetEvent> {
         self.events.subscribe()
     }

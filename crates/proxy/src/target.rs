@@ -368,14 +368,16 @@ impl Target {
     /// Real traffic failed (connect error or 5xx). After `limit` in a row the
     /// target is ejected for `base * 2^(ejections)`, capped at `max`.
     /// Returns the ejection length when this call ejected it.
+    /// `may_eject` is asked only then (it reads the routing table).
     pub(crate) fn passive_failure(
         &self,
         limit: u32,
         base: Duration,
         max: Duration,
+        may_eject: impl FnOnce() -> bool,
     ) -> Option<Duration> {
         let n = self.passive_failures.fetch_add(1, Relaxed) + 1;
-        if n < limit || self.state() != TargetState::Healthy {
+        if n < limit || self.state() != TargetState::Healthy || !may_eject() {
             return None;
         }
         let k = self.ejections.fetch_add(1, Relaxed).min(16);

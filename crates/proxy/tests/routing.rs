@@ -294,3 +294,43 @@ async fn a_target_that_never_listens_is_still_reported_unhealthy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_never_takes_out_more_than_max_ejection_percent() {
+    // Every target fails (a shared dependency is down): ejecting them all
+    // would turn the app's own answers into handoff's 503 for everyone.
+    let ups = [
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+        upstream("d").await,
+    ];
+    let mut h = health(50);
+    h.ejection_time = Duration::from_secs(30);
+    h.max_ejection_time = Duration::from_secs(60);
+    h.max_ejection_percent = 50;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
+    for u in &ups {
+        p.add_default(u);
+    }
+    p.wait_healthy(4).await;
+    for u in &ups {
+        u.fail.store(true, Relaxed);
+    }
+    let mut c = Client::connect(p.addr).await;
+    for _ in 0..100 {
+        let _ = c.get("/").await;
+    }
+    let out = p
+        .svc
+        .table()
+        .targets()
+        .filter(|(_, t)| t.state() == TargetState::Unhealthy)
+        .count();
+    assert_eq!(out, 2, "half of 4 at the most");
+    // The other two still answer: their 500s are relayed, no 503.
+    for _ in 0..10 {
+        assert_eq!(c.get("/").await.unwrap().0, 500);
+    }
+    assert!(p.svc.stats.ejections_limited.load(Relaxed) > 0);
+}

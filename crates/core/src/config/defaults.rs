@@ -40,3 +40,7 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_ERROR_RATE_INCREASE: f64 = 0.05;
 pub const MAX_P99_RATIO: f64 = 2.0;
 pub const MIN_REQUESTS: u64 = 20;
+/// Passive ejection never takes out more of a group than this (percent;
+/// one target always may be): a shared failure (a database down) must not
+/// turn every answer into handoff's own 503.
+pub const MAX_EJECTION_PERCENT: u32 = 50;

@@ -177,6 +177,9 @@ pub struct Health {
     /// First ejection length; doubles on each repeat up to `max_ejection_time`.
     pub ejection_time: Duration,
     pub max_ejection_time: Duration,
+    /// Most of a group that passive ejection may take out at once, in
+    /// percent; one target may always be ejected.
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -60,6 +60,7 @@ pub struct RawHealth {
     pub passive_failures: Option<i64>,
     pub ejection_time: Option<String>,
     pub max_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +163,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "passive_failures",
             "ejection_time",
             "max_ejection_time",
+            "max_ejection_percent",
         ],
         ["services", _, "drain"] => &["timeout"],
         ["services", _, "proxy"] => &[

@@ -145,6 +145,13 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
         ),
         ejection_time,
         max_ejection_time,
+        max_ejection_percent: cx.int_in(
+            k("max_ejection_percent"),
+            r.max_ejection_percent,
+            d::MAX_EJECTION_PERCENT.into(),
+            0,
+            100,
+        ) as u32,
     }
 }
 

@@ -207,6 +207,7 @@ pub fn health(interval_ms: u64) -> Health {
         passive_failures: 3,
         ejection_time: Duration::from_millis(500),
         max_ejection_time: Duration::from_secs(5),
+        max_ejection_percent: 50,
     }
 }
 
