@@ -5,7 +5,8 @@ use axum::response::IntoResponse;
 
 use crate::AdminState;
 
-/// `GET /events`: server-sent events, `event: deployment` for every recorded
+/// `GET /events`: server-sent events: `event: ready` at once, then
+/// `event: deployment` for every recorded
 /// deployment step and `event: target` for every target state change, each
 /// source in the order it happened. A subscriber too slow to keep up gets
 /// an `event: lagged` saying how many it missed, never a silent gap. The
@@ -14,6 +15,10 @@ pub(crate) async fn events(State(s): State<AdminState>) -> impl IntoResponse {
     use axum::response::sse::{Event as Sse, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
     let (tx, rx) = tokio::sync::mpsc::channel::<Sse>(1024);
+    // A first event at once: the response head goes out with the first
+    // chunk, and a client (a browser's fetch) should not wait for news to
+    // learn that it is connected.
+    let _ = tx.try_send(Sse::default().event("ready").data("connected"));
     let mut targets = s.target_events.subscribe();
     let t2 = tx.clone();
     tokio::spawn(async move {

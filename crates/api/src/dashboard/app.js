@@ -318,8 +318,9 @@ function updateService(sec, s) {
       }
       const tx = x + GROUP_PAD + (i % perRow) * (TILE_W + GAP);
       const ty = GROUP_TOP + 30 + Math.floor(i / perRow) * (TILE_H + GAP);
+      // The SVG attribute, not a CSS transform: browsers disagree on CSS
+      // units inside a scaled viewBox. States animate (colours, outline).
       tile.setAttribute("transform", `translate(${tx} ${ty})`);
-      tile.style.transform = `translate(${tx}px, ${ty}px)`;
       tile.dataset.name = t.name;
       tile.dataset.revision = t.revision;
       tile.dataset.state = t.state;
@@ -536,7 +537,10 @@ function start() {
   $("#login").hidden = true;
   $("#services").hidden = false;
   $("#logout").hidden = false;
-  refresh().then(() => stream()).catch(onError);
+  // The stream re-reads the state as soon as it is connected; a failed
+  // first read must not keep it from starting.
+  refresh().catch(onError);
+  stream();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
