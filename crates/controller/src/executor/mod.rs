@@ -102,14 +102,6 @@ pub fn status_str(s: Status) -> &'static str {
     }
 }
 
-fn kind_str(k: Kind) -> &'static str {
-    match k {
-        Kind::InPlace => "in-place",
-        Kind::BlueGreen => "blue-green",
-        Kind::AllAtOnce => "all-at-once",
-    }
-}
-
 impl<R: Runtime> Deployer<R> {
     pub fn new(fleet: Arc<Fleet<R>>) -> Arc<Self> {
         Arc::new(Deployer {
@@ -186,7 +178,7 @@ impl<R: Runtime> Deployer<R> {
         self.save(
             &d,
             "created",
-            &format!("deploying {} → {} ({})", d.from, d.to, kind_str(d.strategy)),
+            &format!("deploying {} → {} ({})", d.from, d.to, d.strategy.as_str()),
             None,
         )?;
         if let Ok(p) = serde_json::to_string(&prediction) {
@@ -281,7 +273,7 @@ impl<R: Runtime> Deployer<R> {
                 service: d.service.clone(),
                 from: d.from.clone(),
                 to: d.to.clone(),
-                strategy: kind_str(d.strategy).into(),
+                strategy: d.strategy.as_str().into(),
                 status: status_str(d.status).into(),
                 state: serde_json::to_string(d).unwrap_or_default(),
                 report: report.map(|r| serde_json::to_string(r).unwrap_or_default()),
@@ -371,7 +363,7 @@ impl<R: Runtime> Deployer<R> {
                 service: d.service.clone(),
                 from: d.from.clone(),
                 to: d.to.clone(),
-                strategy: kind_str(d.strategy).into(),
+                strategy: d.strategy.as_str().into(),
                 outcome: status_str(d.status).into(),
                 desired: d.fleet.len(),
                 reason: d.reason.clone(),

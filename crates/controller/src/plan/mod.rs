@@ -44,6 +44,17 @@ pub enum Kind {
     AllAtOnce,
 }
 
+impl Kind {
+    /// The name in config, API and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::InPlace => "in-place",
+            Kind::BlueGreen => "blue-green",
+            Kind::AllAtOnce => "all-at-once",
+        }
+    }
+}
+
 impl From<handoff_core::config::Strategy> for Kind {
     fn from(s: handoff_core::config::Strategy) -> Kind {
         use handoff_core::config::Strategy as S;

@@ -457,7 +457,7 @@ pub fn predict(d: &Deployment, timings: &Timings) -> Prediction {
         .min()
         .unwrap_or(0);
     let desired = d.fleet.len();
-    let strategy = kind_name(d.strategy).to_string();
+    let strategy = d.strategy.as_str().to_string();
     let without_retention = end.saturating_sub(match d.strategy {
         Kind::BlueGreen => timings.retention_ms,
         _ => 0,
@@ -502,14 +502,6 @@ pub fn predict(d: &Deployment, timings: &Timings) -> Prediction {
         extra_instances: peak.saturating_sub(desired),
         rollback,
         timings: timings.clone(),
-    }
-}
-
-pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::InPlace => "in-place",
-        Kind::BlueGreen => "blue-green",
-        Kind::AllAtOnce => "all-at-once",
     }
 }
 
