@@ -131,8 +131,27 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
         Duration::from_secs(5),
         "return document.querySelector('#report').open && document.querySelector('#report-body').textContent.includes('Predicted beside measured');",
     );
+    b.click("#report-close");
+
+    // Blue is retained: Rollback on the page is the instant flip.
+    b.click("[data-service=web] [data-action=rollback]");
+    b.wait_until(
+        "the rollback's confirmation",
+        Duration::from_secs(5),
+        "return document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent === 'Rollback web?';",
+    );
+    b.click("#confirm-ok");
+    b.wait_until(
+        "traffic back on blue, the deployment rolled back",
+        Duration::from_secs(15),
+        "return document.querySelector('.group[data-group=\"blue\"]')?.dataset.weight === '100' \
+           && document.querySelector('[data-service=web] [data-role=status]')?.dataset.status === 'rolled-back';",
+    );
     drop(b);
-    l.finish();
+    // The load saw v1 again after v2, and nothing failed.
+    let seen = l.finish();
+    assert_eq!(seen.last().map(|(v, _)| v.as_str()), Some("v1"));
+    assert!(seen.iter().any(|(v, _)| v == "v2"));
     stop(env);
 }
 
