@@ -118,18 +118,7 @@ fn refuses_a_newer_schema() {
 #[test]
 fn deployment_state_and_events_are_written_together() {
     let s = Store::memory().unwrap();
-    let mut d = DeploymentRecord {
-        id: "web-1".into(),
-        service: "web".into(),
-        from: "v1".into(),
-        to: "v2".into(),
-        strategy: "in-place".into(),
-        status: "running".into(),
-        state: "{}".into(),
-        report: None,
-        created_ms: 0,
-        updated_ms: 0,
-    };
+    let mut d = running_web_1();
     s.save_deployment(&d, Some(("start", "deploying v2")))
         .unwrap();
     d.status = "succeeded".into();
@@ -199,18 +188,7 @@ fn observations_keep_the_newest_per_kind() {
 #[test]
 fn a_deployment_keeps_its_plan() {
     let s = Store::memory().unwrap();
-    let d = DeploymentRecord {
-        id: "web-1".into(),
-        service: "web".into(),
-        from: "v1".into(),
-        to: "v2".into(),
-        strategy: "in-place".into(),
-        status: "running".into(),
-        state: "{}".into(),
-        report: None,
-        created_ms: 0,
-        updated_ms: 0,
-    };
+    let d = running_web_1();
     s.save_deployment(&d, None).unwrap();
     assert_eq!(s.deployment_plan("web-1").unwrap(), None);
     s.set_deployment_plan("web-1", "{\"steps\":[]}").unwrap();
@@ -221,4 +199,20 @@ fn a_deployment_keeps_its_plan() {
         Some("{\"steps\":[]}")
     );
     assert_eq!(s.deployment_plan("nope").unwrap(), None);
+}
+
+/// A running in-place deployment `web-1` of `web`, v1 → v2.
+fn running_web_1() -> DeploymentRecord {
+    DeploymentRecord {
+        id: "web-1".into(),
+        service: "web".into(),
+        from: "v1".into(),
+        to: "v2".into(),
+        strategy: "in-place".into(),
+        status: "running".into(),
+        state: "{}".into(),
+        report: None,
+        created_ms: 0,
+        updated_ms: 0,
+    }
 }
