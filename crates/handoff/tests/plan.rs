@@ -6,7 +6,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
 use common::scenario::*;
+use common::*;
 
 fn json_of(out: &str) -> serde_json::Value {
     let start = out.find('{').unwrap_or_else(|| panic!("no JSON in {out}"));
@@ -100,22 +103,29 @@ fn each_predicted_step_is_within_tolerance_of_the_real_executor() {
     assert!(ok, "{out}");
 
     // Under load, `--batch auto` sizes the batch from what the proxy
-    // measured and says so.
-    let (ok, out) = env.cli(&[
-        "plan",
-        "web",
-        "v9",
-        "--strategy",
-        "in-place",
-        "--batch",
-        "auto",
-        "--json",
-    ]);
-    assert!(ok, "{out}");
-    let why = json_of(&out)["plans"][0]["batch_choice"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // measured and says so (once the meter has a second sample of it).
+    let why = poll(
+        "the load meter to see the load",
+        Duration::from_secs(10),
+        || {
+            let (ok, out) = env.cli(&[
+                "plan",
+                "web",
+                "v9",
+                "--strategy",
+                "in-place",
+                "--batch",
+                "auto",
+                "--json",
+            ]);
+            assert!(ok, "{out}");
+            let why = json_of(&out)["plans"][0]["batch_choice"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (!why.contains("no load measured")).then_some(why)
+        },
+    );
     assert!(
         why.starts_with("auto: ") && why.contains(" req/s and ") && why.ends_with(" of 2"),
         "{why}"

@@ -72,6 +72,9 @@ pub struct ServiceStats {
     pub retries: AtomicU64,
     /// Ejections passive checks wanted but `max_ejection_percent` refused.
     pub ejections_limited: AtomicU64,
+    /// Requests answered by targets since removed from the table, so that
+    /// a service's total survives the targets a deploy replaces.
+    pub retired_requests: AtomicU64,
 }
 
 impl ServiceStats {

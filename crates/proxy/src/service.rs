@@ -245,7 +245,26 @@ impl ServiceProxy {
             tab.groups.retain(|g| !g.targets.is_empty() || g.weight > 0);
             Ok(())
         })?;
+        // After the swap: a reader may see the total dip for a moment,
+        // never count the target twice.
+        self.stats
+            .retired_requests
+            .fetch_add(t.stats.requests(), std::sync::atomic::Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Requests answered so far by every target the service has had.
+    /// Monotonic but for a moment during a removal (see `remove`).
+    pub fn requests_total(&self) -> u64 {
+        let live: u64 = self
+            .table()
+            .targets()
+            .map(|(_, t)| t.stats.requests())
+            .sum();
+        live + self
+            .stats
+            .retired_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes a target out of service at once because it is known dead (its

@@ -334,3 +334,19 @@ async fn passive_ejection_never_takes_out_more_than_max_ejection_percent() {
     }
     assert!(p.svc.stats.ejections_limited.load(Relaxed) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_request_total_keeps_what_removed_targets_answered() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
+    let aid = p.add_default(&a);
+    p.add_default(&b);
+    p.wait_healthy(2).await;
+    tally(p.addr, 20).await;
+    assert_eq!(p.svc.requests_total(), 20);
+    p.svc.remove(aid, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(p.svc.requests_total(), 20, "a's answers went with it");
+    tally(p.addr, 5).await;
+    assert_eq!(p.svc.requests_total(), 25);
+}

@@ -1,15 +1,14 @@
 //! What the proxy currently carries for a service, for `batch = "auto"`.
 //!
-//! A [`LoadMeter`] samples the service's routing table once a second
-//! (requests counted per target and accumulated as deltas, so targets that
-//! leave the table do not take their history with them; requests in flight;
-//! healthy targets in service) and keeps ten minutes. From the samples come
+//! A [`LoadMeter`] samples the service once a second (its request total,
+//! which keeps what removed targets answered; requests in flight; healthy
+//! targets in service) and keeps ten minutes. From the samples come
 //! the load now (requests per second over the last minute, in flight over
 //! the last 10 s) and what one instance has been seen to carry (the busiest
 //! 10 s per instance in the window). [`auto_batch`] turns those into the
 //! largest in-place batch that leaves enough capacity, and says why.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,8 +47,6 @@ pub struct Load {
 #[derive(Default)]
 struct Inner {
     samples: VecDeque<Sample>,
-    last: HashMap<u64, u64>,
-    total: u64,
 }
 
 pub struct LoadMeter {
@@ -82,26 +79,23 @@ impl LoadMeter {
 
     fn sample(&self, p: &ServiceProxy) {
         let table = p.table();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut in_flight = 0;
-        let mut seen = HashMap::new();
-        for (_, t) in table.targets() {
-            let n = t.stats.requests();
-            let prev = g.last.get(&t.id).copied().unwrap_or(n);
-            g.total += n.saturating_sub(prev);
-            seen.insert(t.id, n);
-            in_flight += t.in_flight();
-        }
-        g.last = seen;
+        let in_flight = table.targets().map(|(_, t)| t.in_flight()).sum();
         let in_service = table.in_service();
         let s = Sample {
             at_ms: self.epoch.elapsed().as_millis() as u64,
-            requests: g.total,
+            // The service's total, which keeps what removed targets
+            // answered: a deploy replaces targets between two samples.
+            // Held monotonic across the brief dip of a removal.
+            requests: p.requests_total().max(self.last_total()),
             in_flight,
             in_service,
         };
-        drop(g);
         self.record(s);
+    }
+
+    fn last_total(&self) -> u64 {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.samples.back().map_or(0, |s| s.requests)
     }
 
     /// Adds a sample (the sampler's, or a test's synthetic load).
