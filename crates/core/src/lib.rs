@@ -8,8 +8,10 @@
 //! reading the config file, so every crate (proxy, runtime, store, controller,
 //! api, the binary) can depend on it without pulling in a runtime.
 
+pub mod command;
 pub mod config;
 pub mod duration;
+pub mod names;
 pub mod state;
 
 pub use config::{Config, ConfigError, ConfigProblem};

@@ -34,7 +34,8 @@ impl<'a> Doc<'a> {
         let mut best = 0;
         let mut item: Option<&Item> = None;
         let mut table = Some(self.doc.as_table() as &dyn toml_edit::TableLike);
-        for seg in key.split('.') {
+        for seg in segments(key) {
+            let seg = seg.as_str();
             // `targets.1` style paths index into arrays.
             if let (Some(Item::Value(toml_edit::Value::Array(a))), Ok(i)) =
                 (item, seg.parse::<usize>())
@@ -57,6 +58,38 @@ impl<'a> Doc<'a> {
             table = v.as_table_like();
         }
         best
+    }
+}
+
+/// The segments of a dotted key; a segment may be a quoted TOML key
+/// (`services."my.app"`), which keeps its dots.
+fn segments(key: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = key.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        let cur = out.last_mut().expect("never empty");
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => cur.extend(chars.next()),
+            '.' if !quoted => out.push(String::new()),
+            c => cur.push(c),
+        }
+    }
+    out
+}
+
+/// `name` as one segment of a dotted key: bare when TOML allows it, else
+/// quoted (so `services."my.app"` names the table the file has).
+pub fn key_segment(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
     }
 }
 

@@ -123,8 +123,8 @@ pub struct Managed {
     /// Revision to bring up on first start.
     pub revision: String,
     pub instances: u32,
-    /// Command template; placeholders `{port}`, `{revision}`, `{instance}`,
-    /// `{service}`, `{release_dir}`.
+    /// Command template; its placeholders are [`crate::command::PLACEHOLDERS`],
+    /// filled by [`crate::command::render`].
     pub command: String,
     /// SIGTERM → SIGKILL grace when stopping an instance.
     pub stop_grace: Duration,

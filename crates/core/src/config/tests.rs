@@ -253,3 +253,209 @@ fn auto_batch_headroom_and_capacity() {
     assert_eq!(parse_batch("25%"), Ok(Batch::Amount(Amount::Percent(25))));
     assert!(parse_batch("x").unwrap_err().contains("nor \"auto\""));
 }
+
+#[test]
+fn ids_follow_the_one_rule_and_are_located() {
+    let text = "[services.web]\nlisten = \"127.0.0.1:8080\"\nrevision = \"$(touch /tmp/x)\"\n\
+        instances = 1\ncommand = \"app {port}\"\n\n[services.\"my.app\"]\nlisten = \"127.0.0.1:8081\"\n\
+        targets = [\"127.0.0.1:9001\"]\n";
+    let ps = problems(text);
+    let rev = ps
+        .iter()
+        .find(|p| p.key == "services.web.revision")
+        .unwrap_or_else(|| panic!("{ps:#?}"));
+    assert_eq!((rev.line, rev.col), (3, 1));
+    assert!(
+        rev.message.starts_with(
+            "'$(touch /tmp/x)' is not a valid revision id (it starts with '$'): use letters"
+        ),
+        "{}",
+        rev.message
+    );
+    let svc = ps
+        .iter()
+        .find(|p| p.key == "services.\"my.app\"")
+        .unwrap_or_else(|| panic!("{ps:#?}"));
+    assert_eq!(svc.line, 7, "{svc:?}");
+    assert!(
+        svc.message.contains("'.' is not allowed"),
+        "{}",
+        svc.message
+    );
+    let rendered = p(text).unwrap_err().to_string();
+    assert!(
+        rendered.contains("/etc/handoff/handoff.toml:3:1: services.web.revision: '$(touch"),
+        "{rendered}"
+    );
+    // Usual ids pass, and a long one is refused with its length, not pasted whole.
+    let ok = text
+        .replace("$(touch /tmp/x)", "1.4.2+build.7")
+        .replace("\"my.app\"", "my-app");
+    assert!(p(&ok).is_ok());
+    let long = ok.replace("1.4.2+build.7", &"a".repeat(5000));
+    let e = p(&long).unwrap_err().to_string();
+    assert!(e.contains("it is 5000 characters long"), "{e}");
+    assert!(e.len() < 600, "{e}");
+}
+
+#[test]
+fn command_placeholders_where_no_value_is_safe_are_refused() {
+    let base = "[services.web]\nlisten = \"127.0.0.1:8080\"\nrevision = \"v1\"\ninstances = 1\n";
+    let ps = problems(&format!(
+        "{base}command = \"app --port {{port}} --v \\\"$(echo {{revision}})\\\" {{address}}\"\n"
+    ));
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+    assert_eq!(
+        (ps[0].key.as_str(), ps[0].line),
+        ("services.web.command", 5)
+    );
+    assert!(
+        ps[0]
+            .message
+            .starts_with("placeholder {revision} is inside a command substitution"),
+        "{}",
+        ps[0].message
+    );
+    // Where that substitution ends is not trusted: later ones are refused too.
+    assert!(
+        ps[1].message.starts_with(
+            "placeholder {address} is after a command substitution inside double quotes"
+        ),
+        "{}",
+        ps[1].message
+    );
+    // Quoted placeholders and {address} are fine.
+    let ok = format!("{base}command = \"app --port {{port}} --v \\\"{{revision}}\\\" '{{release_dir}}' {{address}}\"\n");
+    assert!(p(&ok).is_ok(), "{:?}", p(&ok));
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{p, Config, ConfigError};
+
+    const VALID: &str = r#"[server]
+admin = "127.0.0.1:9900"
+state_dir = ".handoff"
+
+[services.web]
+listen = "127.0.0.1:8080"
+revision = "v1"
+instances = 4
+command = "handoff sample-app --port {port} --version {revision}"
+
+[services.web.health]
+interval = "1s"
+healthy_threshold = 2
+
+[services.web.in_place]
+batch = "50%"
+
+[services.web.blue_green]
+traffic_steps = [10, 50]
+
+[services.web.hooks]
+before_install = "echo hi"
+
+[services.api]
+listen = "127.0.0.1:8081"
+targets = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+
+    /// Pieces that make TOML interesting to a parser.
+    fn snippet() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("[[".to_string()),
+            Just("\"".to_string()),
+            Just("'''".to_string()),
+            Just("\"\"\"".to_string()),
+            Just("=".to_string()),
+            Just("\n".to_string()),
+            Just(".".to_string()),
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just(",".to_string()),
+            Just("#".to_string()),
+            Just("\\".to_string()),
+            Just("é".to_string()),
+            Just("💥".to_string()),
+            Just("-1".to_string()),
+            Just("1e999".to_string()),
+            Just("99999999999999999999".to_string()),
+            Just("true".to_string()),
+            Just("[services.x]\n".to_string()),
+            Just("listen = \"127.0.0.1:0\"\n".to_string()),
+            Just("revision = \"$(id)\"\n".to_string()),
+            Just("command = \"a {nope}\"\n".to_string()),
+            "[a-z_.]{1,12}",
+            "\\PC{0,8}",
+        ]
+    }
+
+    /// One edit of the text at a char boundary: insert, delete or replace.
+    fn mutate(text: &str, at: usize, len: usize, kind: u8, with: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let at = at % (chars.len() + 1);
+        let end = (at + len % 16).min(chars.len());
+        let (a, b): (String, String) =
+            (chars[..at].iter().collect(), chars[end..].iter().collect());
+        let mid: String = chars[at..end].iter().collect();
+        match kind % 3 {
+            0 => format!("{a}{with}{mid}{b}"),
+            1 => format!("{a}{b}"),
+            _ => format!("{a}{with}{b}"),
+        }
+    }
+
+    /// Every error is located: a syntax error at a line of the text, every
+    /// problem of an invalid config with a line, a column and a key.
+    fn assert_located(text: &str, r: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        let lines = text.lines().count() + 1;
+        match r {
+            Ok(_) => {}
+            Err(ConfigError::Syntax {
+                line, col, message, ..
+            }) => {
+                prop_assert!(
+                    line >= 1 && line <= lines && col >= 1,
+                    "{line}:{col} of {lines}: {message}"
+                );
+                prop_assert!(!message.is_empty());
+            }
+            Err(ConfigError::Invalid { problems, .. }) => {
+                prop_assert!(!problems.is_empty());
+                for p in &problems {
+                    prop_assert!(
+                        p.line >= 1 && p.line <= lines && p.col >= 1,
+                        "{p:?} of {lines}"
+                    );
+                    prop_assert!(!p.key.is_empty() && !p.message.is_empty(), "{p:?}");
+                }
+            }
+            Err(e @ ConfigError::Read { .. }) => prop_assert!(false, "parse never reads: {e}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn mutated_configs_never_panic_and_errors_are_located(
+            edits in prop::collection::vec((any::<usize>(), any::<usize>(), any::<u8>(), snippet()), 1..6)
+        ) {
+            let mut text = VALID.to_string();
+            for (at, len, kind, with) in &edits {
+                text = mutate(&text, *at, *len, *kind, with);
+            }
+            assert_located(&text, p(&text))?;
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_are_located(text in "\\PC{0,200}|[\\[\\]=\"'a-z0-9_. \n{}#]{0,200}") {
+            assert_located(&text, p(&text))?;
+        }
+    }
+}

@@ -9,13 +9,11 @@ use super::defaults as d;
 use super::raw::*;
 use super::sections::*;
 use super::*;
-use crate::duration;
+use crate::names::{self, NameKind};
+use crate::{command, duration};
 
 /// Problems as `(dotted key, message)`; `load` turns keys into positions.
 type Problems = Vec<(String, String)>;
-
-/// Placeholders a `command` template may use.
-pub const PLACEHOLDERS: &[&str] = &["port", "revision", "instance", "service", "release_dir"];
 
 pub(super) struct Ctx {
     pub(super) problems: Problems,
@@ -125,15 +123,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
     let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for (name, rs) in raw_services {
         let key = format!("services.{name}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            cx.err(
-                key.clone(),
-                format!("service name '{name}' may only use letters, digits, '-' and '_'"),
-            );
+        if let Err(e) = names::check_name(NameKind::Service, &name) {
+            let at = format!("services.{}", super::locate::key_segment(&name));
+            cx.err(at, e.problem());
         }
         if let Some(svc) = service(&mut cx, &name, rs, base) {
             // Port 0 (tests, "any free port") never conflicts.
@@ -420,8 +412,8 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
         check_template(cx, k("command"), c);
     }
     if let Some(rev) = &r.revision {
-        if rev.is_empty() || rev.contains('/') || rev.starts_with('.') {
-            cx.err(k("revision"), format!("'{rev}' is not a usable revision id (no '/', not empty, not starting with '.')"));
+        if let Err(e) = names::check_revision(rev) {
+            cx.err(k("revision"), e.problem());
         }
     }
     let stop_grace = cx.duration(k("stop_grace"), r.stop_grace.as_ref(), d::STOP_GRACE);
@@ -448,7 +440,8 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
     })
 }
 
-/// Unknown `{placeholders}` are caught here rather than at start time.
+/// Unknown `{placeholders}`, and placeholders where no value could be
+/// quoted safely, are caught here rather than at start time.
 pub fn check_template(cx_err: &mut impl TemplateSink, key: String, cmd: &str) {
     if cmd.split_whitespace().next().is_none() {
         cx_err.template_problem(
@@ -457,21 +450,8 @@ pub fn check_template(cx_err: &mut impl TemplateSink, key: String, cmd: &str) {
         );
         return;
     }
-    let mut rest = cmd;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            cx_err.template_problem(key, "has a '{' without a matching '}'".into());
-            return;
-        };
-        let ph = &after[..close];
-        if !PLACEHOLDERS.contains(&ph) {
-            cx_err.template_problem(
-                key.clone(),
-                format!("unknown placeholder {{{ph}}}; known: {{port}}, {{revision}}, {{instance}}, {{service}}, {{release_dir}}"),
-            );
-        }
-        rest = &after[close + 1..];
+    for e in command::check(cmd) {
+        cx_err.template_problem(key.clone(), e.to_string());
     }
 }
 
