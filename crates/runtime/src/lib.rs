@@ -13,6 +13,7 @@
 
 pub mod artifact;
 pub mod logs;
+pub mod owner;
 pub mod ports;
 mod process;
 pub mod procfs;
@@ -181,4 +182,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The instance's log file.
     fn log_path(&self, service: &str, instance: &str) -> PathBuf;
+
+    /// Every live instance this runtime's owner started (by the marks it
+    /// put on them), recorded or not: how a daemon finds the ones it never
+    /// recorded (it died between spawn and write) and never another
+    /// daemon's. A runtime that cannot list its instances returns none.
+    fn marked(&self) -> Vec<RunningInstance> {
+        Vec::new()
+    }
 }

@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+use crate::owner::{OWNER_VAR, STATE_DIR_VAR};
+use crate::RunningInstance;
+
 /// Start time of `pid` in clock ticks since boot (field 22 of
 /// `/proc/PID/stat`), or `None` if there is no such process or it is a zombie.
 pub fn start_time(pid: u32) -> Option<u64> {
@@ -31,9 +34,26 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 /// Processes whose environment says they were started by handoff for
-/// `state_dir`: `(pid, service, instance)`.
+/// `state_dir` (compared as its canonical path, as instances are marked):
+/// `(pid, service, instance)`. For tools and tests that know a state dir;
+/// a daemon asks by owner id ([`owned_by`]).
 pub fn marked_processes(state_dir: &Path) -> Vec<(u32, String, String)> {
-    let want = format!("HANDOFF_STATE_DIR={}", state_dir.display());
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let want = format!("{STATE_DIR_VAR}={}", dir.display());
+    scan(&want)
+        .into_iter()
+        .map(|r| (r.pid, r.service, r.instance))
+        .collect()
+}
+
+/// Live processes marked with owner id `owner` (see [`crate::owner`]).
+pub fn owned_by(owner: &str) -> Vec<RunningInstance> {
+    scan(&format!("{OWNER_VAR}={owner}"))
+}
+
+/// Live processes whose environment holds the exact entry `want`, with
+/// the instance they say they are.
+fn scan(want: &str) -> Vec<RunningInstance> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -58,10 +78,19 @@ pub fn marked_processes(state_dir: &Path) -> Vec<(u32, String, String)> {
                     .map(str::to_string)
             })
         };
-        if let (Some(s), Some(i)) = (get("HANDOFF_SERVICE"), get("HANDOFF_INSTANCE")) {
-            if start_time(pid).is_some() {
-                out.push((pid, s, i));
-            }
+        let (Some(service), Some(instance)) = (get("HANDOFF_SERVICE"), get("HANDOFF_INSTANCE"))
+        else {
+            continue;
+        };
+        if let Some(start_time) = start_time(pid) {
+            out.push(RunningInstance {
+                service,
+                instance,
+                revision: get("HANDOFF_REVISION").unwrap_or_default(),
+                port: get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0),
+                pid,
+                start_time,
+            });
         }
     }
     out

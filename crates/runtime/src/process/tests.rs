@@ -14,7 +14,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
 #[tokio::test]
 async fn starts_in_own_group_with_env_and_stops_gracefully() {
     let d = tempfile::tempdir().unwrap();
-    let rt = ProcessRuntime::new(d.path());
+    let rt = ProcessRuntime::new(d.path()).unwrap();
     // The shell traps TERM and exits 0: a graceful app.
     let s = spec(d.path(), "web-1", "sh -c 'echo port=$PORT rev={revision} inst=$HANDOFF_INSTANCE pwd=$(pwd); trap \"exit 0\" TERM; while true; do sleep 0.05; done'");
     let inst = rt.start(&s).await.unwrap();
@@ -39,7 +39,7 @@ async fn starts_in_own_group_with_env_and_stops_gracefully() {
 #[tokio::test]
 async fn stop_kills_the_whole_group_after_grace() {
     let d = tempfile::tempdir().unwrap();
-    let rt = ProcessRuntime::new(d.path());
+    let rt = ProcessRuntime::new(d.path()).unwrap();
     // Ignores TERM and has a child of its own that ignores it too.
     let s = spec(
         d.path(),
@@ -65,7 +65,7 @@ async fn stop_kills_the_whole_group_after_grace() {
 #[tokio::test]
 async fn clear_errors_for_bad_starts() {
     let d = tempfile::tempdir().unwrap();
-    let rt = ProcessRuntime::new(d.path());
+    let rt = ProcessRuntime::new(d.path()).unwrap();
     let e = rt
         .start(&spec(d.path(), "web-1", "no-such-binary-xyz --port {port}"))
         .await
@@ -109,7 +109,7 @@ async fn clear_errors_for_bad_starts() {
 #[tokio::test]
 async fn exit_is_reported_and_identity_checked() {
     let d = tempfile::tempdir().unwrap();
-    let rt = ProcessRuntime::new(d.path());
+    let rt = ProcessRuntime::new(d.path()).unwrap();
     let inst = rt
         .start(&spec(d.path(), "web-1", "sh -c 'sleep 0.4; exit 7'"))
         .await
@@ -131,13 +131,13 @@ async fn exit_is_reported_and_identity_checked() {
 #[tokio::test]
 async fn adopted_processes_are_watched_through_proc() {
     let d = tempfile::tempdir().unwrap();
-    let first = ProcessRuntime::new(d.path());
+    let first = ProcessRuntime::new(d.path()).unwrap();
     let inst = first
         .start(&spec(d.path(), "web-1", "sleep 30"))
         .await
         .unwrap();
     // A new runtime (as after a daemon restart) did not spawn it.
-    let second = ProcessRuntime::new(d.path());
+    let second = ProcessRuntime::new(d.path()).unwrap();
     assert!(second.is_alive(&inst));
     let marked = procfs::marked_processes(d.path());
     assert!(
