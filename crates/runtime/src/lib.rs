@@ -108,10 +108,10 @@ pub enum RuntimeError {
         command: String,
         source: std::io::Error,
     },
-    #[error("instance {instance}: unknown placeholder {{{placeholder}}} in command; known: {{port}} {{revision}} {{instance}} {{service}} {{release_dir}}")]
+    #[error("instance {instance}: command: {source}; fix `command` in the config")]
     Placeholder {
         instance: String,
-        placeholder: String,
+        source: handoff_core::command::RenderError,
     },
     #[error("{what} {}: {source}", path.display())]
     Io {

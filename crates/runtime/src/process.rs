@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::owner::{StateOwner, OWNER_VAR, STATE_DIR_VAR};
 use crate::{
     logs, ports, procfs, Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome,
 };
@@ -28,34 +27,19 @@ use crate::{
 const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct ProcessRuntime {
-    /// The state dir (canonical) and its owner id, marked on every instance.
-    owner: StateOwner,
+    state_dir: PathBuf,
     logs_dir: PathBuf,
     /// Exit status of children we spawned, by pid.
     children: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
 }
 
 impl ProcessRuntime {
-    /// A runtime for `state_dir` (created if needed): resolves it to its
-    /// canonical path and reads (or makes) its owner id, which every
-    /// instance it starts carries.
-    pub fn new(state_dir: &Path) -> Result<ProcessRuntime, RuntimeError> {
-        let owner = StateOwner::open(state_dir)?;
-        Ok(ProcessRuntime {
-            logs_dir: owner.dir.join("logs"),
-            owner,
+    pub fn new(state_dir: &Path) -> ProcessRuntime {
+        ProcessRuntime {
+            state_dir: state_dir.to_path_buf(),
+            logs_dir: state_dir.join("logs"),
             children: Arc::default(),
-        })
-    }
-
-    /// The state dir as instances are marked with it (canonical).
-    pub fn state_dir(&self) -> &Path {
-        &self.owner.dir
-    }
-
-    /// The owner id instances are marked with.
-    pub fn owner(&self) -> &str {
-        &self.owner.id
+        }
     }
 
     /// The exit watch of a child we spawned (none for adopted processes).
@@ -67,34 +51,26 @@ impl ProcessRuntime {
             .cloned()
     }
 
+    /// The command with its placeholders filled, each value quoted as one
+    /// shell word so that no revision id or path can change the command
+    /// (see `handoff_core::command`).
     fn render(spec: &InstanceSpec) -> Result<String, RuntimeError> {
-        let mut out = String::with_capacity(spec.command.len() + 16);
-        let mut rest = spec.command.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| RuntimeError::Placeholder {
-                instance: spec.instance.clone(),
-                placeholder: after.to_string(),
-            })?;
-            let value = match &after[..close] {
-                "port" => spec.port.to_string(),
-                "revision" => spec.revision.clone(),
-                "instance" => spec.instance.clone(),
-                "service" => spec.service.clone(),
-                "release_dir" => spec.release_dir.display().to_string(),
-                other => {
-                    return Err(RuntimeError::Placeholder {
-                        instance: spec.instance.clone(),
-                        placeholder: other.to_string(),
-                    })
-                }
-            };
-            out.push_str(&value);
-            rest = &after[close + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        use handoff_core::command;
+        /// `{address}`: where a local instance listens.
+        const LOCAL_ADDRESS: &str = "127.0.0.1";
+        let release_dir = spec.release_dir.display().to_string();
+        let values = command::Values {
+            port: spec.port,
+            revision: &spec.revision,
+            instance: &spec.instance,
+            service: &spec.service,
+            release_dir: &release_dir,
+            address: LOCAL_ADDRESS,
+        };
+        command::render(&spec.command, &values).map_err(|source| RuntimeError::Placeholder {
+            instance: spec.instance.clone(),
+            source,
+        })
     }
 
     fn exit_of(status: std::process::ExitStatus) -> Exit {
@@ -155,8 +131,7 @@ impl Runtime for ProcessRuntime {
             .env("HANDOFF_SERVICE", &spec.service)
             .env("HANDOFF_REVISION", &spec.revision)
             .env("HANDOFF_INSTANCE", &spec.instance)
-            .env(STATE_DIR_VAR, &self.owner.dir)
-            .env(OWNER_VAR, &self.owner.id)
+            .env("HANDOFF_STATE_DIR", &self.state_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -314,10 +289,6 @@ impl Runtime for ProcessRuntime {
 
     fn log_path(&self, service: &str, instance: &str) -> PathBuf {
         logs::path(&self.logs_dir, service, instance)
-    }
-
-    fn marked(&self) -> Vec<RunningInstance> {
-        procfs::owned_by(&self.owner.id)
     }
 }
 
