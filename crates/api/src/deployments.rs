@@ -106,11 +106,9 @@ pub(crate) fn parse_choice(
         None => None,
         Some(x) => Some(handoff_core::config::parse_batch(x).map_err(|m| format!("batch: {m}"))?),
     };
-    if revision.is_empty() || revision.contains('/') || revision.starts_with('.') {
-        return Err(format!(
-            "revision: '{revision}' is not a usable revision id"
-        ));
-    }
+    // The one rule for ids: a revision id becomes a directory name and a
+    // `{revision}` in commands, so it never reaches either unchecked.
+    handoff_core::names::check_revision(revision).map_err(|e| e.to_string())?;
     Ok((strategy, batch))
 }
 

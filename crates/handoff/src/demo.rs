@@ -90,6 +90,11 @@ fn start_daemon(d: &Demo) -> anyhow::Result<(Daemon, SocketAddr, SocketAddr)> {
         .args(["serve", "-c"])
         .arg(&cfg)
         .env("HANDOFF_LOG", "warn")
+        // The demo's daemon is its own: a HANDOFF_TOKEN left in the shell
+        // (as the README's tour leaves it) would become its token instead
+        // of the one it writes into the state dir, which the demo reads.
+        .env_remove("HANDOFF_TOKEN")
+        .env_remove("HANDOFF_ADMIN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -213,7 +218,14 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
         d.instances
     );
     let (daemon, web, admin) = start_daemon(&d)?;
-    let token = std::fs::read_to_string(daemon.dir.join("state/token"))?
+    let token_file = daemon.dir.join("state/token");
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| {
+            format!(
+                "cannot read the demo daemon's token {}",
+                token_file.display()
+            )
+        })?
         .trim()
         .to_string();
     let c = client::resolve(

@@ -179,6 +179,12 @@ impl ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ids are refused before anything is sent, with the daemon's own rule
+    // and message (a bad one would only come back as its 400).
+    if let Err(e) = check_ids(&cli.cmd) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if !matches!(
         cli.cmd,
         Cmd::Serve { .. } | Cmd::Demo(_) | Cmd::SampleApp(_)
@@ -298,6 +304,28 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The service names and revision ids a command sends, against the one
+/// rule of `handoff_core::names`.
+fn check_ids(cmd: &Cmd) -> Result<(), handoff_core::names::NameError> {
+    use handoff_core::names::{check_name, check_revision, NameKind};
+    match cmd {
+        Cmd::Deploy {
+            service, revision, ..
+        }
+        | Cmd::Plan {
+            service, revision, ..
+        } => {
+            check_name(NameKind::Service, service)?;
+            check_revision(revision)
+        }
+        Cmd::Rollback { service, to, .. } => {
+            check_name(NameKind::Service, service)?;
+            to.as_deref().map_or(Ok(()), check_revision)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -93,6 +93,24 @@ fn admin_token(cfg: &config::Config) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// How often each fleet is compared with its desired state (and mended).
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The config with its state dir made absolute (canonical once it exists;
+/// the runtime creates it and marks instances with its canonical path):
+/// every path recorded from here on (instance marks, releases, logs) must
+/// name the same directory to every process that reads it, whatever its
+/// working directory; the default `.handoff` alone names one per directory.
+fn absolute_state_dir(mut cfg: config::Config) -> anyhow::Result<config::Config> {
+    let dir = &cfg.server.state_dir;
+    cfg.server.state_dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(_) => std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve state_dir {}", dir.display()))?,
+    };
+    Ok(cfg)
+}
+
 /// Holds an exclusive lock on the state dir for the daemon's life: two
 /// daemons on one state dir would fight over the same instances.
 struct StateLock {
@@ -127,6 +145,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
 }
 
 async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
+    let cfg = absolute_state_dir(cfg)?;
     let token = admin_token(&cfg)?;
     let needs_state = cfg
         .services
@@ -155,7 +174,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let mut deployers = std::collections::BTreeMap::new();
     if needs_state {
         let store = Arc::new(Store::open(&cfg.server.state_dir)?);
-        let runtime = Arc::new(ProcessRuntime::new(&cfg.server.state_dir));
+        let runtime = Arc::new(ProcessRuntime::new(&cfg.server.state_dir)?);
         let base_dir = cfg.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base_dir = if base_dir.as_os_str().is_empty() {
             std::env::current_dir()?
@@ -171,7 +190,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                     runtime.clone(),
                     store.clone(),
                     FleetOptions {
-                        state_dir: cfg.server.state_dir.clone(),
+                        state_dir: runtime.state_dir().to_path_buf(),
                         base_dir: base_dir.clone(),
                         port_range: cfg.server.port_range,
                         releases_kept: cfg.server.releases_kept,
@@ -182,6 +201,8 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                     tracing::warn!(service = %svc.name, deployment = %id, "closed a deployment interrupted by a restart of handoff");
                 }
                 fleet.boot().await?;
+                fleet.reconcile().await;
+                fleet.reconcile_every(RECONCILE_EVERY);
                 deployer.meter.start(fleet.proxy.clone());
                 deployers.insert(svc.name.clone(), deployer);
                 fleets.push(fleet);
@@ -243,6 +264,9 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
         tracing::info!(
             "leaving managed instances running (--keep-instances); the next start adopts them"
         );
+        for f in &fleets {
+            f.close().await;
+        }
     } else {
         for f in &fleets {
             f.shutdown().await;

@@ -1,5 +1,6 @@
 //! `handoff demo --exit`: the main job on embedded defaults runs to the end
-//! with zero failed requests and leaves nothing behind.
+//! with zero failed requests and leaves nothing behind, whatever
+//! `HANDOFF_TOKEN` / `HANDOFF_ADMIN` the shell has.
 
 mod common;
 
@@ -10,7 +11,16 @@ use common::*;
 #[test]
 fn demo_runs_the_tour_with_zero_failed_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::spawn(&["demo", "--exit"], dir.path());
+    // As the README's tour leaves a shell: the demo runs its own daemon and
+    // must not take these for its own (it used to fail reading its token).
+    let mut p = Proc::spawn_env(
+        &["demo", "--exit"],
+        dir.path(),
+        &[
+            ("HANDOFF_TOKEN", "a-token-from-another-daemon"),
+            ("HANDOFF_ADMIN", "http://127.0.0.1:1"),
+        ],
+    );
     let status = p.wait_exit(Duration::from_secs(180));
     let lines = p.all_lines();
     let all = lines.join("\n");

@@ -162,6 +162,8 @@ impl<R: Runtime> Deployer<R> {
             let _ = ctl.send(Event::Promote);
             let _ = rx.wait_for(|d| !d.status.is_active()).await;
         }
+        // Held until the run ends: the reconciler keeps off a fleet being deployed.
+        let deploying = self.fleet.deployment_guard().await;
         if let Some(a) = &req.artifact {
             self.fleet.set_artifact(&req.revision, a.clone());
             // Installed (and verified) now, so a bad artifact fails the
@@ -200,7 +202,7 @@ impl<R: Runtime> Deployer<R> {
             state: state_rx,
         });
         let me = self.clone();
-        tokio::spawn(async move { me.run(d, ctl_rx, state_tx).await });
+        tokio::spawn(async move { me.run(d, ctl_rx, state_tx, deploying).await });
         Ok(id)
     }
 
@@ -298,6 +300,7 @@ impl<R: Runtime> Deployer<R> {
         mut d: Deployment,
         mut ctl: mpsc::UnboundedReceiver<Event>,
         state: watch::Sender<Deployment>,
+        _deploying: crate::fleet::DeployGuard<R>,
     ) {
         let fleet = self.fleet.clone();
         let alive = {

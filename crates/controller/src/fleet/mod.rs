@@ -4,10 +4,15 @@
 //! ```text
 //! boot:   store records ──► alive (pid + start time) & current revision? ──► adopt
 //!                       └─► otherwise stop what is left, start again (same name, same port)
-//!         /proc marks of this state dir that no record names ──► strays, stopped
+//!         processes marked with this state dir's owner id that no record
+//!         names ──► strays, stopped (another state dir's are never touched)
 //! run:    instance exits ──► target unhealthy at once ──► event ──► restart with
-//!         back-off (1 s doubling to 30 s) on the same port
+//!         back-off (1 s doubling to 30 s) on the same port, every time
 //!         not healthy within healthy_deadline ──► replaced the same way
+//! mend:   after boot, after each deployment and every few seconds (never
+//!         while a deployment runs): desired (instances × current revision,
+//!         live group) against what runs ──► extras stopped, missing started,
+//!         unwatched supervised (see `reconcile`)
 //! deploy: start / await_healthy / drain / stop / supervise / weights / quiesce
 //!         (see `executor`); instances a deploy starts are supervised only once
 //!         the deploy accepts them
@@ -20,12 +25,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use handoff_core::config::{Managed, Service};
 use handoff_proxy::{ServiceProxy, TargetId};
-use handoff_runtime::{ports, procfs, RunningInstance, Runtime};
+use handoff_runtime::{ports, RunningInstance, Runtime};
 use handoff_store::{InstanceRecord, Store};
 use tokio::task::JoinHandle;
 
@@ -33,7 +39,10 @@ use crate::ControllerError;
 
 mod launch;
 mod ops;
+mod reconcile;
 mod supervise;
+
+pub use reconcile::DeployGuard;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -51,8 +60,16 @@ struct Slot {
     restarts: u32,
     /// The target whose start-up time was recorded (once per start).
     noted: Option<TargetId>,
-    /// Watches the process and its health (or waits to restart it);
-    /// aborted before every deliberate stop.
+    /// Whether the supervisor keeps this instance running: set by
+    /// `supervise`, cleared by every deliberate drain or stop, which so
+    /// wins over a restart already under way.
+    supervised: bool,
+    /// Bumped by every deliberate drain or stop: supervision work begun
+    /// before it (a watch, a pending restart, a start halfway) sees the
+    /// change and gives way instead of bringing the instance back.
+    epoch: u64,
+    /// The task that watches the process and its health, or waits to
+    /// restart it; aborted (when it is safe to) by a deliberate stop.
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -87,6 +104,14 @@ pub struct Fleet<R: Runtime> {
     current: Mutex<String>,
     /// The group that carries traffic (`blue` or `green`).
     live_group: Mutex<String>,
+    /// Deployments under way (see `deployment_guard`): while there is one,
+    /// the reconciler leaves the fleet to it.
+    deploying: AtomicUsize,
+    /// Held while a reconciliation mends; a deployment waits for it before
+    /// it plans from the fleet.
+    mending: tokio::sync::Mutex<()>,
+    /// Set when the fleet shuts down: nothing is mended any more.
+    closing: AtomicBool,
 }
 
 pub struct FleetOptions {
@@ -138,6 +163,9 @@ impl<R: Runtime> Fleet<R> {
             slots: Mutex::new(BTreeMap::new()),
             current: Mutex::new(current),
             live_group: Mutex::new(FIRST_GROUP.into()),
+            deploying: AtomicUsize::new(0),
+            mending: tokio::sync::Mutex::new(()),
+            closing: AtomicBool::new(false),
         }))
     }
 
@@ -286,7 +314,7 @@ impl<R: Runtime> Fleet<R> {
                 rec.name.clone(),
                 slot(rec.port, &rec.revision, &group, rec.restarts),
             );
-            self.register(&rec.name, running_of(rec), false)?;
+            self.register(&rec.name, running_of(rec), false, None)?;
             self.supervise(std::slice::from_ref(&rec.name));
         }
         let mut names: Vec<(String, u16, u32)> = restart
@@ -302,13 +330,7 @@ impl<R: Runtime> Fleet<R> {
             let port = self.port_for(port)?;
             self.slots()
                 .insert(name.clone(), slot(port, &revision, &group, restarts));
-            let me = self.clone();
-            starts.push(tokio::spawn(async move {
-                if let Err(e) = me.start_one(&name, true, false).await {
-                    me.event(Some(&name), "start-failed", &e);
-                    me.retry_later(&name);
-                }
-            }));
+            starts.push(self.start_supervised(&name));
         }
         for s in starts {
             let _ = s.await;
@@ -446,29 +468,21 @@ impl<R: Runtime> Fleet<R> {
         }
     }
 
-    /// Processes marked with our state dir and service that no record names
-    /// (handoff died between spawning them and writing their pid).
+    /// Processes marked with our owner id and service that no record names
+    /// (handoff died between spawning them and writing their pid). Adopting
+    /// a recorded pid needs no mark: pid and start time are the identity,
+    /// and instances started before marks carried an owner id are adopted
+    /// too (an upgrade restarts nothing).
     async fn stop_strays(&self, records: &[InstanceRecord]) {
-        for (pid, service, instance) in procfs::marked_processes(&self.state_dir) {
-            if service != self.name() || records.iter().any(|r| r.pid == pid) {
+        for run in self.runtime.marked() {
+            if run.service != self.name() || records.iter().any(|r| r.pid == run.pid) {
                 continue;
             }
-            let Some(start_time) = procfs::start_time(pid) else {
-                continue;
-            };
             self.event(
-                Some(&instance),
+                Some(&run.instance),
                 "stray",
-                &format!("stopping unrecorded process pid {pid}"),
+                &format!("stopping unrecorded process pid {}", run.pid),
             );
-            let run = RunningInstance {
-                service,
-                instance,
-                revision: String::new(),
-                port: 0,
-                pid,
-                start_time,
-            };
             self.runtime.stop(&run, self.managed.stop_grace).await;
         }
     }
@@ -499,6 +513,7 @@ impl<R: Runtime> Fleet<R> {
 
     /// Stops every instance (after the proxy has stopped taking requests).
     pub async fn shutdown(&self) {
+        self.close().await;
         let names: Vec<String> = self.slots().keys().cloned().collect();
         self.stop(&names, false).await;
         self.event(None, "stopped", "all instances stopped");
@@ -514,6 +529,8 @@ fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
         target: None,
         restarts,
         noted: None,
+        supervised: false,
+        epoch: 0,
         watcher: None,
     }
 }

@@ -43,7 +43,7 @@ impl<R: Runtime> Fleet<R> {
             let me = self.clone();
             let n = n.clone();
             jobs.push(tokio::spawn(
-                async move { me.start_one(&n, false, hold).await },
+                async move { me.start_one(&n, None, hold).await },
             ));
         }
         let mut errors = Vec::new();

@@ -30,10 +30,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], dir: &Path) -> Proc {
+        Proc::spawn_env(args, dir, &[])
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(bin())
             .args(args)
             .current_dir(dir)
             .env("HANDOFF_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
