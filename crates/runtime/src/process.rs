@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::owner::{StateOwner, OWNER_VAR, STATE_DIR_VAR};
 use crate::{
     logs, ports, procfs, Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome,
 };
@@ -27,19 +28,34 @@ use crate::{
 const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct ProcessRuntime {
-    state_dir: PathBuf,
+    /// The state dir (canonical) and its owner id, marked on every instance.
+    owner: StateOwner,
     logs_dir: PathBuf,
     /// Exit status of children we spawned, by pid.
     children: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
 }
 
 impl ProcessRuntime {
-    pub fn new(state_dir: &Path) -> ProcessRuntime {
-        ProcessRuntime {
-            state_dir: state_dir.to_path_buf(),
-            logs_dir: state_dir.join("logs"),
+    /// A runtime for `state_dir` (created if needed): resolves it to its
+    /// canonical path and reads (or makes) its owner id, which every
+    /// instance it starts carries.
+    pub fn new(state_dir: &Path) -> Result<ProcessRuntime, RuntimeError> {
+        let owner = StateOwner::open(state_dir)?;
+        Ok(ProcessRuntime {
+            logs_dir: owner.dir.join("logs"),
+            owner,
             children: Arc::default(),
-        }
+        })
+    }
+
+    /// The state dir as instances are marked with it (canonical).
+    pub fn state_dir(&self) -> &Path {
+        &self.owner.dir
+    }
+
+    /// The owner id instances are marked with.
+    pub fn owner(&self) -> &str {
+        &self.owner.id
     }
 
     /// The exit watch of a child we spawned (none for adopted processes).
@@ -131,7 +147,8 @@ impl Runtime for ProcessRuntime {
             .env("HANDOFF_SERVICE", &spec.service)
             .env("HANDOFF_REVISION", &spec.revision)
             .env("HANDOFF_INSTANCE", &spec.instance)
-            .env("HANDOFF_STATE_DIR", &self.state_dir)
+            .env(STATE_DIR_VAR, &self.owner.dir)
+            .env(OWNER_VAR, &self.owner.id)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -289,6 +306,10 @@ impl Runtime for ProcessRuntime {
 
     fn log_path(&self, service: &str, instance: &str) -> PathBuf {
         logs::path(&self.logs_dir, service, instance)
+    }
+
+    fn marked(&self) -> Vec<RunningInstance> {
+        procfs::owned_by(&self.owner.id)
     }
 }
 
