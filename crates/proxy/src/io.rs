@@ -278,4 +278,110 @@ mod tests {
         let mut s = HeadScanner::default();
         assert!(!s.feed(b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n0\r\n\r\n"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::HeadScanner;
+
+        /// Feeds `bytes` cut at `cuts` (positions, any order, any count);
+        /// true if any feed flagged the head.
+        fn feed_split(bytes: &[u8], cuts: &[usize]) -> bool {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            at.push(0);
+            at.push(bytes.len());
+            at.sort_unstable();
+            let mut s = HeadScanner::default();
+            let mut flagged = false;
+            for w in at.windows(2) {
+                flagged |= s.feed(&bytes[w[0]..w[1]]);
+            }
+            flagged
+        }
+
+        /// `name` in the case `upper` says, letter by letter.
+        fn cased(name: &str, upper: &[bool]) -> String {
+            name.chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, &u)| if u { c.to_ascii_uppercase() } else { c })
+                .collect()
+        }
+
+        /// A header that is neither Content-Length nor Transfer-Encoding.
+        fn other_header() -> impl Strategy<Value = String> {
+            ("X-[A-Za-z-]{0,12}|Host|Accept|Content-Type", "[ -~]{0,20}")
+                .prop_map(|(n, v)| format!("{n}: {v}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes, cut anywhere: no panic, and the verdict does not
+            /// depend on where the reads were cut.
+            #[test]
+            fn arbitrary_bytes_split_anywhere_never_panic(
+                bytes in prop::collection::vec(any::<u8>(), 0..600),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let whole = HeadScanner::default().feed(&bytes);
+                prop_assert_eq!(feed_split(&bytes, &cuts), whole);
+            }
+
+            /// A head with both Content-Length and Transfer-Encoding, in
+            /// any case, in any order among other headers, with CRLF or
+            /// bare LF, and cut anywhere, is always flagged.
+            #[test]
+            fn cl_plus_te_is_always_flagged(
+                method in "GET|POST|PUT|PATCH|DELETE",
+                others in prop::collection::vec(other_header(), 0..6),
+                cl_at in any::<usize>(),
+                te_at in any::<usize>(),
+                cl_case in prop::collection::vec(any::<bool>(), 1..16),
+                te_case in prop::collection::vec(any::<bool>(), 1..18),
+                cl_value in "[0-9]{1,5}",
+                te_value in "chunked|gzip, chunked|identity",
+                crlf in any::<bool>(),
+                body in prop::collection::vec(any::<u8>(), 0..64),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let mut headers = others;
+                let cl = format!("{}: {cl_value}", cased("content-length", &cl_case));
+                headers.insert(cl_at % (headers.len() + 1), cl);
+                let te = format!("{}: {te_value}", cased("transfer-encoding", &te_case));
+                headers.insert(te_at % (headers.len() + 1), te);
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let mut head = format!("{method} /x HTTP/1.1{eol}");
+                for h in &headers {
+                    head.push_str(h);
+                    head.push_str(eol);
+                }
+                head.push_str(eol);
+                let mut bytes = head.into_bytes();
+                bytes.extend_from_slice(&body);
+                prop_assert!(feed_split(&bytes, &cuts), "not flagged: {:?}", String::from_utf8_lossy(&bytes));
+            }
+
+            /// Only one of them (and whatever the body says) is not flagged.
+            #[test]
+            fn one_framing_header_alone_is_not_flagged(
+                others in prop::collection::vec(other_header(), 0..6),
+                at in any::<usize>(),
+                te in any::<bool>(),
+                body in "[ -~\r\n]{0,80}",
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let mut headers = others;
+                let framing = if te { "Transfer-Encoding: chunked" } else { "Content-Length: 3" };
+                headers.insert(at % (headers.len() + 1), framing.to_string());
+                let mut head = "POST / HTTP/1.1\r\n".to_string();
+                for h in &headers {
+                    head.push_str(h);
+                    head.push_str("\r\n");
+                }
+                head.push_str("\r\n");
+                head.push_str(&body);
+                prop_assert!(!feed_split(head.as_bytes(), &cuts), "flagged: {:?}", head);
+            }
+        }
+    }
 }
