@@ -148,6 +148,27 @@ mod tests {
         assert_eq!(out, "before_install v2 v1 web-3\noops");
     }
 
+    /// Values reach a hook only as environment variables, never pasted
+    /// into its command: one that looks like shell code stays data.
+    #[tokio::test]
+    async fn values_are_data_not_code() {
+        let d = tempfile::tempdir().unwrap();
+        let env = HookEnv {
+            revision: "$(touch pwned);touch pwned",
+            ..env()
+        };
+        let (r, out, _) = run(
+            "echo \"$HANDOFF_REVISION\"",
+            &env,
+            d.path(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(out, "$(touch pwned);touch pwned");
+        assert!(!d.path().join("pwned").exists());
+    }
+
     #[tokio::test]
     async fn failure_and_timeout_are_reported() {
         let d = tempfile::tempdir().unwrap();
