@@ -317,3 +317,147 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert!(d.wait_exit(Duration::from_secs(20)).success());
     assert_no_orphans(dir.path());
 }
+
+/// Waits until `web` serves exactly `n` instances and `name` runs as a
+/// process other than `old`; returns what serves.
+fn wait_replaced(web: SocketAddr, n: usize, name: &str, old: u64) -> BTreeMap<String, u64> {
+    poll(
+        &format!("{name} (pid {old}) replaced, {n} serving"),
+        Duration::from_secs(20),
+        || {
+            let m = serving(web, 30);
+            (m.len() == n && m.get(name).is_some_and(|p| *p != old)).then_some(m)
+        },
+    )
+}
+
+#[test]
+fn an_instance_killed_twice_is_replaced_both_times_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 3, "", "");
+    let (mut d, web, _) = start_daemon(dir.path(), &cfg, &[]);
+    let before = wait_serving(web, 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let loaders: Vec<_> = (0..2)
+        .map(|_| load(web, stop.clone(), failures.clone()))
+        .collect();
+    let first = before["web-2"];
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let second = wait_replaced(web, 3, "web-2", first)["web-2"];
+    // The replacement too: it is supervised like the first one was.
+    unsafe { libc::kill(second as i32, libc::SIGKILL) };
+    let after = wait_replaced(web, 3, "web-2", second);
+    assert_ne!(after["web-2"], first);
+    stop.store(true, Relaxed);
+    let ok: u64 = loaders.into_iter().map(|l| l.join().unwrap()).sum();
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(after["web-1"], before["web-1"], "other instances untouched");
+    assert_eq!(after["web-3"], before["web-3"], "other instances untouched");
+    let err = d.stderr();
+    assert!(err.contains("restart #1 in 1s"), "{err}");
+    assert!(err.contains("restart #2 in 2s"), "{err}");
+    assert!(
+        !err.contains("reconcile:"),
+        "supervision alone did it: {err}"
+    );
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+    assert_no_orphans(dir.path());
+}
+
+/// Live processes marked with the default state dir of a config in `dir`.
+fn marked_default(dir: &Path) -> Vec<u32> {
+    procfs::marked_processes(&dir.join(".handoff"))
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+/// Two unrelated configs, each in its own directory with the default
+/// state dir (`.handoff`, relative) and a service `web`: starting the
+/// second daemon must not touch a single instance of the first (it once
+/// stopped them all as its own "strays"), nor may its reconciler later.
+#[test]
+fn a_second_daemon_elsewhere_leaves_the_first_ones_instances_alone() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [&a, &b] {
+        std::fs::write(
+            d.path().join("handoff.toml"),
+            format!(
+                "[server]\nadmin = \"127.0.0.1:0\"\n\
+                 [services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = 2\n\
+                 command = \"{bin} sample-app --port {{port}} --version {{revision}}\"\nstop_grace = \"3s\"\n\
+                 [services.web.health]\ninterval = \"100ms\"\n",
+                bin = bin()
+            ),
+        )
+        .unwrap();
+    }
+    // Relative config paths, as a user in each directory would type them.
+    let (mut da, web_a, _) = start_daemon(a.path(), Path::new("handoff.toml"), &[]);
+    let before = wait_serving(web_a, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let loaders: Vec<_> = (0..2)
+        .map(|_| load(web_a, stop.clone(), failures.clone()))
+        .collect();
+
+    let (mut db, web_b, _) = start_daemon(b.path(), Path::new("handoff.toml"), &[]);
+    let b_serving = wait_serving(web_b, 2);
+    // Past one reconciler period of the second daemon (5 s), under load.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(
+            serving(web_a, 10).len(),
+            2,
+            "the first daemon lost instances"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Relaxed);
+    let ok: u64 = loaders.into_iter().map(|l| l.join().unwrap()).sum();
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of the first service's requests failed (of {} ok): {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok >= 50, "load too small to mean anything: {ok}");
+    assert_eq!(
+        wait_serving(web_a, 2),
+        before,
+        "the first daemon's instances were replaced"
+    );
+    for pid in before.values() {
+        assert!(marked_default(a.path()).contains(&(*pid as u32)));
+    }
+    for pid in b_serving.values() {
+        assert!(marked_default(b.path()).contains(&(*pid as u32)));
+    }
+    let err = db.stderr();
+    assert!(
+        !err.contains("stray") && !err.contains("reconcile:"),
+        "{err}"
+    );
+
+    for d in [&mut db, &mut da] {
+        d.signal(libc::SIGTERM);
+        assert!(d.wait_exit(Duration::from_secs(20)).success());
+    }
+    for d in [&a, &b] {
+        poll("no instance process left", Duration::from_secs(10), || {
+            marked_default(d.path()).is_empty().then_some(())
+        });
+    }
+}
