@@ -10,9 +10,11 @@
 
 pub mod command;
 pub mod config;
+pub mod deploy;
 pub mod duration;
 pub mod names;
 pub mod state;
 
 pub use config::{Config, ConfigError, ConfigProblem};
+pub use deploy::{DeploymentStatus, Origin, Strategy};
 pub use state::TargetState;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{Deployer, Outcome};
 use crate::analysis::{self, Counts};
 use crate::load::instances_needed;
-use crate::plan::{Action, AutoBatch, Deployment, Event, Kind, Status};
+use crate::plan::{Action, AutoBatch, Deployment, Event, Status, Strategy};
 
 impl<R: Runtime> Deployer<R> {
     pub(super) async fn perform(
@@ -43,7 +43,7 @@ impl<R: Runtime> Deployer<R> {
                     }
                 }
                 Action::Stop { instances } => {
-                    f.stop(instances, d.strategy == Kind::BlueGreen).await
+                    f.stop(instances, d.strategy == Strategy::BlueGreen).await
                 }
                 Action::Start {
                     instances,
@@ -117,7 +117,7 @@ impl<R: Runtime> Deployer<R> {
                     }
                 }
                 Action::MarkCurrent { revision } => {
-                    let group = if *revision == d.to && d.strategy == Kind::BlueGreen {
+                    let group = if *revision == d.to && d.strategy == Strategy::BlueGreen {
                         &d.green_group
                     } else {
                         &d.blue_group

@@ -10,7 +10,7 @@ use super::{DeployError, DeployRequest, Deployer};
 use handoff_core::config::{Amount, Batch};
 
 use crate::load::auto_batch;
-use crate::plan::{self, AutoBatch, Deployment, Kind};
+use crate::plan::{self, AutoBatch, Deployment, Strategy};
 use crate::predict::{self, fmt_ms, Estimate, Prediction, Timings};
 
 /// How many recent measurements an estimate is the median of.
@@ -22,12 +22,12 @@ impl<R: Runtime> Deployer<R> {
         &self,
         id: String,
         req: &DeployRequest,
-        strategy: Kind,
+        strategy: Strategy,
     ) -> Result<Deployment, DeployError> {
         let f = &self.fleet;
         let cfg = &f.service;
         let fleet = f.serving();
-        let green = if strategy == Kind::BlueGreen {
+        let green = if strategy == Strategy::BlueGreen {
             f.new_names(fleet.len())
         } else {
             Vec::new()
@@ -35,7 +35,7 @@ impl<R: Runtime> Deployer<R> {
         let ip = &cfg.in_place;
         let (batch, auto) = match req.batch.unwrap_or(ip.batch) {
             Batch::Amount(a) => (a, None),
-            Batch::Auto if strategy == Kind::InPlace => {
+            Batch::Auto if strategy == Strategy::InPlace => {
                 let n = fleet.len();
                 let c = auto_batch(
                     n,
@@ -156,7 +156,7 @@ impl<R: Runtime> Deployer<R> {
     pub fn plan(
         &self,
         req: &DeployRequest,
-        strategies: &[Kind],
+        strategies: &[Strategy],
     ) -> Result<Vec<Prediction>, DeployError> {
         strategies
             .iter()

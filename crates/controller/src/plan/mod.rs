@@ -35,64 +35,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-/// Strategy names as in the config (`in-place`, `blue-green`, `all-at-once`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    InPlace,
-    BlueGreen,
-    AllAtOnce,
-}
-
-impl Kind {
-    /// The name in config, API and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::InPlace => "in-place",
-            Kind::BlueGreen => "blue-green",
-            Kind::AllAtOnce => "all-at-once",
-        }
-    }
-}
-
-impl From<handoff_core::config::Strategy> for Kind {
-    fn from(s: handoff_core::config::Strategy) -> Kind {
-        use handoff_core::config::Strategy as S;
-        match s {
-            S::InPlace => Kind::InPlace,
-            S::BlueGreen => Kind::BlueGreen,
-            S::AllAtOnce => Kind::AllAtOnce,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Moving towards the new revision.
-    Running,
-    /// Going back to the old revision after a failure or an abort.
-    RollingBack,
-    /// Blue/green: the new revision serves; blue is kept for an instant
-    /// rollback until retention ends.
-    Retained,
-    /// The new revision serves everything.
-    Succeeded,
-    /// Back on the old revision.
-    RolledBack,
-    /// The rollback itself failed: needs a person.
-    Failed,
-}
-
-impl Status {
-    /// Whether the deployment still holds the service (no other may start).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Status::Running | Status::RollingBack | Status::Retained
-        )
-    }
-}
+pub use handoff_core::deploy::{DeploymentStatus as Status, Strategy};
 
 /// Where the deployment stands; each phase has one set of actions in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +81,7 @@ pub struct Deployment {
     pub service: String,
     pub from: String,
     pub to: String,
-    pub strategy: Kind,
+    pub strategy: Strategy,
     /// The instances serving when the deployment began (blue, for B/G).
     pub fleet: Vec<String>,
     /// Blue/green: the new instances' names.
@@ -172,6 +115,9 @@ pub struct Deployment {
     /// each waits while taking it out would overload the rest.
     #[serde(default)]
     pub auto: Option<AutoBatch>,
+    /// Started by `deploy` or by `rollback` (records before it: deploy).
+    #[serde(default)]
+    pub origin: handoff_core::Origin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,7 +227,7 @@ pub struct Request {
     pub service: String,
     pub from: String,
     pub to: String,
-    pub strategy: Kind,
+    pub strategy: Strategy,
     /// Instances serving now, in order.
     pub fleet: Vec<String>,
     /// Blue/green: names for the new instances (as many as `fleet`).
@@ -325,13 +271,13 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
     }
     let batch = (r.batch.of(n as u32, true) as usize).max(1);
     let min_healthy = r.min_healthy.of(n as u32, false) as usize;
-    if r.strategy == Kind::InPlace && batch > n {
+    if r.strategy == Strategy::InPlace && batch > n {
         return Err(invalid(format!(
             "batch {} is larger than the {n} instances",
             r.batch
         )));
     }
-    if r.strategy == Kind::InPlace && n - batch < min_healthy {
+    if r.strategy == Strategy::InPlace && n - batch < min_healthy {
         return Err(invalid(format!(
             "batch {} of {n} instances would leave {} in service, below min_healthy {} ({min_healthy}); lower the batch or the floor",
             r.batch,
@@ -339,16 +285,16 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
             r.min_healthy
         )));
     }
-    if r.strategy == Kind::BlueGreen && r.green.len() != n {
+    if r.strategy == Strategy::BlueGreen && r.green.len() != n {
         return Err(invalid(format!(
             "green needs {n} instance names, got {}",
             r.green.len()
         )));
     }
     let batches = match r.strategy {
-        Kind::InPlace => r.fleet.chunks(batch).map(|c| c.to_vec()).collect(),
-        Kind::AllAtOnce => vec![r.fleet.clone()],
-        Kind::BlueGreen => Vec::new(),
+        Strategy::InPlace => r.fleet.chunks(batch).map(|c| c.to_vec()).collect(),
+        Strategy::AllAtOnce => vec![r.fleet.clone()],
+        Strategy::BlueGreen => Vec::new(),
     };
     Ok(Deployment {
         id: r.id,
@@ -361,7 +307,7 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         green_group: other_group(&r.live_group),
         blue_group: r.live_group,
         batches,
-        min_healthy: if r.strategy == Kind::AllAtOnce {
+        min_healthy: if r.strategy == Strategy::AllAtOnce {
             0
         } else {
             min_healthy
@@ -377,6 +323,7 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         hooks: r.hooks,
         promoted: false,
         auto: None,
+        origin: handoff_core::Origin::Deploy,
     })
 }
 
@@ -495,8 +442,10 @@ pub fn step(d: &Deployment, ev: Event) -> Result<(Deployment, Vec<Action>), Reje
             Vec::new()
         }
         _ => match d.strategy {
-            Kind::InPlace | Kind::AllAtOnce => inplace::on(&mut n, ev).ok_or_else(reject)?,
-            Kind::BlueGreen => bluegreen::on(&mut n, ev).ok_or_else(reject)?,
+            Strategy::InPlace | Strategy::AllAtOnce => {
+                inplace::on(&mut n, ev).ok_or_else(reject)?
+            }
+            Strategy::BlueGreen => bluegreen::on(&mut n, ev).ok_or_else(reject)?,
         },
     };
     if cfg!(debug_assertions) {
@@ -519,7 +468,7 @@ pub fn check(before: &Deployment, after: &Deployment, actions: &[Action]) -> Res
                     return Err(format!("{i} stopped before it was drained"));
                 }
             }
-            Action::Drain { instances } if after.strategy == Kind::InPlace => {
+            Action::Drain { instances } if after.strategy == Strategy::InPlace => {
                 let out = instances.len();
                 if after.fleet.len() - out < after.min_healthy {
                     return Err(format!(
@@ -529,7 +478,7 @@ pub fn check(before: &Deployment, after: &Deployment, actions: &[Action]) -> Res
                     ));
                 }
             }
-            Action::Drain { instances } if after.strategy == Kind::BlueGreen => {
+            Action::Drain { instances } if after.strategy == Strategy::BlueGreen => {
                 let blue = instances.iter().any(|i| after.fleet.contains(i));
                 if blue && after.status == Status::Running && after.phase != Phase::TerminatingBlue
                 {

@@ -5,7 +5,7 @@ fn names(p: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{p}-{i}")).collect()
 }
 
-fn req(kind: Kind, n: usize, batch: Amount, floor: Amount) -> Request {
+fn req(kind: Strategy, n: usize, batch: Amount, floor: Amount) -> Request {
     Request {
         id: "d1".into(),
         service: "web".into(),
@@ -45,7 +45,13 @@ fn run(mut d: Deployment) -> (Deployment, Vec<Action>) {
 
 #[test]
 fn in_place_batch_1_goes_instance_by_instance() {
-    let d = new(req(Kind::InPlace, 3, Amount::Count(1), Amount::Count(2))).unwrap();
+    let d = new(req(
+        Strategy::InPlace,
+        3,
+        Amount::Count(1),
+        Amount::Count(2),
+    ))
+    .unwrap();
     assert_eq!(d.batches, vec![s(&["web-1"]), s(&["web-2"]), s(&["web-3"])]);
     let (d1, a) = step(&d, Event::Start).unwrap();
     assert_eq!(
@@ -111,7 +117,7 @@ fn in_place_batch_1_goes_instance_by_instance() {
 #[test]
 fn in_place_50_percent_makes_two_batches_of_two() {
     let d = new(req(
-        Kind::InPlace,
+        Strategy::InPlace,
         4,
         Amount::Percent(50),
         Amount::Percent(50),
@@ -128,22 +134,40 @@ fn in_place_50_percent_makes_two_batches_of_two() {
 
 #[test]
 fn a_batch_that_breaks_the_floor_is_refused_up_front() {
-    let e = new(req(Kind::InPlace, 4, Amount::Count(3), Amount::Percent(50))).unwrap_err();
+    let e = new(req(
+        Strategy::InPlace,
+        4,
+        Amount::Count(3),
+        Amount::Percent(50),
+    ))
+    .unwrap_err();
     assert!(
         e.to_string()
             .contains("would leave 1 in service, below min_healthy 50% (2)"),
         "{e}"
     );
-    let e = new(req(Kind::InPlace, 2, Amount::Count(3), Amount::Count(0))).unwrap_err();
+    let e = new(req(
+        Strategy::InPlace,
+        2,
+        Amount::Count(3),
+        Amount::Count(0),
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("larger than the 2 instances"), "{e}");
-    let mut r = req(Kind::InPlace, 2, Amount::Count(1), Amount::Count(1));
+    let mut r = req(Strategy::InPlace, 2, Amount::Count(1), Amount::Count(1));
     r.to = "v1".into();
     assert!(new(r).unwrap_err().to_string().contains("already serves"));
 }
 
 #[test]
 fn in_place_failure_at_every_step_rolls_back_what_was_touched() {
-    let base = new(req(Kind::InPlace, 4, Amount::Count(2), Amount::Count(2))).unwrap();
+    let base = new(req(
+        Strategy::InPlace,
+        4,
+        Amount::Count(2),
+        Amount::Count(2),
+    ))
+    .unwrap();
     // Walk to each step of each batch, fail there, and check the rollback.
     for fail_at in 0..8 {
         let (mut d, _) = step(&base, Event::Start).unwrap();
@@ -198,7 +222,13 @@ fn in_place_failure_at_every_step_rolls_back_what_was_touched() {
 
 #[test]
 fn a_failing_rollback_ends_failed_with_both_reasons() {
-    let d = new(req(Kind::InPlace, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::InPlace,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let (d, _) = step(&d, Event::Start).unwrap();
     let (d, _) = step(
         &d,
@@ -228,7 +258,13 @@ fn a_failing_rollback_ends_failed_with_both_reasons() {
 
 #[test]
 fn pause_holds_the_next_step_until_resume() {
-    let d = new(req(Kind::InPlace, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::InPlace,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let (d, _) = step(&d, Event::Start).unwrap();
     let (p, a) = step(&d, Event::Pause).unwrap();
     assert!(a.is_empty() && p.paused);
@@ -248,7 +284,13 @@ fn pause_holds_the_next_step_until_resume() {
 
 #[test]
 fn abort_rolls_back_and_rejected_events_change_nothing() {
-    let d = new(req(Kind::InPlace, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::InPlace,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     assert!(step(&d, Event::Done).is_err());
     assert!(step(&d, Event::Promote).is_err());
     let (d, _) = step(&d, Event::Start).unwrap();
@@ -262,7 +304,13 @@ fn abort_rolls_back_and_rejected_events_change_nothing() {
 
 #[test]
 fn blue_green_full_sequence() {
-    let d = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     assert_eq!(
         (d.blue_group.as_str(), d.green_group.as_str()),
         ("blue", "green")
@@ -335,7 +383,13 @@ fn blue_green_full_sequence() {
 
 #[test]
 fn blue_green_failure_before_cut_over_flips_back_at_every_step() {
-    let base = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let base = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     for fail_at in 0..5 {
         let (mut d, _) = step(&base, Event::Start).unwrap();
         for _ in 0..fail_at {
@@ -373,7 +427,13 @@ fn blue_green_failure_before_cut_over_flips_back_at_every_step() {
 
 #[test]
 fn promote_skips_bake_and_rollback_within_retention_is_one_flip() {
-    let d = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let (mut d, _) = step(&d, Event::Start).unwrap();
     d = step(&d, Event::Done).unwrap().0;
     d = step(&d, Event::Done).unwrap().0; // shifting 10%
@@ -412,7 +472,13 @@ fn promote_skips_bake_and_rollback_within_retention_is_one_flip() {
 
 #[test]
 fn all_at_once_stops_everything_then_starts_everything() {
-    let d = new(req(Kind::AllAtOnce, 3, Amount::Count(1), Amount::Count(2))).unwrap();
+    let d = new(req(
+        Strategy::AllAtOnce,
+        3,
+        Amount::Count(1),
+        Amount::Count(2),
+    ))
+    .unwrap();
     assert_eq!(d.batches, vec![names("web", 3)]);
     let (end, all) = run(d);
     assert_eq!(end.status, Status::Succeeded);
@@ -432,14 +498,26 @@ fn all_at_once_stops_everything_then_starts_everything() {
 
 #[test]
 fn the_invariant_check_catches_a_stop_before_drain() {
-    let d = new(req(Kind::InPlace, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::InPlace,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let bad = [Action::Stop {
         instances: s(&["web-1"]),
     }];
     assert!(check(&d, &d, &bad)
         .unwrap_err()
         .contains("stopped before it was drained"));
-    let mut bg = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let mut bg = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     bg.phase = Phase::Shifting { index: 0 };
     let early = [Action::Drain {
         instances: s(&["web-1"]),
@@ -459,7 +537,13 @@ fn the_invariant_check_catches_a_stop_before_drain() {
 
 #[test]
 fn deployments_round_trip_through_json() {
-    let d = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let (d, _) = step(&d, Event::Start).unwrap();
     let j = serde_json::to_string(&d).unwrap();
     assert_eq!(serde_json::from_str::<Deployment>(&j).unwrap(), d);
@@ -479,7 +563,7 @@ fn finish(mut d: Deployment) -> (Deployment, Vec<Action>) {
     (d, all)
 }
 
-fn with_hooks(kind: Kind, hooks: &[&str]) -> Deployment {
+fn with_hooks(kind: Strategy, hooks: &[&str]) -> Deployment {
     let mut r = req(kind, 2, Amount::Count(1), Amount::Count(1));
     r.hooks = hooks.iter().map(|h| h.to_string()).collect();
     new(r).unwrap()
@@ -504,7 +588,7 @@ fn in_place_hooks_run_in_order_and_hold_traffic_until_released() {
         "after_allow_traffic",
         "migrate_contract",
     ];
-    let d = with_hooks(Kind::InPlace, &all);
+    let d = with_hooks(Strategy::InPlace, &all);
     let (d, _) = step(&d, Event::Start).unwrap(); // drain web-1
     let (d, _) = step(&d, Event::Done).unwrap(); // stop
     let (d, a) = step(&d, Event::Done).unwrap();
@@ -552,7 +636,7 @@ fn in_place_hooks_run_in_order_and_hold_traffic_until_released() {
 #[test]
 fn blue_green_hooks_expand_before_green_and_contract_after_blue_is_gone() {
     let d = with_hooks(
-        Kind::BlueGreen,
+        Strategy::BlueGreen,
         &[
             "migrate_expand",
             "before_allow_traffic",
@@ -611,7 +695,7 @@ fn blue_green_hooks_expand_before_green_and_contract_after_blue_is_gone() {
 #[test]
 fn a_rollback_runs_install_hooks_for_the_old_revision_but_no_migration() {
     let d = with_hooks(
-        Kind::InPlace,
+        Strategy::InPlace,
         &["migrate_expand", "before_install", "migrate_contract"],
     );
     let (d, _) = step(&d, Event::Start).unwrap();
@@ -628,7 +712,13 @@ fn a_rollback_runs_install_hooks_for_the_old_revision_but_no_migration() {
 
 #[test]
 fn promote_before_the_traffic_steps_is_remembered() {
-    let d = new(req(Kind::BlueGreen, 2, Amount::Count(1), Amount::Count(1))).unwrap();
+    let d = new(req(
+        Strategy::BlueGreen,
+        2,
+        Amount::Count(1),
+        Amount::Count(1),
+    ))
+    .unwrap();
     let (d, _) = step(&d, Event::Start).unwrap();
     let (d, a) = step(&d, Event::Promote).unwrap();
     assert!(a.is_empty() && d.promoted);

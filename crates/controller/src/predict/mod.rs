@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{self, Action, Deployment, Event, Kind, Phase};
+use crate::plan::{self, Action, Deployment, Event, Phase, Strategy};
 
 pub use compare::{compare, Comparison, StepComparison};
 
@@ -399,7 +399,7 @@ pub fn predict(d: &Deployment, timings: &Timings) -> Prediction {
                 let green_only = weights
                     .iter()
                     .all(|(g, w)| (*g == d.green_group) == (*w > 0));
-                if serving_ms.is_none() && d.strategy == Kind::BlueGreen && green_only {
+                if serving_ms.is_none() && d.strategy == Strategy::BlueGreen && green_only {
                     serving_ms = Some(at);
                 }
             }
@@ -459,11 +459,11 @@ pub fn predict(d: &Deployment, timings: &Timings) -> Prediction {
     let desired = d.fleet.len();
     let strategy = d.strategy.as_str().to_string();
     let without_retention = end.saturating_sub(match d.strategy {
-        Kind::BlueGreen => timings.retention_ms,
+        Strategy::BlueGreen => timings.retention_ms,
         _ => 0,
     });
     let rollback = match d.strategy {
-        Kind::BlueGreen => RollbackCost {
+        Strategy::BlueGreen => RollbackCost {
             flip_ms: Some(timings.flip_ms),
             retained_ms: Some(timings.retention_ms),
             redeploy_ms: without_retention,

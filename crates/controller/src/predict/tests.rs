@@ -2,7 +2,7 @@ use super::*;
 use crate::plan::{new, Request};
 use handoff_core::config::Amount;
 
-fn deployment(kind: Kind, n: usize, batch: u32, steps: Vec<u32>, hooks: &[&str]) -> Deployment {
+fn deployment(kind: Strategy, n: usize, batch: u32, steps: Vec<u32>, hooks: &[&str]) -> Deployment {
     new(Request {
         id: "web-9".into(),
         service: "web".into(),
@@ -44,7 +44,10 @@ fn durations(p: &Prediction) -> Vec<(&str, u64)> {
 
 #[test]
 fn in_place_steps_take_drain_stop_start_then_health_and_stay() {
-    let p = predict(&deployment(Kind::InPlace, 4, 2, vec![], &[]), &timings());
+    let p = predict(
+        &deployment(Strategy::InPlace, 4, 2, vec![], &[]),
+        &timings(),
+    );
     // Per batch: drain 300, stop 100, start 250 (checks run meanwhile), then
     // the rest of 1,050 ms to healthy (800) + 2,000 ms stay.
     assert_eq!(
@@ -85,7 +88,7 @@ fn in_place_steps_take_drain_stop_start_then_health_and_stay() {
 #[test]
 fn blue_green_keeps_capacity_doubles_instances_and_rolls_back_by_a_flip() {
     let p = predict(
-        &deployment(Kind::BlueGreen, 3, 1, vec![50], &[]),
+        &deployment(Strategy::BlueGreen, 3, 1, vec![50], &[]),
         &timings(),
     );
     let kinds: Vec<&str> = p.steps.iter().map(|s| s.kind.as_str()).collect();
@@ -128,14 +131,20 @@ fn blue_green_keeps_capacity_doubles_instances_and_rolls_back_by_a_flip() {
 
 #[test]
 fn blue_green_without_steps_has_no_mixed_window() {
-    let p = predict(&deployment(Kind::BlueGreen, 2, 1, vec![], &[]), &timings());
+    let p = predict(
+        &deployment(Strategy::BlueGreen, 2, 1, vec![], &[]),
+        &timings(),
+    );
     assert_eq!(p.mixed_window_ms, 0);
     assert_eq!(p.capacity_floor, 2);
 }
 
 #[test]
 fn all_at_once_predicts_its_downtime() {
-    let p = predict(&deployment(Kind::AllAtOnce, 3, 3, vec![], &[]), &timings());
+    let p = predict(
+        &deployment(Strategy::AllAtOnce, 3, 3, vec![], &[]),
+        &timings(),
+    );
     assert_eq!(p.capacity_floor, 0);
     assert_eq!(p.mixed_window_ms, 0);
     assert!(p.capacity.contains(&(0, 0)), "{:?}", p.capacity);
@@ -144,7 +153,7 @@ fn all_at_once_predicts_its_downtime() {
 #[test]
 fn held_instances_serve_after_their_hooks_and_are_watched_again() {
     let p = predict(
-        &deployment(Kind::InPlace, 2, 1, vec![], &["validate_service"]),
+        &deployment(Strategy::InPlace, 2, 1, vec![], &["validate_service"]),
         &timings(),
     );
     // Batch 1's health step: 800 to healthy, 2,000 stay, the 400 ms hook,
@@ -164,7 +173,7 @@ fn unmeasured_estimates_say_so() {
     let mut t = timings();
     t.hooks.clear();
     let p = predict(
-        &deployment(Kind::InPlace, 2, 1, vec![], &["validate_service"]),
+        &deployment(Strategy::InPlace, 2, 1, vec![], &["validate_service"]),
         &t,
     );
     assert!(p.steps[3]
@@ -200,7 +209,10 @@ fn events(p: &Prediction, slower: &[(usize, u64)]) -> Vec<(i64, String, String)>
 
 #[test]
 fn the_report_lines_up_with_the_prediction_and_names_what_differed() {
-    let p = predict(&deployment(Kind::InPlace, 4, 2, vec![], &[]), &timings());
+    let p = predict(
+        &deployment(Strategy::InPlace, 4, 2, vec![], &[]),
+        &timings(),
+    );
     let c = compare(&p, &events(&p, &[]));
     assert!(c.callouts.is_empty(), "{:?}", c.callouts);
     assert!(c
@@ -223,7 +235,10 @@ fn the_report_lines_up_with_the_prediction_and_names_what_differed() {
 
 #[test]
 fn a_rolled_back_deployment_compares_the_steps_it_reached() {
-    let p = predict(&deployment(Kind::InPlace, 4, 2, vec![], &[]), &timings());
+    let p = predict(
+        &deployment(Strategy::InPlace, 4, 2, vec![], &[]),
+        &timings(),
+    );
     let mut ev = events(&p, &[]);
     // Batch 1's health failed after 900 ms: a rollback instead of batch 2.
     ev.truncate(6); // created, drain, stop, start, hook, health

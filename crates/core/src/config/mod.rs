@@ -133,31 +133,7 @@ pub struct Managed {
     pub artifact: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    InPlace,
-    BlueGreen,
-    AllAtOnce,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::InPlace => "in-place",
-            Strategy::BlueGreen => "blue-green",
-            Strategy::AllAtOnce => "all-at-once",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Strategy> {
-        match s {
-            "in-place" | "rolling" => Some(Strategy::InPlace),
-            "blue-green" => Some(Strategy::BlueGreen),
-            "all-at-once" => Some(Strategy::AllAtOnce),
-            _ => None,
-        }
-    }
-}
+pub use crate::deploy::Strategy;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
