@@ -278,6 +278,8 @@ pub struct DeploymentRecord {
     pub status: String,
     pub state: String,
     pub report: Option<String>,
+    /// `deploy` or `rollback` (see `handoff_core::Origin`).
+    pub origin: String,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
@@ -294,11 +296,11 @@ impl Store {
         let tx = c.transaction()?;
         let now = now_ms();
         tx.execute(
-            "INSERT INTO deployments (id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+            "INSERT INTO deployments (id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state,
                report = COALESCE(excluded.report, deployments.report), updated_ms = excluded.updated_ms",
-            params![d.id, d.service, d.from, d.to, d.strategy, d.status, d.state, d.report, now],
+            params![d.id, d.service, d.from, d.to, d.strategy, d.status, d.state, d.report, now, d.origin],
         )?;
         if let Some((kind, message)) = event {
             tx.execute(
@@ -322,6 +324,7 @@ impl Store {
             report: r.get(7)?,
             created_ms: r.get(8)?,
             updated_ms: r.get(9)?,
+            origin: r.get(10)?,
         })
     }
 
@@ -329,7 +332,7 @@ impl Store {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms
+                "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms, origin
                  FROM deployments WHERE id = ?1",
                 params![id],
                 Self::deployment_row,
@@ -345,11 +348,55 @@ impl Store {
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms
+            "SELECT id, service, from_rev, to_rev, strategy, status, state, report, created_ms, updated_ms, origin
              FROM deployments WHERE service = ?1 ORDER BY created_ms DESC, id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![service, limit as i64], Self::deployment_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A new deployment id for `service`, `SERVICE@N`: N is handed out once,
+    /// in a transaction, and never again (across restarts, and for requests
+    /// that arrive together). The `@` keeps it apart from instance names
+    /// (`web-1`), which the naming rule forbids to contain one. The first
+    /// number follows the deployments recorded before numbers existed.
+    pub fn next_deployment_id(&self, service: &str) -> Result<String, StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT last FROM deployment_numbers WHERE service = ?1",
+                params![service],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut n = match last {
+            Some(n) => n,
+            None => tx.query_row(
+                "SELECT COUNT(*) FROM deployments WHERE service = ?1",
+                params![service],
+                |r| r.get(0),
+            )?,
+        };
+        let id = loop {
+            n += 1;
+            let id = format!("{service}@{n}");
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM deployments WHERE id = ?1)",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if !taken {
+                break id;
+            }
+        };
+        tx.execute(
+            "INSERT INTO deployment_numbers (service, last) VALUES (?1, ?2)
+             ON CONFLICT (service) DO UPDATE SET last = excluded.last",
+            params![service, n],
+        )?;
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Appends an event to a deployment's record without changing its state.
@@ -453,25 +500,6 @@ impl Store {
             )
             .optional()?
             == Some(1))
-    }
-
-    /// The newest stable revision other than `except` (the rollback target).
-    pub fn last_stable_except(
-        &self,
-        service: &str,
-        except: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT r.id FROM revisions r
-                 LEFT JOIN deployments d ON d.service = r.service AND d.to_rev = r.id AND d.status = 'succeeded'
-                 WHERE r.service = ?1 AND r.stable = 1 AND r.id != ?2
-                 GROUP BY r.id ORDER BY MAX(COALESCE(d.updated_ms, r.created_ms)) DESC LIMIT 1",
-                params![service, except],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 }
 

@@ -85,6 +85,15 @@ const STEPS: &[&str] = &[
      );
      CREATE INDEX observations_by_kind ON observations (service, kind, id);
      ALTER TABLE deployments ADD COLUMN plan TEXT;",
+    // v5: why each deployment was started (a rollback's target is never a
+    // revision a rollback left), and deployment numbers handed out once per
+    // service, in a transaction, never reused (ids were a count of past
+    // deployments, which two concurrent requests computed alike).
+    "ALTER TABLE deployments ADD COLUMN origin TEXT NOT NULL DEFAULT 'deploy';
+     CREATE TABLE deployment_numbers (
+        service TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+     );",
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -154,15 +154,44 @@ fn current_and_last_stable_revisions() {
     s.set_current_revision("web", "v1").unwrap();
     s.set_current_revision("web", "v2").unwrap();
     assert_eq!(s.current_revision("web").unwrap().as_deref(), Some("v2"));
-    // v3 failed (never stable): rolling back from it goes to v2; from v2, to v1.
-    assert_eq!(
-        s.last_stable_except("web", "v3").unwrap().as_deref(),
-        Some("v2")
-    );
-    assert_eq!(
-        s.last_stable_except("web", "v2").unwrap().as_deref(),
-        Some("v1")
-    );
+    assert!(s.is_stable("web", "v1").unwrap() && s.is_stable("web", "v2").unwrap());
+    assert!(!s.is_stable("web", "v3").unwrap());
+}
+
+#[test]
+fn deployment_ids_are_never_handed_out_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    // Two deployments recorded before numbers existed: numbering follows.
+    for id in ["web-1", "web-2"] {
+        s.save_deployment(
+            &DeploymentRecord {
+                id: id.into(),
+                ..running_web_1()
+            },
+            None,
+        )
+        .unwrap();
+    }
+    assert_eq!(s.next_deployment_id("web").unwrap(), "web@3");
+    // A number handed out but never saved is not handed out again.
+    assert_eq!(s.next_deployment_id("web").unwrap(), "web@4");
+    assert_eq!(s.next_deployment_id("api").unwrap(), "api@1");
+    drop(s);
+    let s = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    assert_eq!(s.next_deployment_id("web").unwrap(), "web@5");
+    // Concurrent callers each get their own.
+    let ids: Vec<String> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.next_deployment_id("web").unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 8, "{ids:?}");
 }
 
 #[test]
@@ -212,6 +241,7 @@ fn running_web_1() -> DeploymentRecord {
         status: "running".into(),
         state: "{}".into(),
         report: None,
+        origin: "deploy".into(),
         created_ms: 0,
         updated_ms: 0,
     }
