@@ -97,13 +97,17 @@ impl Releases {
         Ok(Release { dir, sha256: sha })
     }
 
-    /// Removes installed releases of `service` beyond the newest `keep`,
-    /// never one named in `in_use`. Returns the revisions removed.
+    /// Removes installed releases of `service` until at most `keep` are
+    /// left, never one named in `protect`: releases not in `completed`
+    /// (never completed a deployment: failed, rolled back, unfinished)
+    /// go first, oldest first, then completed ones, oldest first. Returns
+    /// the revisions removed.
     pub fn prune(
         &self,
         service: &str,
         keep: usize,
-        in_use: &[&str],
+        protect: &[&str],
+        completed: &[&str],
     ) -> Result<Vec<String>, RuntimeError> {
         let parent = self.root.join(service);
         let Ok(entries) = fs::read_dir(&parent) else {
@@ -118,14 +122,26 @@ impl Releases {
                 (!name.starts_with('.')).then(|| (t, name, e.path()))
             })
             .collect();
-        rels.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        let mut left = rels.len();
+        // Removal order: never-completed before completed, oldest first.
+        rels.sort_by(|a, b| {
+            let done = |n: &str| completed.contains(&n);
+            done(&a.1)
+                .cmp(&done(&b.1))
+                .then(a.0.cmp(&b.0))
+                .then(a.1.cmp(&b.1))
+        });
         let mut removed = Vec::new();
-        for (_, name, path) in rels.into_iter().skip(keep) {
-            if in_use.contains(&name.as_str()) {
+        for (_, name, path) in rels {
+            if left <= keep {
+                break;
+            }
+            if protect.contains(&name.as_str()) {
                 continue;
             }
             fs::remove_dir_all(&path).map_err(io("cannot remove old release", &path))?;
             removed.push(name);
+            left -= 1;
         }
         Ok(removed)
     }
@@ -306,12 +322,33 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        let removed = rel.prune("web", 2, &["v1"]).unwrap();
+        let all = ["v1", "v2", "v3", "v4"];
+        let removed = rel.prune("web", 3, &["v1"], &all).unwrap();
         assert_eq!(removed, vec!["v2".to_string()]);
         assert!(
             rel.dir("web", "v1").exists()
                 && rel.dir("web", "v3").exists()
                 && rel.dir("web", "v4").exists()
         );
+    }
+
+    #[test]
+    fn prune_removes_never_completed_releases_first() {
+        let d = tempfile::tempdir().unwrap();
+        let rel = Releases::new(&d.path().join("state"));
+        let app = tree(d.path());
+        // v2 completed; v5, v6, v7 failed after it and are newer.
+        for (i, v) in ["v2", "v5", "v6", "v7"].iter().enumerate() {
+            fs::write(app.join("static/index.html"), v).unwrap();
+            rel.install("web", v, &app).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - i as u64);
+            fs::File::open(rel.dir("web", v).join(MARK))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let removed = rel.prune("web", 2, &["v7"], &["v2"]).unwrap();
+        assert_eq!(removed, vec!["v5".to_string(), "v6".to_string()]);
+        assert!(rel.dir("web", "v2").exists() && rel.dir("web", "v7").exists());
     }
 }

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::ControllerError;
 
+mod files;
 mod launch;
 mod ops;
 mod reconcile;
@@ -427,15 +428,13 @@ impl<R: Runtime> Fleet<R> {
             }
         }
         if sha.is_some() {
-            let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
             let in_use: Vec<String> = self
                 .slots()
                 .values()
                 .map(|s| s.revision.clone())
                 .chain([revision.to_string()])
                 .collect();
-            let in_use: Vec<&str> = in_use.iter().map(String::as_str).collect();
-            let removed = releases.prune(self.name(), self.releases_kept, &in_use)?;
+            let removed = self.prune_releases(&in_use)?;
             if !removed.is_empty() {
                 self.event(
                     None,
