@@ -1,18 +1,16 @@
 //! Deployments: create, follow, control, roll back; history and revisions.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use handoff_controller::executor::{DeployRequest, Deployer};
-use handoff_controller::plan::{Event, Kind};
-use handoff_controller::predict::{compare, Prediction};
-use handoff_runtime::ProcessRuntime;
+use handoff_controller::executor::DeployRequest;
+use handoff_controller::plan::{Event, Strategy};
+use handoff_controller::service::ManagedService;
 
 use crate::types::*;
 use crate::{deploy_error, deployer, error, AdminState};
+use handoff_controller::executor::rollback::RollbackKind;
 
 pub(crate) async fn deploy(
     State(s): State<AdminState>,
@@ -58,10 +56,11 @@ pub(crate) async fn deploy(
             strategy,
             batch,
             artifact,
+            ..Default::default()
         })
         .await
     {
-        Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
+        Ok(id) => (StatusCode::CREATED, Json(Accepted { id, rollback: None })).into_response(),
         Err(e) => deploy_error(e),
     }
 }
@@ -83,7 +82,7 @@ fn json_body<T>(
 
 /// The strategy (`all`: every one, for `plan`), batch and revision of a
 /// deploy or plan request, checked; the error is a 400's message.
-type Choice = (Option<Vec<Kind>>, Option<handoff_core::config::Batch>);
+type Choice = (Option<Vec<Strategy>>, Option<handoff_core::config::Batch>);
 
 pub(crate) fn parse_choice(
     strategy: Option<&str>,
@@ -92,9 +91,13 @@ pub(crate) fn parse_choice(
 ) -> Result<Choice, String> {
     let strategy = match strategy {
         None => None,
-        Some("all") => Some(vec![Kind::InPlace, Kind::BlueGreen, Kind::AllAtOnce]),
+        Some("all") => Some(vec![
+            Strategy::InPlace,
+            Strategy::BlueGreen,
+            Strategy::AllAtOnce,
+        ]),
         Some(x) => match handoff_core::config::Strategy::parse(x) {
-            Some(k) => Some(vec![Kind::from(k)]),
+            Some(k) => Some(vec![k]),
             None => {
                 return Err(format!(
                     "strategy: unknown '{x}'; use in-place, blue-green or all-at-once"
@@ -142,7 +145,7 @@ pub(crate) async fn control(
                     }
                 }
             };
-            return rollback(d, b).await;
+            return rollback(d.as_ref(), b).await;
         }
         other => {
             return error(
@@ -153,153 +156,62 @@ pub(crate) async fn control(
         }
     };
     match d.control(ev) {
-        Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
+        Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id, rollback: None })).into_response(),
         Err(e) => deploy_error(e),
     }
 }
 
 /// Blue/green in retention: a flip. Running: abort (which rolls back).
-/// Otherwise: a new deployment to `to` or the last stable revision.
-async fn rollback(d: &Arc<Deployer<ProcessRuntime>>, b: RollbackBody) -> Response {
-    if let Some(cur) = d.current().filter(|c| c.status.is_active()) {
-        let ev = if cur.status == handoff_controller::plan::Status::Retained {
-            Event::Rollback
-        } else {
-            Event::Abort
-        };
-        return match d.control(ev) {
-            Ok(id) => (StatusCode::ACCEPTED, Json(Accepted { id })).into_response(),
-            Err(e) => deploy_error(e),
-        };
+/// Otherwise: a new deployment to `to` or the revision that served before
+/// (the controller decides; see `executor::rollback`).
+async fn rollback(d: &dyn ManagedService, b: RollbackBody) -> Response {
+    if let Some(to) = &b.to {
+        if let Err(m) = parse_choice(None, None, to) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                m.replacen("revision", "to", 1),
+            );
+        }
     }
-    let current = d.fleet.current_revision();
-    let target = match b.to {
-        Some(t) => t,
-        None => match d.fleet.store.last_stable_except(d.fleet.name(), &current) {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return error(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    format!(
-                        "service '{}' has no stable revision other than {current} to roll back to",
-                        d.fleet.name()
-                    ),
-                )
-            }
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        },
-    };
-    if !d
-        .fleet
-        .store
-        .is_stable(d.fleet.name(), &target)
-        .unwrap_or(false)
-    {
-        return error(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("{target} never completed a deployment of '{}', so it is no rollback target; use `handoff deploy` if you mean to try it again", d.fleet.name()),
-        );
-    }
-    if target == current {
-        return error(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("{target} is the revision serving now; nothing to roll back to"),
-        );
-    }
-    // "The previous revision with the same strategy": the strategy of the
-    // deployment being rolled back.
-    let strategy = d
-        .fleet
-        .store
-        .deployments(d.fleet.name(), 1)
-        .ok()
-        .and_then(|l| l.into_iter().next())
-        .and_then(|r| handoff_core::config::Strategy::parse(&r.strategy))
-        .map(Kind::from);
-    match d
-        .deploy(DeployRequest {
-            revision: target,
-            strategy,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(id) => (StatusCode::CREATED, Json(Accepted { id })).into_response(),
+    match d.rollback(b.to).await {
+        Ok((id, how)) => {
+            let status = if how == RollbackKind::Deploy {
+                StatusCode::CREATED
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (
+                status,
+                Json(Accepted {
+                    id,
+                    rollback: Some(how),
+                }),
+            )
+                .into_response()
+        }
         Err(e) => deploy_error(e),
     }
 }
 
-fn view(d: &Arc<Deployer<ProcessRuntime>>, rec: handoff_store::DeploymentRecord) -> DeploymentView {
-    let state: Option<handoff_controller::plan::Deployment> = serde_json::from_str(&rec.state).ok();
-    let events = d
-        .fleet
-        .store
-        .deployment_events(&rec.id)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(at_ms, kind, message)| EventView {
-            at_ms,
-            kind,
-            message,
-        })
-        .collect::<Vec<_>>();
-    let retained_until_ms = (rec.status == "retained")
-        .then(|| {
-            events
-                .iter()
-                .rev()
-                .find(|e| e.kind == "retained")
-                .map(|e| e.at_ms + d.fleet.service.blue_green.retention.as_millis() as i64)
-        })
-        .flatten();
-    let plan: Option<Prediction> = d
-        .fleet
-        .store
-        .deployment_plan(&rec.id)
-        .ok()
-        .flatten()
-        .and_then(|p| serde_json::from_str(&p).ok());
-    let comparison = plan.as_ref().map(|p| {
-        let ev: Vec<(i64, String, String)> = events
-            .iter()
-            .map(|e| (e.at_ms, e.kind.clone(), e.message.clone()))
-            .collect();
-        compare(p, &ev)
-    });
-    DeploymentView {
-        plan,
-        comparison,
-        id: rec.id,
-        service: rec.service,
-        from: rec.from,
-        to: rec.to,
-        strategy: rec.strategy,
-        status: rec.status,
-        paused: state.as_ref().is_some_and(|s| s.paused),
-        reason: state.and_then(|s| s.reason),
-        retained_until_ms,
-        events,
-        report: rec
-            .report
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()),
-        created_ms: rec.created_ms,
-        updated_ms: rec.updated_ms,
-    }
-}
-
 pub(crate) async fn deployment(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    // `SERVICE@N` names its service; older ids (`SERVICE-N`) are looked up
+    // in every service.
+    let owner = id.split_once('@').map(|(svc, _)| svc);
     for d in s.deployers.values() {
-        if let Ok(Some(rec)) = d.fleet.store.deployment(&id) {
-            return Json(view(d, rec)).into_response();
+        if owner.is_some_and(|o| o != d.name()) {
+            continue;
+        }
+        match d.deployment(&id) {
+            Ok(Some(v)) => return Json(v).into_response(),
+            Ok(None) => {}
+            Err(e) => return deploy_error(e),
         }
     }
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no deployment '{id}'"),
+        format!("no deployment '{id}'; ids look like web@3 (`handoff history SERVICE` lists them)"),
     )
 }
 
@@ -308,9 +220,9 @@ pub(crate) async fn history(State(s): State<AdminState>, Path(name): Path<String
         Ok(d) => d,
         Err(r) => return r,
     };
-    match d.fleet.store.deployments(&name, 100) {
-        Ok(list) => Json(list.into_iter().map(|r| view(d, r)).collect::<Vec<_>>()).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match d.history(100) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => deploy_error(e),
     }
 }
 
@@ -319,22 +231,9 @@ pub(crate) async fn revisions(State(s): State<AdminState>, Path(name): Path<Stri
         Ok(d) => d,
         Err(r) => return r,
     };
-    let current = d.fleet.current_revision();
-    match d.fleet.store.revisions(&name) {
-        Ok(list) => Json(
-            list.into_iter()
-                .map(|(r, stable)| RevisionView {
-                    current: r.id == current,
-                    id: r.id,
-                    stable,
-                    artifact: r.artifact,
-                    sha256: r.sha256,
-                    created_ms: r.created_ms,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match d.revisions() {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => deploy_error(e),
     }
 }
 
@@ -357,7 +256,7 @@ pub(crate) async fn plan(
             Ok(x) => x,
             Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
         };
-    let strategies = strategy.unwrap_or_else(|| vec![d.fleet.service.strategy.into()]);
+    let strategies = strategy.unwrap_or_else(|| vec![d.default_strategy()]);
     let req = DeployRequest {
         revision: b.revision.clone(),
         batch,
@@ -367,7 +266,7 @@ pub(crate) async fn plan(
         Ok(plans) => Json(PlanView {
             schema: PLAN_SCHEMA,
             service: name,
-            from: d.fleet.current_revision(),
+            from: d.current_revision(),
             to: b.revision,
             plans,
         })

@@ -38,21 +38,19 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use handoff_controller::executor::{self, DeployError, Deployer};
+use handoff_controller::executor::DeployError;
+use handoff_controller::service::ManagedService;
 use handoff_proxy::ServiceProxy;
-use handoff_runtime::ProcessRuntime;
 use prometheus_client::registry::Registry;
 use types::*;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    /// `state_dir/logs`: instance logs by service.
-    pub logs_dir: std::path::PathBuf,
     /// Every proxied service.
     pub services: Arc<BTreeMap<String, Arc<ServiceProxy>>>,
-    /// Deployers of managed services.
-    pub deployers: Arc<BTreeMap<String, Arc<Deployer<ProcessRuntime>>>>,
+    /// Managed services, through the controller's narrow surface.
+    pub deployers: Arc<BTreeMap<String, Arc<dyn ManagedService>>>,
     /// The bearer token every endpoint but `/healthz` requires.
     pub token: Arc<str>,
     /// Target state changes of every service.
@@ -141,21 +139,31 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 fn deploy_error(e: DeployError) -> Response {
+    use handoff_controller::executor::rollback::Refused;
     match e {
-        DeployError::Conflict { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
-        DeployError::NoneActive { .. } => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        DeployError::Conflict { .. }
+        | DeployError::Busy { .. }
+        | DeployError::NoneActive { .. }
+        | DeployError::AlreadyRollingBack { .. }
+        | DeployError::Rollback(_) => {
+            if let DeployError::Rollback(Refused::Unknown { .. }) = e {
+                return error(StatusCode::NOT_FOUND, "not_found", e.to_string());
+            }
+            error(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
         DeployError::Rejected(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-        DeployError::Controller(_) => {
+        DeployError::Controller(ref c) => {
+            // A bad artifact or a changed revision is the request's fault.
+            if let handoff_controller::ControllerError::Runtime(_) = c {
+                return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+            }
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         }
     }
 }
 
 #[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, built once
-fn deployer<'a>(
-    s: &'a AdminState,
-    name: &str,
-) -> Result<&'a Arc<Deployer<ProcessRuntime>>, Response> {
+fn deployer<'a>(s: &'a AdminState, name: &str) -> Result<&'a Arc<dyn ManagedService>, Response> {
     s.deployers.get(name).ok_or_else(|| {
         if s.services.contains_key(name) {
             error(
@@ -186,14 +194,10 @@ async fn logs(
             "service and instance names use letters, digits, '-' and '_'",
         );
     }
-    let path = handoff_runtime::logs::path(&s.logs_dir, &service, &instance);
-    if !path.exists() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no log for instance '{instance}' of service '{service}'"),
-        );
-    }
+    let d = match deployer(&s, &service) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     // Parsed by hand: the first `lines=` wins and any oddity gets the API's
     // own error shape, not the extractor's plain-text rejection.
     let lines_param = query
@@ -212,9 +216,17 @@ async fn logs(
             )
         }
     };
-    let mut t = handoff_runtime::logs::tail(&path, lines);
-    t.push('\n');
-    (StatusCode::OK, t).into_response()
+    match d.logs(&instance, lines) {
+        Some(mut t) => {
+            t.push('\n');
+            (StatusCode::OK, t).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no log for instance '{instance}' of service '{service}'"),
+        ),
+    }
 }
 
 async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
@@ -225,9 +237,9 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
         out.push(ServiceView {
             name: name.clone(),
             listen: p.listen.to_string(),
-            revision: d.map(|d| d.fleet.current_revision()),
+            revision: d.map(|d| d.current_revision()),
             deployment: d
-                .and_then(|d| d.current())
+                .and_then(|d| d.latest())
                 .filter(|x| x.status.is_active())
                 .map(|x| x.id),
             groups: table
@@ -265,5 +277,3 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
-
-pub use executor::status_str;

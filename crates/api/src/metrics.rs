@@ -5,8 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use handoff_controller::executor::Deployer;
-use handoff_runtime::ProcessRuntime;
+use handoff_controller::service::ManagedService;
 
 use crate::{error, AdminState};
 
@@ -32,7 +31,7 @@ pub(crate) async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// Deployment metrics, read from the store at scrape time.
 pub struct DeployCollector {
-    pub deployers: Vec<(String, Arc<Deployer<ProcessRuntime>>)>,
+    pub deployers: Vec<(String, Arc<dyn ManagedService>)>,
 }
 
 impl std::fmt::Debug for DeployCollector {
@@ -59,9 +58,7 @@ impl prometheus_client::collector::Collector for DeployCollector {
                 MetricType::Counter,
             )?;
             for (name, d) in &self.deployers {
-                for (strategy, status, n) in
-                    d.fleet.store.deployment_counts(name).unwrap_or_default()
-                {
+                for (strategy, status, n) in d.deployment_counts() {
                     let l: L = vec![
                         ("service", name.clone()),
                         ("strategy", strategy),
@@ -81,7 +78,7 @@ impl prometheus_client::collector::Collector for DeployCollector {
             for (name, d) in &self.deployers {
                 let l: L = vec![
                     ("service", name.clone()),
-                    ("revision", d.fleet.current_revision()),
+                    ("revision", d.current_revision()),
                 ];
                 m.encode_family(&l)?.encode_gauge(&1i64)?;
             }

@@ -1,7 +1,8 @@
 //! Request and response bodies shared by the API and the CLI, so the two
 //! cannot drift apart.
 
-use handoff_controller::predict::{Comparison, Prediction};
+use handoff_controller::predict::Prediction;
+pub use handoff_controller::service::{DeploymentView, EventView, RevisionView};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,38 +55,13 @@ pub struct RollbackBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Accepted {
+    /// The deployment started or steered (`SERVICE@N`).
     pub id: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventView {
-    pub at_ms: i64,
-    pub kind: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeploymentView {
-    pub id: String,
-    pub service: String,
-    pub from: String,
-    pub to: String,
-    pub strategy: String,
-    pub status: String,
-    pub paused: bool,
-    pub reason: Option<String>,
-    /// Blue/green: when blue will be terminated (unix ms), while retained.
-    pub retained_until_ms: Option<i64>,
-    pub events: Vec<EventView>,
-    pub report: Option<serde_json::Value>,
-    /// What `plan` predicted for this deployment when it was created.
-    #[serde(default)]
-    pub plan: Option<Prediction>,
-    /// Each predicted step beside its measured duration.
-    #[serde(default)]
-    pub comparison: Option<Comparison>,
-    pub created_ms: i64,
-    pub updated_ms: i64,
+    /// For a rollback: how it is carried out (`flip`: traffic back to the
+    /// retained blue; `abort`: the running deployment rolls back;
+    /// `deploy`: a deployment back to an earlier revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<handoff_controller::executor::rollback::RollbackKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,16 +102,4 @@ pub struct ErrorDetail {
     /// Stable: `bad_request`, `not_found`, `conflict`, `internal`.
     pub code: String,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevisionView {
-    pub id: String,
-    /// Completed a deployment (or the first boot): a rollback target.
-    pub stable: bool,
-    /// Serving now.
-    pub current: bool,
-    pub artifact: Option<String>,
-    pub sha256: Option<String>,
-    pub created_ms: i64,
 }

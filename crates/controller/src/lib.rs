@@ -62,3 +62,4 @@ pub mod load;
 pub mod plan;
 pub mod predict;
 pub mod report;
+pub mod service;

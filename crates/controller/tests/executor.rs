@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use handoff_controller::executor::{DeployError, DeployRequest, Deployer};
-use handoff_controller::plan::{Kind, Status};
+use handoff_controller::plan::{Status, Strategy};
 use handoff_controller::{Fleet, FleetOptions};
 use handoff_proxy::Proxy;
 use handoff_runtime::{Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome};
@@ -177,9 +177,10 @@ async fn in_place_batch_1_records_every_step_and_moves_the_current_revision() {
         .deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::InPlace),
+            strategy: Some(Strategy::InPlace),
             batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -243,6 +244,7 @@ async fn a_failed_start_rolls_back_exactly_what_was_touched() {
             strategy: None,
             batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -278,9 +280,10 @@ async fn blue_green_starts_green_then_terminates_blue_after_retention() {
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::BlueGreen),
+            strategy: Some(Strategy::BlueGreen),
             batch: None,
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -343,9 +346,10 @@ async fn one_deployment_per_service_and_a_flip_within_retention() {
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::BlueGreen),
+            strategy: Some(Strategy::BlueGreen),
             batch: None,
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -358,7 +362,7 @@ async fn one_deployment_per_service_and_a_flip_within_retention() {
         })
         .await
     {
-        Err(DeployError::Conflict { id, .. }) => assert_eq!(id, "web-1"),
+        Err(DeployError::Conflict { id, .. }) => assert_eq!(id, "web@1"),
         other => panic!("{other:?}"),
     }
     r.deployer
@@ -406,9 +410,10 @@ async fn interrupted_deployments_are_closed_at_boot() {
         .deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::InPlace),
+            strategy: Some(Strategy::InPlace),
             batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -447,9 +452,10 @@ async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake()
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::InPlace),
+            strategy: Some(Strategy::InPlace),
             batch: Some(handoff_core::config::Amount::Count(1).into()),
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -476,9 +482,10 @@ async fn pause_holds_the_next_step_resume_continues_and_promote_skips_the_bake()
     r.deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::BlueGreen),
+            strategy: Some(Strategy::BlueGreen),
             batch: None,
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -509,9 +516,10 @@ async fn all_at_once_is_a_warned_stop_everything_then_start_everything() {
         .deployer
         .deploy(DeployRequest {
             revision: "v2".into(),
-            strategy: Some(Kind::AllAtOnce),
+            strategy: Some(Strategy::AllAtOnce),
             batch: None,
             artifact: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -578,7 +586,7 @@ async fn auto_batches_follow_the_load_and_wait_when_it_rises() {
                 revision: "v2".into(),
                 ..Default::default()
             },
-            &[Kind::InPlace],
+            &[Strategy::InPlace],
         )
         .unwrap();
     assert_eq!(plans[0].batch_size, Some(2));

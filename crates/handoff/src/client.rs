@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use handoff_api::types::*;
+use handoff_core::{DeploymentStatus, Origin};
 use serde::de::DeserializeOwned;
 
 pub struct Client {
@@ -160,7 +161,12 @@ fn clock(ms: i64) -> String {
 
 /// `handoff deploy`: start, then follow the deployment live until the new
 /// revision serves (exit 0) or it failed / rolled back (exit 1).
-pub fn deploy(c: &Client, body: DeployBody, detach: bool, json: bool) -> anyhow::Result<String> {
+pub fn deploy(
+    c: &Client,
+    body: DeployBody,
+    detach: bool,
+    json: bool,
+) -> anyhow::Result<DeploymentStatus> {
     let acc: Accepted = c.json("POST", "/deployments", Some(serde_json::to_string(&body)?))?;
     if detach {
         println!(
@@ -168,23 +174,34 @@ pub fn deploy(c: &Client, body: DeployBody, detach: bool, json: bool) -> anyhow:
             if json {
                 serde_json::to_string(&acc)?
             } else {
-                format!("deployment {} started", acc.id)
+                format!(
+                    "deployment {} started; follow it with `handoff status {}` or `handoff report {}`",
+                    acc.id, body.service, acc.id
+                )
             }
         );
-        return Ok("running".into());
+        return Ok(DeploymentStatus::Running);
+    }
+    if !json {
+        println!("deployment {}", acc.id);
     }
     follow(c, &acc.id, json)
 }
 
 /// Follows a deployment until it settles; returns its status then.
-pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<String> {
+pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<DeploymentStatus> {
     follow_since(c, id, json, 0)
 }
 
 /// Like [`follow`], showing only events from `since_ms` (unix ms) on: a
 /// rollback within retention continues a deployment whose earlier events
 /// were shown already.
-pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::Result<String> {
+pub fn follow_since(
+    c: &Client,
+    id: &str,
+    json: bool,
+    since_ms: i64,
+) -> anyhow::Result<DeploymentStatus> {
     let mut shown = 0;
     let mut first = true;
     let started = Instant::now();
@@ -216,12 +233,12 @@ pub fn follow_since(c: &Client, id: &str, json: bool, since_ms: i64) -> anyhow::
             }
         }
         shown = v.events.len();
-        let finished = matches!(v.status.as_str(), "succeeded" | "rolled-back" | "failed");
-        if v.status == "retained" || finished {
+        let retained = v.status == DeploymentStatus::Retained;
+        if retained || !v.status.is_active() {
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if v.status == "retained" {
+            } else if retained {
                 if let Some(t) = v.retained_until_ms {
                     println!(
                         "blue retained until {} (instant rollback: handoff rollback {})",
@@ -257,41 +274,38 @@ fn waiting_for(kind: &str, message: &str) -> String {
 }
 
 pub fn print_report(v: &DeploymentView) {
-    match v.status.as_str() {
-        "succeeded" => println!("deployed: {} serves service {}", v.to, v.service),
-        "rolled-back" => println!(
-            "rolled back: {} serves service {} ({})",
-            v.from,
-            v.service,
-            v.reason.clone().unwrap_or_default()
+    let reason = v.reason.clone().unwrap_or_default();
+    match (v.status, v.origin) {
+        (DeploymentStatus::Succeeded, Origin::Rollback) => println!(
+            "rolled back: {} serves service {} again ({})",
+            v.to, v.service, v.id
         ),
-        "failed" => println!(
-            "FAILED, needs attention: {}",
-            v.reason.clone().unwrap_or_default()
+        (DeploymentStatus::Succeeded, _) => {
+            println!("deployed: {} serves service {} ({})", v.to, v.service, v.id)
+        }
+        (DeploymentStatus::RolledBack, Origin::Rollback) => println!(
+            "ROLLBACK FAILED: {} did not come back ({reason}); {} still serves service {}",
+            v.to, v.from, v.service
         ),
-        s => println!("status: {s}"),
+        (DeploymentStatus::RolledBack, _) => println!(
+            "rolled back: {} serves service {} ({reason})",
+            v.from, v.service
+        ),
+        (DeploymentStatus::Failed, _) => println!("FAILED, needs attention: {reason}"),
+        (s, _) => println!("status: {s}"),
     }
     if let Some(r) = &v.report {
-        let g = |k: &str| r.get(k).cloned().unwrap_or_default();
         println!(
             "report: {} ms; capacity floor {}/{}; mixed versions {} ms; peak {} instances",
-            g("duration_ms"),
-            g("capacity_floor"),
-            g("desired"),
-            g("mixed_window_ms"),
-            g("peak_instances")
+            r.duration_ms, r.capacity_floor, r.desired, r.mixed_window_ms, r.peak_instances
         );
-        if let Some(revs) = r.get("per_revision").and_then(|x| x.as_array()) {
-            for x in revs {
-                println!(
-                    "  {}: {} requests, {} 5xx",
-                    x["revision"].as_str().unwrap_or("?"),
-                    x["requests"],
-                    x["errors_5xx"]
-                );
-            }
+        for x in &r.per_revision {
+            println!(
+                "  {}: {} requests, {} 5xx",
+                x.revision, x.requests, x.errors_5xx
+            );
         }
-        if let Some(ms) = r.get("rollback_ms").and_then(|x| x.as_u64()) {
+        if let Some(ms) = r.rollback_ms {
             println!("  rollback took {ms} ms");
         }
     }
@@ -427,12 +441,12 @@ pub fn control(
     verb: &str,
     body: Option<String>,
     json: bool,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Accepted> {
     let acc: Accepted = c.json("POST", &format!("/services/{service}/{verb}"), body)?;
     if json {
         println!("{}", serde_json::to_string(&acc)?);
     }
-    Ok(acc.id)
+    Ok(acc)
 }
 
 /// Unix milliseconds now (the CLI and the daemon share a clock).

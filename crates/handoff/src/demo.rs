@@ -206,7 +206,7 @@ fn deploy(c: &Client, body: DeployBody) -> anyhow::Result<String> {
     let acc: handoff_api::types::Accepted =
         c.json("POST", "/deployments", Some(serde_json::to_string(&body)?))?;
     let status = client::follow(c, &acc.id, false)?;
-    if !matches!(status.as_str(), "succeeded" | "retained") {
+    if !status.new_revision_serves() {
         bail!("the demo deploy {} ended {status}", acc.id);
     }
     Ok(acc.id)
@@ -291,9 +291,10 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
                 "rollback",
                 Some(serde_json::to_string(&RollbackBody { to: None })?),
                 false,
-            )?;
+            )?
+            .id;
             let status = client::follow_since(&c, &id, false, since)?;
-            if status != "rolled-back" {
+            if status != handoff_core::DeploymentStatus::RolledBack {
                 bail!("the demo rollback ended {status}");
             }
             Ok(id)
@@ -318,12 +319,11 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
     );
     for (i, a) in acts.iter().enumerate() {
         let is_rollback = i == 2;
-        let r = a.view.report.clone().unwrap_or_default();
-        let g = |k: &str| r.get(k).and_then(|v| v.as_u64());
-        let floor = match (g("capacity_floor"), g("desired")) {
-            (Some(f), Some(d)) => format!("{f}/{d}"),
-            _ => "-".into(),
-        };
+        let r = a.view.report.as_ref();
+        let floor = r.map_or_else(
+            || "-".into(),
+            |r| format!("{}/{}", r.capacity_floor, r.desired),
+        );
         let ms = |v: Option<u64>| {
             v.map(|x| format!("{:.1} s", x as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into())
@@ -335,7 +335,7 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
                 format!("{:.2} s", a.took.as_secs_f64()),
                 floor,
                 "-".to_string(),
-                g("rollback_ms")
+                r.and_then(|r| r.rollback_ms)
                     .map(|x| format!("{x} ms"))
                     .unwrap_or_else(|| "-".into()),
             )
@@ -343,9 +343,9 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
             let d = if i == 1 {
                 format!("{:.1} s", a.took.as_secs_f64())
             } else {
-                ms(g("duration_ms"))
+                ms(r.map(|r| r.duration_ms))
             };
-            (d, floor, ms(g("mixed_window_ms")), "-".to_string())
+            (d, floor, ms(r.map(|r| r.mixed_window_ms)), "-".to_string())
         };
         // What `handoff plan` said beforehand: for blue/green, until the
         // new revision alone serves (the act ends there).

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use handoff_controller::executor::rollback::RollbackKind;
+use handoff_core::DeploymentStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -249,8 +251,8 @@ fn main() -> ExitCode {
                 batch,
                 artifact,
             };
-            match client::deploy(&c.client(), body, detach, c.json).as_deref() {
-                Ok("succeeded" | "retained" | "running") => Ok(()),
+            match client::deploy(&c.client(), body, detach, c.json) {
+                Ok(s) if s.new_revision_serves() || s == DeploymentStatus::Running => Ok(()),
                 Ok(_) => return ExitCode::FAILURE,
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
@@ -259,17 +261,33 @@ fn main() -> ExitCode {
             let cl = c.client();
             let body =
                 serde_json::to_string(&handoff_api::types::RollbackBody { to }).unwrap_or_default();
-            // Done when the old revision serves again: a flip ends
-            // rolled-back, a rollback deploy ends succeeded.
-            match {
-                let since = client::now_ms();
-                client::control(&cl, &service, "rollback", Some(body), c.json)
-                    .and_then(|id| client::follow_since(&cl, &id, c.json, since))
-            }
-            .as_deref()
-            {
-                Ok("succeeded" | "rolled-back" | "retained") => Ok(()),
-                Ok(_) => return ExitCode::FAILURE,
+            // Done when the old revision serves again: a flip or an abort
+            // ends rolled-back, a rollback deploy ends succeeded (or
+            // retained). Anything else did not go back: non-zero.
+            let since = client::now_ms();
+            match client::control(&cl, &service, "rollback", Some(body), c.json).and_then(|acc| {
+                if !c.json {
+                    println!(
+                        "rollback: {} ({})",
+                        acc.id,
+                        match acc.rollback {
+                            Some(RollbackKind::Flip) => "traffic flips back to the retained blue",
+                            Some(RollbackKind::Abort) =>
+                                "the running deployment is aborted and rolls back",
+                            _ => "a deployment back to the revision that served before",
+                        }
+                    );
+                }
+                let s = client::follow_since(&cl, &acc.id, c.json, since)?;
+                Ok(match acc.rollback {
+                    Some(RollbackKind::Flip | RollbackKind::Abort) => {
+                        s == DeploymentStatus::RolledBack
+                    }
+                    _ => s.new_revision_serves(),
+                })
+            }) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
         }
@@ -330,7 +348,7 @@ fn check_ids(cmd: &Cmd) -> Result<(), handoff_core::names::NameError> {
 }
 
 fn verb(c: &ClientArgs, service: &str, verb: &str) -> anyhow::Result<()> {
-    let id = client::control(&c.client(), service, verb, None, c.json)?;
+    let id = client::control(&c.client(), service, verb, None, c.json)?.id;
     if !c.json {
         println!("{verb}: sent to deployment {id}");
     }

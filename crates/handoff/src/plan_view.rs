@@ -209,33 +209,22 @@ pub fn print_history(list: &[DeploymentView]) {
     );
     for d in list {
         let r = d.report.as_ref();
-        let num = |k: &str| r.and_then(|r| r.get(k)).and_then(|x| x.as_u64());
-        let (req, e5) = r
-            .and_then(|r| r.get("per_revision"))
-            .and_then(|x| x.as_array())
-            .map(|revs| {
-                revs.iter().fold((0, 0), |(a, b), x| {
-                    (
-                        a + x["requests"].as_u64().unwrap_or(0),
-                        b + x["errors_5xx"].as_u64().unwrap_or(0),
-                    )
-                })
-            })
-            .unwrap_or((0, 0));
+        let (req, e5) = r.map_or((0, 0), |r| {
+            r.per_revision
+                .iter()
+                .fold((0, 0), |(a, b), x| (a + x.requests, b + x.errors_5xx))
+        });
         let dash = || "—".to_string();
         println!(
             "{:<12} {:<22} {:<12} {:<12} {:>9} {:>9} {:>7} {:>9} {:>8} {:>5}",
             d.id,
             format!("{} → {}", d.from, d.to),
-            d.strategy,
-            d.status,
-            num("duration_ms").map_or_else(dash, fmt_ms),
+            d.strategy.as_str(),
+            d.status.as_str(),
+            r.map_or_else(dash, |r| fmt_ms(r.duration_ms)),
             d.plan.as_ref().map_or_else(dash, |p| fmt_ms(p.duration_ms)),
-            match (num("capacity_floor"), num("desired")) {
-                (Some(f), Some(n)) => format!("{f}/{n}"),
-                _ => dash(),
-            },
-            num("mixed_window_ms").map_or_else(dash, fmt_ms),
+            r.map_or_else(dash, |r| format!("{}/{}", r.capacity_floor, r.desired)),
+            r.map_or_else(dash, |r| fmt_ms(r.mixed_window_ms)),
             req,
             e5
         );

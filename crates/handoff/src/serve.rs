@@ -171,7 +171,10 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let server = proxy.start(cfg.server.shutdown_timeout)?;
 
     let mut fleets = Vec::new();
-    let mut deployers = std::collections::BTreeMap::new();
+    let mut deployers: std::collections::BTreeMap<
+        String,
+        Arc<dyn handoff_controller::service::ManagedService>,
+    > = std::collections::BTreeMap::new();
     if needs_state {
         let store = Arc::new(Store::open(&cfg.server.state_dir)?);
         let runtime = Arc::new(ProcessRuntime::new(&cfg.server.state_dir)?);
@@ -204,7 +207,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
                 fleet.reconcile().await;
                 fleet.reconcile_every(RECONCILE_EVERY);
                 deployer.meter.start(fleet.proxy.clone());
-                deployers.insert(svc.name.clone(), deployer);
+                deployers.insert(svc.name.clone(), Arc::new(deployer));
                 fleets.push(fleet);
             }
         }
@@ -227,7 +230,6 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let state = handoff_api::AdminState {
         registry: Arc::new(registry),
-        logs_dir: cfg.server.state_dir.join("logs"),
         services: Arc::new(
             proxy
                 .services()

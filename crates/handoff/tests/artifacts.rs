@@ -79,8 +79,8 @@ fn artifacts_install_once_refuse_changes_and_are_pruned() {
         "{err}"
     );
 
-    // v2 from a .tar.gz: installed, serving, and v1's release pruned
-    // (releases_kept = 1, v1 no longer in use).
+    // v2 from a .tar.gz: installed and serving; v1's release is kept
+    // although releases_kept = 1: it is what a rollback would go back to.
     let v2 = app_dir(dir.path(), "v2");
     let tgz = dir.path().join("app-v2.tar.gz");
     {
@@ -96,7 +96,7 @@ fn artifacts_install_once_refuse_changes_and_are_pruned() {
     let cfg = config(dir.path(), "v2", "app-v2.tar.gz");
     serve_once(dir.path(), &cfg, "v2-from-artifact");
     assert!(dir.path().join("state/releases/web/v2/run.sh").exists());
-    assert!(!rel_v1.exists(), "old release kept beyond releases_kept");
+    assert!(rel_v1.exists(), "the rollback target's release was pruned");
 }
 
 #[test]

@@ -117,7 +117,7 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
     b.wait_until(
         "the deployment in the history",
         Duration::from_secs(5),
-        "return !!document.querySelector('[data-role=history] [data-action=report][data-id=\"web-1\"]');",
+        "return !!document.querySelector('[data-role=history] [data-action=report][data-id=\"web@1\"]');",
     );
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
@@ -125,7 +125,7 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
     eprintln!("screenshot: {}", shot.display());
 
     // The report view from the history, with its plan beside it.
-    b.click("[data-role=history] [data-action=report][data-id=\"web-1\"]");
+    b.click("[data-role=history] [data-action=report][data-id=\"web@1\"]");
     b.wait_until(
         "the report",
         Duration::from_secs(5),

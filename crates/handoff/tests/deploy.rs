@@ -204,7 +204,7 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
     assert!(ok, "{out}");
     let (ok, out) = env.cli(&["deploy", "web", "v3"]);
     assert!(!ok);
-    assert!(out.contains("already being deployed by web-1"), "{out}");
+    assert!(out.contains("already being deployed by web@1"), "{out}");
     poll("v2 deployed", Duration::from_secs(30), || {
         let (_, h) = env.cli(&["history", "web"]);
         h.contains("succeeded").then_some(())
@@ -213,7 +213,7 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
     l.wait_for_requests(50);
     let (ok, out) = env.cli(&["rollback", "web"]);
     assert!(ok, "{out}");
-    assert!(out.contains("deploying v2 → v1"), "{out}");
+    assert!(out.contains("rollback: deploying v2 → v1"), "{out}");
     l.finish();
     let (ok, out) = env.cli(&["rollback", "web", "--to", "v1"]);
     assert!(
@@ -239,18 +239,20 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
         ),
         (Some(true), Some(true))
     );
+    // Rolled back by web@2: never again a rollback target.
     assert_eq!(
         (
             rev("v2")["current"].as_bool(),
             rev("v2")["stable"].as_bool()
         ),
-        (Some(false), Some(true))
+        (Some(false), Some(false))
     );
     let (_, out) = env.cli(&["history", "web", "--json"]);
     let hist: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 2, "{hist}");
     assert_eq!(hist[0]["to"], "v1");
-    let (_, out) = env.cli(&["report", "web-2", "--json"]);
+    assert_eq!(hist[0]["origin"], "rollback");
+    let (_, out) = env.cli(&["report", "web@2", "--json"]);
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rep["status"], "succeeded");
     assert!(rep["report"]["duration_ms"].as_u64().is_some(), "{rep}");
@@ -269,7 +271,7 @@ fn daemon_killed_mid_deploy_restarts_consistent_with_a_complete_record() {
     assert!(ok, "{out}");
     // Kill it once the first batch is being started.
     poll("deploy under way", Duration::from_secs(20), || {
-        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web@1").ok()?;
         b.contains("starting web-1 on v2").then_some(())
     });
     let Env {
@@ -294,7 +296,7 @@ fn daemon_killed_mid_deploy_restarts_consistent_with_a_complete_record() {
             .then_some(())
     });
     assert_eq!(http_get(web, "/").unwrap().0, 200);
-    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web-1").unwrap();
+    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web@1").unwrap();
     assert!(rec.contains("\"status\":\"rolled-back\""), "{rec}");
     assert!(
         rec.contains("deploying v1 → v2")
@@ -346,7 +348,7 @@ fn hooks_run_in_order_and_a_failing_validation_never_lets_the_revision_serve() {
             "migrate_contract v2",
         ]
     );
-    let (_, report) = env.cli(&["report", "web-1"]);
+    let (_, report) = env.cli(&["report", "web@1"]);
     assert!(
         report.contains("hook validate_service web-1: ok"),
         "{report}"
@@ -450,26 +452,8 @@ fn server_sent_events_carry_steps_and_target_changes_in_order() {
     stop(env);
 }
 
-/// POST with the daemon's token; (status, body).
 fn post(env: &Env, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(env.admin).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        token(env.dir.path()),
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let json = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or_default();
-    (status, json)
+    env.post(path, body)
 }
 
 #[test]
@@ -564,10 +548,10 @@ fn api_errors_have_a_stable_code_and_name_what_is_wrong() {
             "{path} {body}: {msg:?} should mention {words:?}"
         );
     }
-    let (s, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-99").unwrap();
+    let (s, b) = admin_get(env.admin, env.dir.path(), "/deployments/web@99").unwrap();
     assert_eq!(s, 404);
     assert!(
-        b.contains("\"code\":\"not_found\"") && b.contains("no deployment 'web-99'"),
+        b.contains("\"code\":\"not_found\"") && b.contains("no deployment 'web@99'"),
         "{b}"
     );
     stop(env);
@@ -588,7 +572,7 @@ fn the_openapi_document_describes_real_routes() {
             .replace("{instance}", "web-1")
             .replace("{name}", "web")
             .replace("{verb}", "pause")
-            .replace("{id}", "web-1");
+            .replace("{id}", "web@1");
         for method in ops.as_object().unwrap().keys() {
             if path == "/events" {
                 continue; // a stream: checked by its own test
@@ -694,7 +678,7 @@ fn sigkill_of_an_instance_mid_deploy_fails_no_request() {
     // While batch 1 runs, kill web-3 (not yet touched): the supervisor and
     // the retries must hide it, and the deploy must still complete.
     poll("batch 1 under way", Duration::from_secs(20), || {
-        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web@1").ok()?;
         b.contains("starting web-1 on v2").then_some(())
     });
     let pid = handoff_runtime::procfs::marked_processes(&env.dir.path().join("state"))
@@ -704,7 +688,7 @@ fn sigkill_of_an_instance_mid_deploy_fails_no_request() {
         .unwrap();
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     poll("deploy done", Duration::from_secs(60), || {
-        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web-1").ok()?;
+        let (_, b) = admin_get(env.admin, env.dir.path(), "/deployments/web@1").ok()?;
         (b.contains("\"status\":\"succeeded\"")).then_some(())
     });
     let seen = l.finish();
@@ -841,7 +825,7 @@ fn daemon_sigkill_at_a_random_step_under_load_recovers_and_measures_downtime() {
         t.join().unwrap();
     }
     // Consistent: one revision everywhere, the record complete and closed.
-    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web-1").unwrap();
+    let (_, rec) = admin_get(admin, dir.path(), "/deployments/web@1").unwrap();
     assert!(
         rec.contains("\"status\":\"rolled-back\"") || rec.contains("\"status\":\"succeeded\""),
         "{rec}"

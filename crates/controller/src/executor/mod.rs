@@ -4,7 +4,14 @@
 //! the next event.
 //!
 //! One [`Deployer`] per managed service owns at most one active deployment
-//! (invariant 6: a second request gets a conflict naming the running one).
+//! (invariant 6). Every request that starts or steers one (deploy,
+//! rollback, pause, resume, abort, promote) passes one gate, a mutex over
+//! [`Gate`]: the check and the reservation happen under the same lock with
+//! no await between, so of two requests sent at the same instant exactly
+//! one is admitted and the other gets a conflict naming the holder. Ids
+//! come from the store ([`handoff_store::Store::next_deployment_id`]),
+//! never from a count.
+//!
 //! Operator commands arrive on a channel: pause/resume are applied between
 //! steps, promote/abort/rollback interrupt a bake or the retention at once
 //! and otherwise apply as soon as the current step's actions finish.
@@ -12,17 +19,19 @@
 use std::sync::{Arc, Mutex};
 
 use handoff_core::config::Batch;
+use handoff_core::Origin;
 use handoff_runtime::Runtime;
 use handoff_store::DeploymentRecord;
 use tokio::sync::{mpsc, watch};
 
 use crate::fleet::Fleet;
-use crate::plan::{self, Action, Deployment, Event, Kind, Phase, Status};
+use crate::plan::{self, Action, Deployment, Event, Phase, Status, Strategy};
 use crate::report::{Report, Sampler};
 
 pub(crate) mod describe;
 mod perform;
 mod predicted;
+pub mod rollback;
 
 use describe::describe;
 
@@ -34,8 +43,14 @@ pub enum DeployError {
         id: String,
         status: String,
     },
+    #[error("service '{service}' is busy: {what} is being started; try again in a moment")]
+    Busy { service: String, what: String },
     #[error("service '{service}' has no deployment in progress")]
     NoneActive { service: String },
+    #[error("{id} is already rolling back service '{service}'; follow it with `handoff status {service}`")]
+    AlreadyRollingBack { service: String, id: String },
+    #[error(transparent)]
+    Rollback(#[from] rollback::Refused),
     #[error(transparent)]
     Rejected(#[from] plan::Rejected),
     #[error(transparent)]
@@ -52,10 +67,13 @@ impl From<handoff_store::StoreError> for DeployError {
 #[derive(Debug, Clone, Default)]
 pub struct DeployRequest {
     pub revision: String,
-    pub strategy: Option<Kind>,
+    pub strategy: Option<Strategy>,
     pub batch: Option<Batch>,
     /// The revision's files (directory or `.tar.gz`), installed before start.
     pub artifact: Option<std::path::PathBuf>,
+    /// Who asked: a rollback is recorded as one, so that the revision it
+    /// left is never the target of the next.
+    pub origin: Origin,
 }
 
 struct Active {
@@ -64,12 +82,39 @@ struct Active {
     state: watch::Receiver<Deployment>,
 }
 
+/// The one admission point of a service.
+#[derive(Default)]
+struct Gate {
+    /// A deploy or rollback between its admission and its start (it may
+    /// await an install, or the end of a retention): what it is, for the
+    /// conflict message of anyone who comes meanwhile.
+    admitting: Option<String>,
+    /// The latest deployment started here (finished ones stay until the
+    /// next, so status can show it).
+    active: Option<Active>,
+}
+
+/// Held while a request is admitted; clears the reservation unless the
+/// deployment was started (an error on the way gives the gate back).
+struct Reservation<'a> {
+    gate: &'a Mutex<Gate>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admitting = None;
+    }
+}
+
 pub struct Deployer<R: Runtime> {
     pub fleet: Arc<Fleet<R>>,
     /// The service's load, for `batch = "auto"` (sampling starts with
     /// [`crate::load::LoadMeter::start`]; tests feed it directly).
     pub meter: Arc<crate::load::LoadMeter>,
-    active: Mutex<Option<Active>>,
+    gate: Mutex<Gate>,
     /// Every recorded step, for live subscribers (API server-sent events).
     steps: tokio::sync::broadcast::Sender<StepEvent>,
 }
@@ -91,29 +136,18 @@ enum Outcome {
     Control(Event),
 }
 
-pub fn status_str(s: Status) -> &'static str {
-    match s {
-        Status::Running => "running",
-        Status::RollingBack => "rolling-back",
-        Status::Retained => "retained",
-        Status::Succeeded => "succeeded",
-        Status::RolledBack => "rolled-back",
-        Status::Failed => "failed",
-    }
-}
-
 impl<R: Runtime> Deployer<R> {
     pub fn new(fleet: Arc<Fleet<R>>) -> Arc<Self> {
         Arc::new(Deployer {
             fleet,
             meter: Arc::default(),
-            active: Mutex::new(None),
+            gate: Mutex::new(Gate::default()),
             steps: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
-    fn active(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
-        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deployment steps as they are recorded, in order.
@@ -123,37 +157,19 @@ impl<R: Runtime> Deployer<R> {
 
     /// The active deployment's latest state.
     pub fn current(&self) -> Option<Deployment> {
-        self.active().as_ref().map(|a| a.state.borrow().clone())
+        self.gate()
+            .active
+            .as_ref()
+            .map(|a| a.state.borrow().clone())
     }
 
     /// Starts a deployment; returns its id at once (it runs in the
     /// background). A blue/green deployment still retaining blue is ended
     /// first (blue terminated), since only one may hold the service.
     pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<String, DeployError> {
-        let svc = self.fleet.name().to_string();
-        loop {
-            let retained = {
-                let a = self.active();
-                match a.as_ref().map(|a| {
-                    (
-                        a.id.clone(),
-                        a.state.borrow().status,
-                        a.control.clone(),
-                        a.state.clone(),
-                    )
-                }) {
-                    Some((id, st, _, _)) if matches!(st, Status::Running | Status::RollingBack) => {
-                        return Err(DeployError::Conflict {
-                            service: svc,
-                            id,
-                            status: status_str(st).into(),
-                        })
-                    }
-                    Some((_, Status::Retained, ctl, rx)) => Some((ctl, rx)),
-                    _ => None,
-                }
-            };
-            let Some((ctl, mut rx)) = retained else { break };
+        let what = format!("a {} to {}", req.origin.as_str(), req.revision);
+        let (reservation, retained) = self.admit(&what)?;
+        if let Some((ctl, mut rx)) = retained {
             self.fleet.event(
                 None,
                 "retention-ended",
@@ -162,31 +178,87 @@ impl<R: Runtime> Deployer<R> {
             let _ = ctl.send(Event::Promote);
             let _ = rx.wait_for(|d| !d.status.is_active()).await;
         }
+        self.start(req, reservation).await
+    }
+
+    /// The gate: refuses while another request is being admitted or a
+    /// deployment runs; otherwise reserves the service for this request.
+    /// Returns the retained blue/green deployment to end first, if any.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &self,
+        what: &str,
+    ) -> Result<
+        (
+            Reservation<'_>,
+            Option<(mpsc::UnboundedSender<Event>, watch::Receiver<Deployment>)>,
+        ),
+        DeployError,
+    > {
+        let svc = self.fleet.name().to_string();
+        let mut g = self.gate();
+        if let Some(holder) = &g.admitting {
+            return Err(DeployError::Busy {
+                service: svc,
+                what: holder.clone(),
+            });
+        }
+        let retained = match &g.active {
+            Some(a) => {
+                let st = a.state.borrow().status;
+                match st {
+                    Status::Running | Status::RollingBack => {
+                        return Err(DeployError::Conflict {
+                            service: svc,
+                            id: a.id.clone(),
+                            status: st.as_str().into(),
+                        })
+                    }
+                    Status::Retained => Some((a.control.clone(), a.state.clone())),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        g.admitting = Some(what.to_string());
+        Ok((Reservation { gate: &self.gate }, retained))
+    }
+
+    /// The admitted request's deployment: installed, numbered, planned,
+    /// recorded, then run in the background.
+    async fn start(
+        self: &Arc<Self>,
+        req: DeployRequest,
+        reservation: Reservation<'_>,
+    ) -> Result<String, DeployError> {
         // Held until the run ends: the reconciler keeps off a fleet being deployed.
         let deploying = self.fleet.deployment_guard().await;
+        let svc = self.fleet.name().to_string();
         if let Some(a) = &req.artifact {
             self.fleet.set_artifact(&req.revision, a.clone());
             // Installed (and verified) now, so a bad artifact fails the
             // request instead of the deployment.
             self.fleet.install_release(&req.revision).await?;
         }
-        let strategy = req
-            .strategy
-            .unwrap_or_else(|| self.fleet.service.strategy.into());
-        let n_prev = self.fleet.store.deployments(&svc, 1_000_000)?.len();
-        let id = format!("{svc}-{}", n_prev + 1);
-        let d = self.build(id.clone(), &req, strategy)?;
+        let strategy = req.strategy.unwrap_or(self.fleet.service.strategy);
+        let id = self.fleet.store.next_deployment_id(&svc)?;
+        let mut d = self.build(id.clone(), &req, strategy)?;
+        d.origin = req.origin;
         let prediction = self.predict(&d);
-        self.save(
-            &d,
-            "created",
-            &format!("deploying {} → {} ({})", d.from, d.to, d.strategy.as_str()),
-            None,
-        )?;
+        let created = match req.origin {
+            Origin::Deploy => format!("deploying {} → {} ({})", d.from, d.to, d.strategy.as_str()),
+            Origin::Rollback => format!(
+                "rollback: deploying {} → {} ({}), back to the revision that served before",
+                d.from,
+                d.to,
+                d.strategy.as_str()
+            ),
+        };
+        self.save(&d, "created", &created, None)?;
         if let Ok(p) = serde_json::to_string(&prediction) {
             let _ = self.fleet.store.set_deployment_plan(&d.id, &p);
         }
-        if d.strategy == Kind::AllAtOnce {
+        if d.strategy == Strategy::AllAtOnce {
             self.save(
                 &d,
                 "warning",
@@ -196,11 +268,16 @@ impl<R: Runtime> Deployer<R> {
         }
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(d.clone());
-        *self.active() = Some(Active {
-            id: id.clone(),
-            control: ctl,
-            state: state_rx,
-        });
+        {
+            let mut g = self.gate();
+            g.active = Some(Active {
+                id: id.clone(),
+                control: ctl,
+                state: state_rx,
+            });
+            g.admitting = None;
+        }
+        drop(reservation);
         let me = self.clone();
         tokio::spawn(async move { me.run(d, ctl_rx, state_tx, deploying).await });
         Ok(id)
@@ -249,8 +326,14 @@ impl<R: Runtime> Deployer<R> {
 
     /// Sends an operator command to the active deployment.
     pub fn control(&self, ev: Event) -> Result<String, DeployError> {
-        let a = self.active();
-        match a.as_ref() {
+        let g = self.gate();
+        if let Some(holder) = &g.admitting {
+            return Err(DeployError::Busy {
+                service: self.fleet.name().to_string(),
+                what: holder.clone(),
+            });
+        }
+        match g.active.as_ref() {
             Some(a) if a.state.borrow().status.is_active() => {
                 let _ = a.control.send(ev);
                 Ok(a.id.clone())
@@ -276,9 +359,10 @@ impl<R: Runtime> Deployer<R> {
                 from: d.from.clone(),
                 to: d.to.clone(),
                 strategy: d.strategy.as_str().into(),
-                status: status_str(d.status).into(),
+                status: d.status.as_str().into(),
                 state: serde_json::to_string(d).unwrap_or_default(),
                 report: report.map(|r| serde_json::to_string(r).unwrap_or_default()),
+                origin: d.origin.as_str().into(),
                 created_ms: 0,
                 updated_ms: 0,
             },
@@ -290,7 +374,7 @@ impl<R: Runtime> Deployer<R> {
             at_ms: handoff_store::now_ms(),
             kind: kind.to_string(),
             message: msg.to_string(),
-            status: status_str(d.status).into(),
+            status: d.status.as_str().into(),
         });
         Ok(())
     }
@@ -367,7 +451,7 @@ impl<R: Runtime> Deployer<R> {
                 from: d.from.clone(),
                 to: d.to.clone(),
                 strategy: d.strategy.as_str().into(),
-                outcome: status_str(d.status).into(),
+                outcome: d.status.as_str().into(),
                 desired: d.fleet.len(),
                 reason: d.reason.clone(),
                 steps: self.steps(&d.id),
@@ -377,7 +461,7 @@ impl<R: Runtime> Deployer<R> {
         );
         let msg = format!(
             "report: {} in {} ms, capacity floor {}/{}, mixed versions {} ms, peak {} instances",
-            status_str(d.status),
+            d.status.as_str(),
             report.duration_ms,
             report.capacity_floor,
             report.desired,

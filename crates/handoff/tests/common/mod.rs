@@ -23,7 +23,8 @@ pub struct Proc {
     /// For `serve`: where its instances' state dir may be, so that even a
     /// test that fails (and kills the daemon) leaves no instance behind.
     state_dirs: Vec<std::path::PathBuf>,
-    lines: mpsc::Receiver<String>,
+    // In a mutex so that a test may share its daemon (&Env) with threads.
+    lines: std::sync::Mutex<mpsc::Receiver<String>>,
     pub seen: Vec<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -75,7 +76,7 @@ impl Proc {
         Proc {
             child,
             state_dirs,
-            lines,
+            lines: std::sync::Mutex::new(lines),
             seen: Vec::new(),
             stderr,
         }
@@ -89,7 +90,7 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.lines.get_mut().unwrap().recv_timeout(left) {
                 Ok(l) => {
                     self.seen.push(l.clone());
                     if l.starts_with(prefix) {
@@ -107,7 +108,12 @@ impl Proc {
 
     /// Every stdout line, once the process has exited (reads what is left).
     pub fn all_lines(&mut self) -> Vec<String> {
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+        while let Ok(l) = self
+            .lines
+            .get_mut()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5))
+        {
             self.seen.push(l);
         }
         self.seen.clone()

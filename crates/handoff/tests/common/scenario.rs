@@ -29,6 +29,20 @@ pub fn setup(instances: u32, extra: &str) -> Env {
 
 /// `stay`: `health.min_healthy_time`; `steps`: `blue_green.traffic_steps`.
 pub fn setup_with(instances: u32, stay: &str, steps: &str, extra: &str) -> Env {
+    setup_sections(
+        instances,
+        &format!(
+            "[services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"{stay}\"\nhealthy_deadline = \"8s\"\n\
+             [services.web.drain]\ntimeout = \"5s\"\n\
+             [services.web.blue_green]\ntraffic_steps = {steps}\nbake = \"1s\"\nretention = \"30s\"\n{extra}"
+        ),
+    )
+}
+
+/// A daemon with `instances` of `web` (the revision's name picks the
+/// sample app's behaviour: `crash*`, `bad*`, `err*`, else healthy) and
+/// `sections` (the service's sub-tables) as given.
+pub fn setup_sections(instances: u32, sections: &str) -> Env {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     // The revision's name picks its behaviour.
@@ -52,10 +66,7 @@ pub fn setup_with(instances: u32, stay: &str, steps: &str, extra: &str) -> Env {
         format!(
             "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
              [services.web]\nlisten = \"127.0.0.1:0\"\nrevision = \"v1\"\ninstances = {instances}\n\
-             command = \"./app.sh {{port}} {{revision}}\"\nstop_grace = \"5s\"\n\
-             [services.web.health]\ninterval = \"100ms\"\nmin_healthy_time = \"{stay}\"\nhealthy_deadline = \"8s\"\n\
-             [services.web.drain]\ntimeout = \"5s\"\n\
-             [services.web.blue_green]\ntraffic_steps = {steps}\nbake = \"1s\"\nretention = \"30s\"\n{extra}"
+             command = \"./app.sh {{port}} {{revision}}\"\nstop_grace = \"5s\"\n{sections}"
         ),
     )
     .unwrap();
@@ -80,6 +91,43 @@ impl Env {
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         cli(self.admin, self.dir.path(), args)
     }
+
+    /// POST on the admin API with the daemon's token; (status, body).
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        post(self.admin, &token(self.dir.path()), path, body)
+    }
+
+    /// GET on the admin API as JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (code, body) = admin_get(self.admin, self.dir.path(), path).unwrap();
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+/// POST on the admin API at `admin` with `token`; (status, body).
+pub fn post(admin: SocketAddr, token: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            token,
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let json = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        (status, json)
+    }
 }
 
 /// Keep-alive-free closed-loop load: (version served, at) per response.
@@ -91,6 +139,11 @@ pub struct Load {
 }
 
 pub fn load(addr: SocketAddr, clients: usize) -> Load {
+    load_for(addr, clients, Duration::from_secs(90))
+}
+
+/// [`load`] that gives up by itself after `limit`.
+pub fn load_for(addr: SocketAddr, clients: usize, limit: Duration) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -98,8 +151,8 @@ pub fn load(addr: SocketAddr, clients: usize) -> Load {
         .map(|_| {
             let (stop, seen, failures) = (stop.clone(), seen.clone(), failures.clone());
             std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(90);
-                for _ in 0..200_000 {
+                let deadline = Instant::now() + limit;
+                for _ in 0..1_000_000 {
                     if stop.load(Relaxed) || Instant::now() > deadline {
                         break;
                     }
