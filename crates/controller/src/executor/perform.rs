@@ -12,6 +12,9 @@ use crate::analysis::{self, Counts};
 use crate::load::instances_needed;
 use crate::plan::{Action, AutoBatch, Deployment, Event, Status, Strategy};
 
+/// How many more starts an instance that exits during a rollback gets.
+const ROLLBACK_RETRIES: u32 = 2;
+
 impl<R: Runtime> Deployer<R> {
     pub(super) async fn perform(
         &self,
@@ -51,13 +54,44 @@ impl<R: Runtime> Deployer<R> {
                     group,
                     hold,
                 } => {
-                    if let Err(e) = f.start(instances, revision, group, *hold).await {
+                    let mut r = f.start(instances, revision, group, *hold).await;
+                    if d.status == Status::RollingBack {
+                        for attempt in 1..=ROLLBACK_RETRIES {
+                            let Err(e) = &r else { break };
+                            let dead = f.exited(instances);
+                            self.retrying(d, attempt, &dead, e);
+                            f.stop(&dead, false).await;
+                            r = f.start(&dead, revision, group, *hold).await;
+                        }
+                    }
+                    if let Err(e) = r {
                         return Outcome::Failed(e);
                     }
                 }
                 Action::AwaitHealthy { instances } => {
                     let before = (Counts::of(&f.proxy, &d.from), Counts::of(&f.proxy, &d.to));
-                    if let Err(e) = f.await_healthy(instances).await {
+                    let mut r = f.await_healthy(instances).await;
+                    if d.status == Status::RollingBack {
+                        // Going back to the revision that served: an exit
+                        // now is most likely a crash or a kill of the
+                        // moment, not the revision, so the instance gets
+                        // another start before the rollback is given up.
+                        for attempt in 1..=ROLLBACK_RETRIES {
+                            let Err(e) = &r else { break };
+                            let dead = f.exited(instances);
+                            if dead.is_empty() {
+                                break;
+                            }
+                            self.retrying(d, attempt, &dead, e);
+                            f.stop(&dead, false).await;
+                            if let Err(e) = f.start(&dead, &d.from, &d.blue_group, false).await {
+                                r = Err(e);
+                                continue;
+                            }
+                            r = f.await_healthy(instances).await;
+                        }
+                    }
+                    if let Err(e) = r {
                         return Outcome::Failed(e);
                     }
                     if d.status == Status::Running {
@@ -129,6 +163,21 @@ impl<R: Runtime> Deployer<R> {
             }
         }
         Outcome::Done
+    }
+
+    /// Records a second chance given to instances of a rollback.
+    fn retrying(&self, d: &Deployment, attempt: u32, dead: &[String], error: &str) {
+        let msg = format!(
+            "rollback: {} exited ({error}); starting {} again on {} (attempt {attempt} of {ROLLBACK_RETRIES})",
+            dead.join(", "),
+            if dead.len() == 1 { "it" } else { "them" },
+            d.from
+        );
+        tracing::warn!(deployment = %d.id, "{msg}");
+        let _ = self
+            .fleet
+            .store
+            .save_deployment_event(&d.id, "rollback-retry", &msg);
     }
 
     /// Runs hook `name` once, or once per instance (concurrently); keeps

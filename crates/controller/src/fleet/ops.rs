@@ -59,6 +59,18 @@ impl<R: Runtime> Fleet<R> {
         }
     }
 
+    /// Those of `names` whose process is gone (or never started).
+    pub fn exited(&self, names: &[String]) -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| {
+                let run = self.slots().get(*n).and_then(|s| s.running.clone());
+                !run.is_some_and(|r| self.runtime.is_alive(&r))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// All `names` pass their health checks within `healthy_deadline`, then
     /// stay healthy (and alive) for `min_healthy_time`.
     pub async fn await_healthy(&self, names: &[String]) -> Result<(), String> {
