@@ -114,7 +114,7 @@ fn a_revision_that_never_gets_healthy_rolls_back_automatically() {
     // The failing revision is no rollback target.
     let (ok, out) = env.cli(&["rollback", "web", "--to", "bad-v2"]);
     assert!(
-        !ok && out.contains("bad-v2 never completed a deployment"),
+        !ok && out.contains("bad-v2 was rolled back in web@1, so it is no rollback target"),
         "{out}"
     );
     stop(env);
@@ -217,7 +217,7 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
     l.finish();
     let (ok, out) = env.cli(&["rollback", "web", "--to", "v1"]);
     assert!(
-        !ok && out.contains("v1 is the revision serving now"),
+        !ok && out.contains("v1 is the revision serving 'web' now"),
         "{out}"
     );
     // Every state-printing command's --json parses.
@@ -535,7 +535,7 @@ fn api_errors_have_a_stable_code_and_name_what_is_wrong() {
             "",
             409,
             "conflict",
-            "no stable revision other than v1",
+            "has nothing to roll back to: v1 serves",
         ),
     ];
     for (path, body, status, code, words) in cases {

@@ -293,11 +293,18 @@ fn random_control_calls_and_kills_under_load_keep_every_invariant() {
             .or_default() += 1;
         m
     });
+    let (answered, lost) = (
+        l.seen.lock().unwrap().len(),
+        l.failures.lock().unwrap().clone(),
+    );
     eprintln!(
-        "torture: {secs} s, {} deployments {by_status:?}, answers {answers:?}, {} kills, max active {}, serving {revision}",
+        "torture: {secs} s, {} deployments {by_status:?}, answers {answers:?}, {} kills, max active {}, serving {revision}; load: {} answered, {} failed {:?}",
         h.len(),
         kills.load(Relaxed),
         max_active.load(Relaxed),
+        answered,
+        lost.len(),
+        &lost[..lost.len().min(5)],
     );
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(failed.is_empty(), "a rollback failed: {failed:#?}");
