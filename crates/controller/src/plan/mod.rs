@@ -31,6 +31,8 @@
 mod bluegreen;
 mod inplace;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use serde::{Deserialize, Serialize};
