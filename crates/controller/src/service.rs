@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use handoff_core::{DeploymentStatus, Origin, Strategy};
+use handoff_core::{DeploymentStatus, Origin, StepKind, Strategy};
 use handoff_runtime::Runtime;
 use handoff_store::DeploymentRecord;
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ pub trait ManagedService: Send + Sync {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventView {
     pub at_ms: i64,
-    pub kind: String,
+    pub kind: StepKind,
     pub message: String,
 }
 
@@ -117,19 +117,20 @@ impl<R: Runtime> Deployer<R> {
             .into_iter()
             .map(|(at_ms, kind, message)| EventView {
                 at_ms,
-                kind,
+                kind: StepKind::parse(&kind),
                 message,
             })
             .collect();
         let status = DeploymentStatus::parse(&rec.status).unwrap_or(DeploymentStatus::Failed);
-        let retained_until_ms =
-            (status == DeploymentStatus::Retained)
-                .then(|| {
-                    events.iter().rev().find(|e| e.kind == "retained").map(|e| {
-                        e.at_ms + self.fleet.service.blue_green.retention.as_millis() as i64
-                    })
-                })
-                .flatten();
+        let retained_until_ms = (status == DeploymentStatus::Retained)
+            .then(|| {
+                events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == StepKind::Retained)
+                    .map(|e| e.at_ms + self.fleet.service.blue_green.retention.as_millis() as i64)
+            })
+            .flatten();
         let plan: Option<Prediction> = store
             .deployment_plan(&rec.id)
             .ok()
@@ -138,7 +139,7 @@ impl<R: Runtime> Deployer<R> {
         let comparison = plan.as_ref().map(|p| {
             let ev: Vec<(i64, String, String)> = events
                 .iter()
-                .map(|e| (e.at_ms, e.kind.clone(), e.message.clone()))
+                .map(|e| (e.at_ms, e.kind.as_str().to_string(), e.message.clone()))
                 .collect();
             compare(p, &ev)
         });

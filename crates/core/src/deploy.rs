@@ -140,6 +140,137 @@ impl Origin {
     }
 }
 
+/// What one recorded step of a deployment is (its event's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    /// The deployment was admitted and recorded.
+    Created,
+    /// Something the operator should know before it goes on (all-at-once).
+    Warning,
+    Paused,
+    Resumed,
+    /// A failure or an abort turned it around.
+    Rollback,
+    /// An instance that exited while a rollback brought it back gets another start.
+    RollbackRetry,
+    Drain,
+    Stop,
+    Start,
+    Health,
+    /// Blue/green: a traffic step.
+    Traffic,
+    CutOver,
+    Retained,
+    Terminate,
+    FlipBack,
+    Succeeded,
+    RolledBack,
+    Failed,
+    Finished,
+    /// A step with no words of its own.
+    Step,
+    /// Closed at boot: handoff stopped or crashed while it ran.
+    Interrupted,
+    /// The measured report (always the last).
+    Report,
+    DrainTimeout,
+    Hook,
+    /// `batch = "auto"`: the load it was sized for.
+    Load,
+    /// `batch = "auto"`: waiting for the load to allow the next batch.
+    Waiting,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 26] = [
+        StepKind::Created,
+        StepKind::Warning,
+        StepKind::Paused,
+        StepKind::Resumed,
+        StepKind::Rollback,
+        StepKind::RollbackRetry,
+        StepKind::Drain,
+        StepKind::Stop,
+        StepKind::Start,
+        StepKind::Health,
+        StepKind::Traffic,
+        StepKind::CutOver,
+        StepKind::Retained,
+        StepKind::Terminate,
+        StepKind::FlipBack,
+        StepKind::Succeeded,
+        StepKind::RolledBack,
+        StepKind::Failed,
+        StepKind::Finished,
+        StepKind::Step,
+        StepKind::Interrupted,
+        StepKind::Report,
+        StepKind::DrainTimeout,
+        StepKind::Hook,
+        StepKind::Load,
+        StepKind::Waiting,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Created => "created",
+            StepKind::Warning => "warning",
+            StepKind::Paused => "paused",
+            StepKind::Resumed => "resumed",
+            StepKind::Rollback => "rollback",
+            StepKind::RollbackRetry => "rollback-retry",
+            StepKind::Drain => "drain",
+            StepKind::Stop => "stop",
+            StepKind::Start => "start",
+            StepKind::Health => "health",
+            StepKind::Traffic => "traffic",
+            StepKind::CutOver => "cut-over",
+            StepKind::Retained => "retained",
+            StepKind::Terminate => "terminate",
+            StepKind::FlipBack => "flip-back",
+            StepKind::Succeeded => "succeeded",
+            StepKind::RolledBack => "rolled-back",
+            StepKind::Failed => "failed",
+            StepKind::Finished => "finished",
+            StepKind::Step => "step",
+            StepKind::Interrupted => "interrupted",
+            StepKind::Report => "report",
+            StepKind::DrainTimeout => "drain-timeout",
+            StepKind::Hook => "hook",
+            StepKind::Load => "load",
+            StepKind::Waiting => "waiting",
+        }
+    }
+
+    /// A kind as recorded; one this handoff does not know (a newer
+    /// record) reads as [`StepKind::Step`].
+    pub fn parse(s: &str) -> StepKind {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .unwrap_or(StepKind::Step)
+    }
+
+    /// Ends the step before it without being a planned step itself.
+    pub const fn interrupts(self) -> bool {
+        matches!(
+            self,
+            StepKind::Rollback
+                | StepKind::RolledBack
+                | StepKind::Failed
+                | StepKind::Paused
+                | StepKind::Interrupted
+        )
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +287,12 @@ mod tests {
             assert_eq!(j, format!("\"{}\"", s.as_str()));
             assert_eq!(DeploymentStatus::parse(s.as_str()), Some(s));
         }
+        for k in StepKind::ALL {
+            let j = serde_json::to_string(&k).unwrap();
+            assert_eq!(j, format!("\"{}\"", k.as_str()));
+            assert_eq!(StepKind::parse(k.as_str()), k);
+        }
+        assert_eq!(StepKind::parse("from-the-future"), StepKind::Step);
         assert_eq!(Strategy::parse("rolling"), Some(Strategy::InPlace));
         assert_eq!(DeploymentStatus::parse("done"), None);
     }

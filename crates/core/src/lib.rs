@@ -16,5 +16,5 @@ pub mod names;
 pub mod state;
 
 pub use config::{Config, ConfigError, ConfigProblem};
-pub use deploy::{DeploymentStatus, Origin, Strategy};
+pub use deploy::{DeploymentStatus, Origin, StepKind, Strategy};
 pub use state::TargetState;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use handoff_api::types::*;
-use handoff_core::{DeploymentStatus, Origin};
+use handoff_core::{DeploymentStatus, Origin, StepKind};
 use serde::de::DeserializeOwned;
 
 pub struct Client {
@@ -229,7 +229,7 @@ pub fn follow_since(
             for e in &v.events[shown..] {
                 bar.suspend(|| println!("{}  {}", clock(e.at_ms), e.message));
                 bar.reset_elapsed();
-                bar.set_message(waiting_for(&e.kind, &e.message));
+                bar.set_message(waiting_for(e.kind, &e.message));
             }
         }
         shown = v.events.len();
@@ -259,16 +259,17 @@ pub fn follow_since(
 }
 
 /// What the deployment is waiting for after a step, for the spinner.
-fn waiting_for(kind: &str, message: &str) -> String {
+fn waiting_for(kind: StepKind, message: &str) -> String {
     match kind {
-        "drain" => "draining in-flight requests".into(),
-        "stop" => "stopping".into(),
-        "start" => "starting".into(),
-        "health" => "waiting for health checks (and min_healthy_time)".into(),
-        "traffic" => format!("baking: {message}"),
-        "cut-over" => "blue finishing its in-flight requests".into(),
-        "hook" => "running hooks".into(),
-        "rollback" => "rolling back".into(),
+        StepKind::Drain => "draining in-flight requests".into(),
+        StepKind::Stop => "stopping".into(),
+        StepKind::Start => "starting".into(),
+        StepKind::Health => "waiting for health checks (and min_healthy_time)".into(),
+        StepKind::Traffic => format!("baking: {message}"),
+        StepKind::CutOver => "blue finishing its in-flight requests".into(),
+        StepKind::Hook => "running hooks".into(),
+        StepKind::Rollback | StepKind::RollbackRetry => "rolling back".into(),
+        StepKind::Waiting => format!("waiting: {message}"),
         _ => "working".into(),
     }
 }

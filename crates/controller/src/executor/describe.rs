@@ -1,6 +1,8 @@
 //! How a transition reads in the deployment's record and live output, in
 //! the seed's terms ("batch 1/2: deregistered web-1, web-2, draining…").
 
+use handoff_core::StepKind;
+
 use crate::plan::{Action, BatchStep, Deployment, Phase, Status};
 
 /// The event recorded for a transition, in the seed's terms.
@@ -8,16 +10,16 @@ pub(crate) fn describe(
     before: &Deployment,
     d: &Deployment,
     actions: &[Action],
-) -> (String, String) {
+) -> (StepKind, String) {
     let list = |v: &[String]| v.join(", ");
     if d.paused && !before.paused {
         return (
-            "paused".into(),
+            StepKind::Paused,
             "paused; the next step waits for resume".into(),
         );
     }
     if !d.paused && before.paused {
-        return ("resumed".into(), "resumed".into());
+        return (StepKind::Resumed, "resumed".into());
     }
     if d.status == Status::RollingBack && before.status != Status::RollingBack {
         let why = d.reason.clone().unwrap_or_default();
@@ -27,7 +29,7 @@ pub(crate) fn describe(
             "redeploying the touched instances"
         };
         return (
-            "rollback".into(),
+            StepKind::Rollback,
             format!("rolling back to {} ({how}): {why}", d.from),
         );
     }
@@ -48,23 +50,25 @@ pub(crate) fn describe(
             };
             match step {
                 BatchStep::Draining => (
-                    "drain".to_string(),
+                    StepKind::Drain,
                     format!("{at}: deregistered {batch}, draining…"),
                 ),
-                BatchStep::Stopping => ("stop".into(), format!("{at}: drained; stopping {batch}")),
-                BatchStep::Starting => ("start".into(), format!("{at}: starting {batch} on {rev}")),
+                BatchStep::Stopping => (StepKind::Stop, format!("{at}: drained; stopping {batch}")),
+                BatchStep::Starting => {
+                    (StepKind::Start, format!("{at}: starting {batch} on {rev}"))
+                }
                 BatchStep::WaitingHealthy => (
-                    "health".into(),
+                    StepKind::Health,
                     format!("{at}: waiting for {batch} to be healthy"),
                 ),
             }
         }
         (Phase::StartingGreen, _) => (
-            "start".into(),
+            StepKind::Start,
             format!("starting green ({}) on {}", list(&d.green), d.to),
         ),
         (Phase::WaitingGreen, _) => (
-            "health".into(),
+            StepKind::Health,
             format!(
                 "waiting for green {}/{} to be healthy",
                 d.green.len(),
@@ -72,15 +76,15 @@ pub(crate) fn describe(
             ),
         ),
         (Phase::Shifting { index }, _) => (
-            "traffic".into(),
+            StepKind::Traffic,
             format!("traffic {}% green", d.traffic_steps[*index]),
         ),
         (Phase::CuttingOver, _) => (
-            "cut-over".into(),
+            StepKind::CutOver,
             "traffic 100% green; blue finishing its in-flight requests".into(),
         ),
         (Phase::Retaining, _) => (
-            "retained".into(),
+            StepKind::Retained,
             format!(
                 "{} serves; blue ({}) retained for an instant rollback",
                 d.to,
@@ -88,20 +92,20 @@ pub(crate) fn describe(
             ),
         ),
         (Phase::TerminatingBlue, _) => (
-            "terminate".into(),
+            StepKind::Terminate,
             format!("retention over; terminating blue ({})", list(&d.fleet)),
         ),
         (Phase::FlippingBack, _) => (
-            "flip-back".into(),
+            StepKind::FlipBack,
             "traffic 100% blue; stopping green".into(),
         ),
         (Phase::Finished, _) => match d.status {
             Status::Succeeded => (
-                "succeeded".into(),
+                StepKind::Succeeded,
                 format!("{} serves service {}", d.to, d.service),
             ),
             Status::RolledBack => (
-                "rolled-back".into(),
+                StepKind::RolledBack,
                 format!(
                     "rolled back: {} serves; {}",
                     d.from,
@@ -109,12 +113,12 @@ pub(crate) fn describe(
                 ),
             ),
             Status::Failed => (
-                "failed".into(),
+                StepKind::Failed,
                 format!("failed: {}", d.reason.clone().unwrap_or_default()),
             ),
-            _ => ("finished".into(), "finished".into()),
+            _ => (StepKind::Finished, "finished".into()),
         },
-        _ => ("step".into(), format!("{:?}", d.phase)),
+        _ => (StepKind::Step, format!("{:?}", d.phase)),
     };
     (msg.0, msg.1)
 }

@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex};
 
 use handoff_core::config::Batch;
-use handoff_core::Origin;
+use handoff_core::{Origin, StepKind};
 use handoff_runtime::Runtime;
 use handoff_store::DeploymentRecord;
 use tokio::sync::{mpsc, watch};
@@ -125,9 +125,9 @@ pub struct StepEvent {
     pub deployment: String,
     pub service: String,
     pub at_ms: i64,
-    pub kind: String,
+    pub kind: StepKind,
     pub message: String,
-    pub status: String,
+    pub status: handoff_core::DeploymentStatus,
 }
 
 enum Outcome {
@@ -254,14 +254,14 @@ impl<R: Runtime> Deployer<R> {
                 d.strategy.as_str()
             ),
         };
-        self.save(&d, "created", &created, None)?;
+        self.save(&d, StepKind::Created, &created, None)?;
         if let Ok(p) = serde_json::to_string(&prediction) {
             let _ = self.fleet.store.set_deployment_plan(&d.id, &p);
         }
         if d.strategy == Strategy::AllAtOnce {
             self.save(
                 &d,
-                "warning",
+                StepKind::Warning,
                 "all-at-once stops every instance before starting the new ones: clients get 503 until they are healthy (the downtime baseline, on purpose)",
                 None,
             )?;
@@ -318,7 +318,7 @@ impl<R: Runtime> Deployer<R> {
             d.status = status;
             d.phase = Phase::Finished;
             d.reason.get_or_insert_with(|| msg.clone());
-            self.save(&d, "interrupted", &msg, None)?;
+            self.save(&d, StepKind::Interrupted, &msg, None)?;
             closed.push(d.id);
         }
         Ok(closed)
@@ -347,11 +347,11 @@ impl<R: Runtime> Deployer<R> {
     fn save(
         &self,
         d: &Deployment,
-        kind: &str,
+        kind: StepKind,
         msg: &str,
         report: Option<&Report>,
     ) -> Result<(), DeployError> {
-        tracing::info!(service = %d.service, deployment = %d.id, kind, "{msg}");
+        tracing::info!(service = %d.service, deployment = %d.id, kind = kind.as_str(), "{msg}");
         self.fleet.store.save_deployment(
             &DeploymentRecord {
                 id: d.id.clone(),
@@ -366,15 +366,15 @@ impl<R: Runtime> Deployer<R> {
                 created_ms: 0,
                 updated_ms: 0,
             },
-            Some((kind, msg)),
+            Some((kind.as_str(), msg)),
         )?;
         let _ = self.steps.send(StepEvent {
             deployment: d.id.clone(),
             service: d.service.clone(),
             at_ms: handoff_store::now_ms(),
-            kind: kind.to_string(),
+            kind,
             message: msg.to_string(),
-            status: d.status.as_str().into(),
+            status: d.status,
         });
         Ok(())
     }
@@ -468,7 +468,7 @@ impl<R: Runtime> Deployer<R> {
             report.mixed_window_ms,
             report.peak_instances
         );
-        if let Err(e) = self.save(&d, "report", &msg, Some(&report)) {
+        if let Err(e) = self.save(&d, StepKind::Report, &msg, Some(&report)) {
             tracing::error!(error = %e, "cannot save the deploy report");
         }
         let _ = state.send(d);
@@ -498,7 +498,7 @@ impl<R: Runtime> Deployer<R> {
                     sampler.rollback_started();
                 }
                 let (kind, msg) = describe(d, &n, &actions);
-                if let Err(e) = self.save(&n, &kind, &msg, None) {
+                if let Err(e) = self.save(&n, kind, &msg, None) {
                     // Never act on a state that is not on disk.
                     tracing::error!(error = %e, "cannot persist deployment state; holding");
                     return Vec::new();

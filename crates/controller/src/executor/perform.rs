@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use handoff_core::StepKind;
 use handoff_runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -39,7 +40,7 @@ impl<R: Runtime> Deployer<R> {
                         if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
                             let _ = self.fleet.store.save_deployment_event(
                                 &d.id,
-                                "drain-timeout",
+                                StepKind::DrainTimeout.as_str(),
                                 &format!("{n}: drain timed out with {in_flight} in flight"),
                             );
                         }
@@ -122,7 +123,7 @@ impl<R: Runtime> Deployer<R> {
                     if left > 0 {
                         let _ = f.store.save_deployment_event(
                             &d.id,
-                            "drain-timeout",
+                            StepKind::DrainTimeout.as_str(),
                             &format!(
                                 "{group}: {left} requests still in flight after the drain timeout"
                             ),
@@ -174,10 +175,10 @@ impl<R: Runtime> Deployer<R> {
             d.from
         );
         tracing::warn!(deployment = %d.id, "{msg}");
-        let _ = self
-            .fleet
-            .store
-            .save_deployment_event(&d.id, "rollback-retry", &msg);
+        let _ =
+            self.fleet
+                .store
+                .save_deployment_event(&d.id, StepKind::RollbackRetry.as_str(), &msg);
     }
 
     /// Runs hook `name` once, or once per instance (concurrently); keeps
@@ -237,7 +238,9 @@ impl<R: Runtime> Deployer<R> {
                 msg.push('\n');
                 msg.push_str(&output);
             }
-            let _ = f.store.save_deployment_event(&d.id, "hook", &msg);
+            let _ = f
+                .store
+                .save_deployment_event(&d.id, StepKind::Hook.as_str(), &msg);
             if let Err(e) = result {
                 failed.push(format!("hook {name}{who} {e}"));
             }
@@ -270,7 +273,7 @@ impl<R: Runtime> Deployer<R> {
                 if waiting {
                     let _ = self.fleet.store.save_deployment_event(
                         &d.id,
-                        "load",
+                        StepKind::Load.as_str(),
                         &format!("load fell: {why}; the next batch goes"),
                     );
                 }
@@ -280,7 +283,7 @@ impl<R: Runtime> Deployer<R> {
                 waiting = true;
                 let _ = self.fleet.store.save_deployment_event(
                     &d.id,
-                    "waiting",
+                    StepKind::Waiting.as_str(),
                     &format!(
                         "waiting: {why}; taking {batch} out would leave {left} (`handoff promote` goes anyway)"
                     ),
@@ -293,7 +296,7 @@ impl<R: Runtime> Deployer<R> {
                     Event::Promote => {
                         let _ = self.fleet.store.save_deployment_event(
                             &d.id,
-                            "load",
+                            StepKind::Load.as_str(),
                             "promoted: the next batch goes despite the load",
                         );
                         return None;

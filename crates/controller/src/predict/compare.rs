@@ -9,7 +9,7 @@ use super::{fmt_ms, Prediction};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepComparison {
     pub n: usize,
-    pub kind: String,
+    pub kind: handoff_core::StepKind,
     pub message: String,
     pub predicted_ms: u64,
     /// `None`: the deployment never reached this step (rolled back,
@@ -25,9 +25,6 @@ pub struct Comparison {
     pub measured_ms: u64,
     pub callouts: Vec<String>,
 }
-
-/// Event kinds that end the step before them without being predicted.
-const ENDS_A_STEP: &[&str] = &["rollback", "rolled-back", "failed", "paused", "interrupted"];
 
 /// A difference worth a line: 250 ms and a third of the prediction.
 fn matters(predicted: u64, measured: u64) -> bool {
@@ -57,7 +54,8 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
                 .iter()
                 .enumerate()
                 .find(|(k, e)| {
-                    matched.contains(&(j + 1 + k)) || ENDS_A_STEP.contains(&e.1.as_str())
+                    matched.contains(&(j + 1 + k))
+                        || handoff_core::StepKind::parse(&e.1).interrupts()
                 })
                 .map(|(_, e)| e.0);
             match end {
@@ -69,7 +67,7 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
         });
         steps.push(StepComparison {
             n: s.n,
-            kind: s.kind.clone(),
+            kind: s.kind,
             message: s.message.clone(),
             predicted_ms: s.ms,
             measured_ms: measured,

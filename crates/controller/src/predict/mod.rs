@@ -84,7 +84,7 @@ impl Timings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PredictedStep {
     pub n: usize,
-    pub kind: String,
+    pub kind: handoff_core::StepKind,
     pub message: String,
     /// From the start of the deployment.
     pub at_ms: u64,

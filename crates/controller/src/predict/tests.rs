@@ -158,7 +158,7 @@ fn held_instances_serve_after_their_hooks_and_are_watched_again() {
     );
     // Batch 1's health step: 800 to healthy, 2,000 stay, the 400 ms hook,
     // release, then the window again (2,000) now that it serves.
-    assert_eq!(p.steps[3].kind, "health");
+    assert_eq!(p.steps[3].kind, handoff_core::StepKind::Health);
     assert_eq!(p.steps[3].ms, 800 + 2000 + 400 + 2000);
     assert!(p.steps[3]
         .basis
@@ -193,8 +193,8 @@ fn events(p: &Prediction, slower: &[(usize, u64)]) -> Vec<(i64, String, String)>
     let mut t = 1_000_000i64;
     let mut v = vec![(t, "created".to_string(), "deploying".to_string())];
     for s in &p.steps {
-        v.push((t, s.kind.clone(), s.message.clone()));
-        if s.kind == "start" {
+        v.push((t, s.kind.as_str().to_string(), s.message.clone()));
+        if s.kind == handoff_core::StepKind::Start {
             v.push((
                 t + 1,
                 "hook".into(),
