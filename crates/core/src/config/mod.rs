@@ -351,8 +351,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(dotted(&p))) {
         Ok(raw) => raw,
         Err(e) => {
-            // A value of the wrong type: serde cannot go on past it, so this
-            // is the one case where we report a single problem.
+            // Not expected: every raw value is lenient (`raw::Leaf`,
+            // `raw::Table`), so wrong types are problems of `validate`. Kept
+            // so that a future strict field still gets a located message.
             let (line, col) = e
                 .span()
                 .map(|s| locate::line_col(text, s.start))

@@ -12,26 +12,33 @@ use super::*;
 pub(super) fn in_place(cx: &mut Ctx, name: &str, ri: &RawInPlace) -> InPlace {
     let k = |key: &str| format!("services.{name}.{key}");
     let batch = match &ri.batch {
-        Some(CountOrText::Text(t)) if t.trim() == "auto" => Batch::Auto,
+        Some(Leaf::Ok(CountOrText::Text(t))) if t.trim() == "auto" => Batch::Auto,
         b => Batch::Amount(cx.amount(k("in_place.batch"), b.as_ref(), d::BATCH)),
     };
-    let headroom = match ri.headroom.as_deref().map(str::trim) {
-        None => d::HEADROOM,
-        Some(h) => match h.strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
-            Some(Ok(p)) if p <= 1000 => p,
-            _ => {
-                cx.err(
-                    k("in_place.headroom"),
-                    format!("'{h}' is not a percentage from 0% to 1000%, e.g. \"30%\""),
-                );
-                d::HEADROOM
-            }
+    let headroom = match &ri.headroom {
+        Some(Leaf::Wrong(toml::Value::Integer(n))) => {
+            let msg = format!("needs a percent sign, e.g. \"{n}%\"");
+            cx.err(k("in_place.headroom"), msg);
+            d::HEADROOM
+        }
+        h => match cx.take(k("in_place.headroom"), h) {
+            None => d::HEADROOM,
+            Some(h) => match h.trim().strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+                Some(Ok(p)) if p <= 1000 => p,
+                _ => {
+                    cx.err(
+                        k("in_place.headroom"),
+                        format!("'{h}' is not a percentage from 0% to 1000%, e.g. \"30%\""),
+                    );
+                    d::HEADROOM
+                }
+            },
         },
     };
-    let instance_capacity = ri.instance_capacity.map(|_| {
+    let instance_capacity = ri.instance_capacity.as_ref().map(|_| {
         cx.int_in(
             k("in_place.instance_capacity"),
-            ri.instance_capacity,
+            &ri.instance_capacity,
             1,
             1,
             u32::MAX.into(),
@@ -82,7 +89,9 @@ pub(super) fn check_in_place(cx: &mut Ctx, name: &str, ip: &InPlace, n: u32, exp
 
 pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
     let k = |s: &str| format!("services.{name}.health.{s}");
-    let path = r.path.unwrap_or_else(|| d::HEALTH_PATH.to_string());
+    let path = cx
+        .take(k("path"), &r.path)
+        .unwrap_or_else(|| d::HEALTH_PATH.to_string());
     if !path.starts_with('/') {
         cx.err(k("path"), format!("'{path}' must start with '/'"));
     }
@@ -111,19 +120,19 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
         );
     }
     Health {
-        enabled: r.enabled.unwrap_or(true),
+        enabled: cx.take(k("enabled"), &r.enabled).unwrap_or(true),
         path,
         interval,
         timeout,
         healthy_threshold: cx.positive(
             k("healthy_threshold"),
-            r.healthy_threshold,
+            &r.healthy_threshold,
             d::HEALTHY_THRESHOLD,
             100,
         ),
         unhealthy_threshold: cx.positive(
             k("unhealthy_threshold"),
-            r.unhealthy_threshold,
+            &r.unhealthy_threshold,
             d::UNHEALTHY_THRESHOLD,
             100,
         ),
@@ -139,7 +148,7 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
         ),
         passive_failures: cx.positive(
             k("passive_failures"),
-            r.passive_failures,
+            &r.passive_failures,
             d::PASSIVE_FAILURES,
             10_000,
         ),
@@ -147,7 +156,7 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
         max_ejection_time,
         max_ejection_percent: cx.int_in(
             k("max_ejection_percent"),
-            r.max_ejection_percent,
+            &r.max_ejection_percent,
             d::MAX_EJECTION_PERCENT.into(),
             0,
             100,
@@ -157,7 +166,7 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
 
 pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
     let k = |s: &str| format!("services.{name}.proxy.{s}");
-    let balance = match r.balance.as_deref() {
+    let balance = match cx.take(k("balance"), &r.balance).as_deref() {
         None | Some("least-outstanding") => Balance::LeastOutstanding,
         Some("round-robin") => Balance::RoundRobin,
         Some(o) => {
@@ -170,7 +179,7 @@ pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
     };
     let max_header_bytes = cx.int_in(
         k("max_header_bytes"),
-        r.max_header_bytes,
+        &r.max_header_bytes,
         d::MAX_HEADER_BYTES as i64,
         1024,
         1 << 20,

@@ -132,18 +132,120 @@ intervall = "1s"
 }
 
 #[test]
-fn syntax_and_type_errors_are_located() {
+fn syntax_errors_are_located() {
     match p("[services.web]\nlisten = \n") {
         Err(ConfigError::Syntax { line, .. }) => assert_eq!(line, 2),
         other => panic!("{other:?}"),
     }
-    match p("[services.web]\nlisten = \"127.0.0.1:1\"\ninstances = \"four\"\n") {
-        Err(ConfigError::Syntax { line, message, .. }) => {
-            assert_eq!(line, 3);
-            assert!(message.contains("integer"), "{message}");
-        }
-        other => panic!("{other:?}"),
+}
+
+#[test]
+fn type_errors_are_problems_like_any_other_with_their_key() {
+    let text = r#"[server]
+workers = "2"
+
+[services.web]
+listen = 8080
+revision = 1
+instances = "4"
+command = "app --port {port}"
+stop_grace = 10
+strategy = "sideways"
+
+[services.web.health]
+interval = 1.5
+enabled = "yes"
+healthy_threshold = 0
+
+[services.web.in_place]
+batch = true
+headroom = 30
+
+[services.web.blue_green]
+traffic_steps = [50, "all"]
+
+[services.web.hooks]
+before_install = ["echo", "hi"]
+
+[services.api]
+listen = "127.0.0.1:8081"
+targets = "127.0.0.1:9001"
+health = "/healthz"
+"#;
+    let ps = problems(text);
+    let got: Vec<String> = ps
+        .iter()
+        .map(|p| format!("{}:{}: {}: {}", p.line, p.col, p.key, p.message))
+        .collect();
+    let want = [
+        "2:1: server.workers: expected an integer, found string \"2\"; write 2 without quotes",
+        "5:1: services.web.listen: expected a string, found integer 8080; write it in quotes: \"8080\"",
+        "6:1: services.web.revision: expected a string, found integer 1",
+        "7:1: services.web.instances: expected an integer, found string \"4\"",
+        "9:1: services.web.stop_grace: needs a unit, e.g. \"10s\"",
+        "10:1: services.web.strategy: unknown strategy 'sideways'",
+        "13:1: services.web.health.interval: needs a unit, e.g. \"1.5s\"",
+        "14:1: services.web.health.enabled: expected true or false, found string \"yes\"",
+        "15:1: services.web.health.healthy_threshold: must be between 1 and 100, got 0",
+        "18:1: services.web.in_place.batch: expected a count or a percentage",
+        "19:1: services.web.in_place.headroom: needs a percent sign, e.g. \"30%\"",
+        "22:1: services.web.blue_green.traffic_steps: expected an array of integers, found array [50, \"all\"]",
+        "25:1: services.web.hooks.before_install: expected a string, found array",
+        "29:1: services.api.targets: expected an array of strings, found string \"127.0.0.1:9001\"",
+        "30:1: services.api.health: expected a table, found string \"/healthz\"",
+    ];
+    for w in want {
+        assert!(got.iter().any(|g| g.starts_with(w)), "no {w:?} in {got:#?}");
     }
+    // Nothing else: a key of the wrong type counts as present (no "missing
+    // `revision`"), and no check runs on a default put in its place.
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    let rendered = p(text).unwrap_err().to_string();
+    assert!(
+        rendered.contains(
+            "/etc/handoff/handoff.toml:6:1: services.web.revision: expected a string, found integer 1"
+        ),
+        "{rendered}"
+    );
+    // A table of the wrong type is reported, and its siblings still are.
+    let ps = problems("[services]\nweb = 1\n[services.api]\nlisten = \"x\"\ntargets = []\n");
+    let msgs: Vec<String> = ps
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    assert!(
+        msgs.contains(&"services.web: expected a table, found integer 1".to_string()),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("services.api.listen: 'x' is not an address")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("services.api.targets: is empty")),
+        "{msgs:#?}"
+    );
+}
+
+#[test]
+fn a_bare_number_duration_asks_for_a_unit() {
+    let base = "[services.web]\nlisten = \"127.0.0.1:8080\"\ntargets = [\"127.0.0.1:9001\"]\n[services.web.drain]\n";
+    let ps = problems(&format!("{base}timeout = 10\n"));
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(
+        (ps[0].line, ps[0].key.as_str(), ps[0].message.as_str()),
+        (
+            5,
+            "services.web.drain.timeout",
+            "needs a unit, e.g. \"10s\""
+        )
+    );
+    // In quotes it is the duration parser's own message.
+    let ps = problems(&format!("{base}timeout = \"10\"\n"));
+    assert!(ps[0].message.contains("unit"), "{ps:#?}");
+    assert!(p(&format!("{base}timeout = \"10s\"\n")).is_ok());
 }
 
 #[test]

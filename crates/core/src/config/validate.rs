@@ -24,18 +24,54 @@ impl Ctx {
         self.problems.push((key.into(), msg.into()));
     }
 
+    /// A leaf's value when it has the expected type; else a problem, and `None`.
+    pub(super) fn take<T: Expected + Clone>(
+        &mut self,
+        key: impl Into<String>,
+        v: &Option<Leaf<T>>,
+    ) -> Option<T> {
+        match v.as_ref()? {
+            Leaf::Ok(t) => Some(t.clone()),
+            Leaf::Wrong(found) => {
+                self.err(key, raw::wrong_type(T::EXPECTED, found));
+                None
+            }
+        }
+    }
+
+    /// A sub-table, or its defaults (with a problem when it is not a table).
+    pub(super) fn table<T: Default>(&mut self, key: impl Into<String>, v: Option<Table<T>>) -> T {
+        match v {
+            None => T::default(),
+            Some(Table::Ok(t)) => t,
+            Some(Table::Wrong(found)) => {
+                self.err(key, raw::wrong_type("a table", &found));
+                T::default()
+            }
+        }
+    }
+
     pub(super) fn duration(
         &mut self,
         key: String,
-        v: Option<&String>,
+        v: Option<&Leaf<String>>,
         default: Duration,
     ) -> Duration {
         match v {
             None => default,
-            Some(s) => duration::parse(s).unwrap_or_else(|m| {
+            Some(Leaf::Ok(s)) => duration::parse(s).unwrap_or_else(|m| {
                 self.err(key, m);
                 default
             }),
+            // A bare number: which unit was meant is a guess we do not make.
+            Some(Leaf::Wrong(n @ (toml::Value::Integer(_) | toml::Value::Float(_)))) => {
+                self.err(key, format!("needs a unit, e.g. \"{n}s\""));
+                default
+            }
+            Some(Leaf::Wrong(found)) => {
+                self.err(key, raw::wrong_type("a duration, e.g. \"10s\"", found));
+                default
+            }
         }
     }
 
@@ -44,12 +80,13 @@ impl Ctx {
     pub(super) fn int_in(
         &mut self,
         key: impl Into<String>,
-        v: Option<i64>,
+        v: &Option<Leaf<i64>>,
         default: i64,
         lo: i64,
         hi: i64,
     ) -> i64 {
-        match v {
+        let key = key.into();
+        match self.take(key.clone(), v) {
             None => default,
             Some(n) if (lo..=hi).contains(&n) => n,
             Some(n) => {
@@ -64,16 +101,28 @@ impl Ctx {
         }
     }
 
-    pub(super) fn positive(&mut self, key: String, v: Option<i64>, default: u32, max: u32) -> u32 {
+    pub(super) fn positive(
+        &mut self,
+        key: String,
+        v: &Option<Leaf<i64>>,
+        default: u32,
+        max: u32,
+    ) -> u32 {
         self.int_in(key, v, default.into(), 1, max.into()) as u32
     }
 
-    pub(super) fn amount(&mut self, key: String, v: Option<&CountOrText>, default: &str) -> Amount {
+    pub(super) fn amount(
+        &mut self,
+        key: String,
+        v: Option<&Leaf<CountOrText>>,
+        default: &str,
+    ) -> Amount {
         let parsed = match v {
             None => parse_amount(default),
-            Some(CountOrText::Count(n)) if *n >= 0 => Ok(Amount::Count(*n as u32)),
-            Some(CountOrText::Count(n)) => Err(format!("must not be negative, got {n}")),
-            Some(CountOrText::Text(s)) => parse_amount(s),
+            Some(Leaf::Ok(CountOrText::Count(n))) if *n >= 0 => Ok(Amount::Count(*n as u32)),
+            Some(Leaf::Ok(CountOrText::Count(n))) => Err(format!("must not be negative, got {n}")),
+            Some(Leaf::Ok(CountOrText::Text(s))) => parse_amount(s),
+            Some(Leaf::Wrong(found)) => Err(raw::wrong_type(CountOrText::EXPECTED, found)),
         };
         parsed.unwrap_or_else(|m| {
             self.err(key, m);
@@ -111,9 +160,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
     let mut cx = Ctx {
         problems: Vec::new(),
     };
-    let server = server(&mut cx, raw.server.unwrap_or_default(), base);
+    let raw_server = cx.table("server", raw.server);
+    let server = server(&mut cx, raw_server, base);
     let mut services = BTreeMap::new();
-    let raw_services = raw.services.unwrap_or_default();
+    let raw_services = cx.table("services", raw.services);
     if raw_services.is_empty() {
         cx.err(
             "services",
@@ -123,10 +173,17 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
     let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for (name, rs) in raw_services {
         let key = format!("services.{name}");
+        let at = format!("services.{}", super::locate::key_segment(&name));
         if let Err(e) = names::check_name(NameKind::Service, &name) {
-            let at = format!("services.{}", super::locate::key_segment(&name));
-            cx.err(at, e.problem());
+            cx.err(at.clone(), e.problem());
         }
+        let rs = match rs {
+            Table::Ok(rs) => rs,
+            Table::Wrong(found) => {
+                cx.err(at, raw::wrong_type("a table", &found));
+                continue;
+            }
+        };
         if let Some(svc) = service(&mut cx, &name, rs, base) {
             // Port 0 (tests, "any free port") never conflicts.
             let fixed = svc.listen.port() != 0;
@@ -177,20 +234,21 @@ fn socket_addr(cx: &mut Ctx, key: String, s: &str) -> Option<SocketAddr> {
 }
 
 fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
-    let admin = r
-        .admin
-        .as_deref()
-        .and_then(|s| socket_addr(cx, "server.admin".into(), s))
+    let admin = cx
+        .take("server.admin", &r.admin)
+        .and_then(|s| socket_addr(cx, "server.admin".into(), &s))
         .unwrap_or_else(|| d::ADMIN.parse().expect("default admin"));
-    let state_dir = base.join(r.state_dir.as_deref().unwrap_or(d::STATE_DIR));
+    let state_dir = cx.take("server.state_dir", &r.state_dir);
+    let state_dir = base.join(state_dir.as_deref().unwrap_or(d::STATE_DIR));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = cx.int_in("server.workers", r.workers, cores as i64, 1, 256) as usize;
+    let workers = cx.int_in("server.workers", &r.workers, cores as i64, 1, 256) as usize;
     let shutdown_timeout = cx.duration(
         "server.shutdown_timeout".into(),
         r.shutdown_timeout.as_ref(),
         d::SHUTDOWN_TIMEOUT,
     );
-    let port_range = r.port_range.as_deref().and_then(|s| {
+    let port_range = cx.take("server.port_range", &r.port_range);
+    let port_range = port_range.as_deref().and_then(|s| {
         let parsed = s.split_once('-').and_then(|(a, b)| {
             Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
         });
@@ -207,12 +265,12 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
     });
     let releases_kept = cx.int_in(
         "server.releases_kept",
-        r.releases_kept,
+        &r.releases_kept,
         d::RELEASES_KEPT as i64,
         1,
         1000,
     ) as usize;
-    let token = r.token.filter(|t| {
+    let token = cx.take("server.token", &r.token).filter(|t| {
         let ok = t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic());
         if !ok {
             cx.err("server.token", "must be at least 16 printable characters without spaces (or leave it out: one is generated)");
@@ -232,8 +290,10 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
 
 fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Service> {
     let k = |s: &str| format!("services.{name}.{s}");
-    let listen = match r.listen.as_deref() {
-        Some(s) => socket_addr(cx, k("listen"), s),
+    let listen = match &r.listen {
+        Some(_) => cx
+            .take(k("listen"), &r.listen)
+            .and_then(|s| socket_addr(cx, k("listen"), &s)),
         None => {
             cx.err(
                 format!("services.{name}"),
@@ -246,7 +306,11 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         || r.instances.is_some()
         || r.revision.is_some()
         || r.artifact.is_some();
-    let backend = match (&r.targets, managed_keys) {
+    let targets = r
+        .targets
+        .as_ref()
+        .map(|_| cx.take(k("targets"), &r.targets));
+    let backend = match (targets, managed_keys) {
         (Some(_), true) => {
             cx.err(
                 k("targets"),
@@ -255,7 +319,9 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             );
             None
         }
-        (Some(ts), false) => {
+        // Not an array of strings: already reported.
+        (Some(None), false) => None,
+        (Some(Some(ts)), false) => {
             if ts.is_empty() {
                 cx.err(k("targets"), "is empty; list at least one \"IP:PORT\"");
             }
@@ -282,7 +348,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             None
         }
     };
-    let strategy = match r.strategy.as_deref() {
+    let strategy = match cx.take(k("strategy"), &r.strategy).as_deref() {
         None => Strategy::InPlace,
         Some(s) => Strategy::parse(s).unwrap_or_else(|| {
             cx.err(
@@ -292,20 +358,25 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             Strategy::InPlace
         }),
     };
-    let health = health(cx, name, r.health.unwrap_or_default());
-    let rd = r.drain.unwrap_or_default();
+    let rh = cx.table(k("health"), r.health);
+    let health = health(cx, name, rh);
+    let rd = cx.table(k("drain"), r.drain);
     let drain = Drain {
         timeout: cx.duration(k("drain.timeout"), rd.timeout.as_ref(), d::DRAIN_TIMEOUT),
     };
-    let proxy = proxy(cx, name, r.proxy.unwrap_or_default());
-    let ri = r.in_place.unwrap_or_default();
+    let rp = cx.table(k("proxy"), r.proxy);
+    let proxy = proxy(cx, name, rp);
+    let ri = cx.table(k("in_place"), r.in_place);
     let in_place = in_place(cx, name, &ri);
-    if let Some(Backend::Managed(m)) = &backend {
+    // The floor is checked against a usable instance count only.
+    let counted = matches!(r.instances, Some(Leaf::Ok(n)) if (1..=1000).contains(&n));
+    if let (Some(Backend::Managed(m)), true) = (&backend, counted) {
         check_in_place(cx, name, &in_place, m.instances, ri.min_healthy.is_some());
     }
-    let rb = r.blue_green.unwrap_or_default();
+    let rb = cx.table(k("blue_green"), r.blue_green);
+    let steps = cx.take(k("blue_green.traffic_steps"), &rb.traffic_steps);
     let blue_green = BlueGreen {
-        traffic_steps: traffic_steps(cx, name, rb.traffic_steps),
+        traffic_steps: traffic_steps(cx, name, steps),
         bake: cx.duration(k("blue_green.bake"), rb.bake.as_ref(), d::BAKE),
         retention: cx.duration(
             k("blue_green.retention"),
@@ -313,7 +384,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             d::RETENTION,
         ),
     };
-    let rh = r.hooks.unwrap_or_default();
+    let rh = cx.table(k("hooks"), r.hooks);
     let hooks = Hooks {
         timeout: cx.duration(k("hooks.timeout"), rh.timeout.as_ref(), d::HOOK_TIMEOUT),
         commands: [
@@ -328,7 +399,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         ]
         .into_iter()
         .filter_map(|(n, c)| {
-            let c = c?;
+            let c = cx.take(k(&format!("hooks.{n}")), &c)?;
             if c.trim().is_empty() {
                 cx.err(
                     k(&format!("hooks.{n}")),
@@ -340,9 +411,12 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         })
         .collect(),
     };
-    let rr = r.rollback.unwrap_or_default();
+    let rr = cx.table(k("rollback"), r.rollback);
     let rollback = RollbackPolicy {
-        max_error_rate_increase: match rr.max_error_rate_increase {
+        max_error_rate_increase: match cx.take(
+            k("rollback.max_error_rate_increase"),
+            &rr.max_error_rate_increase,
+        ) {
             None => d::MAX_ERROR_RATE_INCREASE,
             Some(x) if (0.0..=1.0).contains(&x) => x,
             Some(x) => {
@@ -353,7 +427,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
                 d::MAX_ERROR_RATE_INCREASE
             }
         },
-        max_p99_ratio: match rr.max_p99_ratio {
+        max_p99_ratio: match cx.take(k("rollback.max_p99_ratio"), &rr.max_p99_ratio) {
             None => d::MAX_P99_RATIO,
             Some(x) if x >= 1.0 => x,
             Some(x) => {
@@ -366,7 +440,7 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         },
         min_requests: cx.int_in(
             k("rollback.min_requests"),
-            rr.min_requests,
+            &rr.min_requests,
             d::MIN_REQUESTS as i64,
             1,
             i64::MAX,
@@ -407,17 +481,19 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
     );
     need(cx, r.revision.is_some(), "revision", "\"v1\"");
     need(cx, r.instances.is_some(), "instances", "2");
-    let instances = cx.positive(k("instances"), r.instances, 1, 1000);
-    if let Some(c) = &r.command {
+    let instances = cx.positive(k("instances"), &r.instances, 1, 1000);
+    let command = cx.take(k("command"), &r.command);
+    if let Some(c) = &command {
         check_template(cx, k("command"), c);
     }
-    if let Some(rev) = &r.revision {
+    let revision = cx.take(k("revision"), &r.revision);
+    if let Some(rev) = &revision {
         if let Err(e) = names::check_revision(rev) {
             cx.err(k("revision"), e.problem());
         }
     }
     let stop_grace = cx.duration(k("stop_grace"), r.stop_grace.as_ref(), d::STOP_GRACE);
-    let artifact = r.artifact.as_ref().map(|a| base.join(a));
+    let artifact = cx.take(k("artifact"), &r.artifact).map(|a| base.join(a));
     if let Some(a) = &artifact {
         if !a.exists() {
             cx.err(
@@ -431,9 +507,9 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
     }
     ok.then(|| {
         Backend::Managed(Managed {
-            revision: r.revision.clone().unwrap_or_default(),
+            revision: revision.unwrap_or_default(),
             instances,
-            command: r.command.clone().unwrap_or_default(),
+            command: command.unwrap_or_default(),
             stop_grace,
             artifact,
         })
