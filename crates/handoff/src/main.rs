@@ -59,10 +59,11 @@ enum Cmd {
         service: String,
         revision: String,
         /// in-place, blue-green or all-at-once (default: the service's).
-        #[arg(long)]
+        #[arg(long, value_parser = strategy_arg)]
         strategy: Option<String>,
-        /// In-place batch: a count or a percentage ("1", "50%").
-        #[arg(long)]
+        /// In-place batch: a count, a percentage or auto ("1", "50%",
+        /// "auto": as large as the measured load allows).
+        #[arg(long, value_parser = batch_arg)]
         batch: Option<String>,
         /// A directory or .tar.gz with the revision's files (installed once,
         /// verified by sha256, kept for rollbacks).
@@ -81,10 +82,11 @@ enum Cmd {
         service: String,
         revision: String,
         /// in-place, blue-green, all-at-once, or all (side by side).
-        #[arg(long)]
+        #[arg(long, value_parser = plan_strategy_arg)]
         strategy: Option<String>,
-        /// In-place batch: a count or a percentage ("1", "50%").
-        #[arg(long)]
+        /// In-place batch: a count, a percentage or auto ("1", "50%",
+        /// "auto": as large as the measured load allows).
+        #[arg(long, value_parser = batch_arg)]
         batch: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
@@ -345,6 +347,29 @@ fn check_ids(cmd: &Cmd) -> Result<(), handoff_core::names::NameError> {
         }
         _ => Ok(()),
     }
+}
+
+/// `--strategy` of `deploy`, checked before anything is sent so that a typo
+/// lists the choices.
+fn strategy_arg(s: &str) -> Result<String, String> {
+    match handoff_core::Strategy::parse(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err("unknown strategy; use in-place, blue-green or all-at-once".into()),
+    }
+}
+
+/// `--strategy` of `plan`: a strategy, or `all` to compare them.
+fn plan_strategy_arg(s: &str) -> Result<String, String> {
+    match s {
+        "all" => Ok(s.to_string()),
+        _ => strategy_arg(s)
+            .map_err(|_| "unknown strategy; use in-place, blue-green, all-at-once or all".into()),
+    }
+}
+
+/// `--batch`: a count, a percentage or `auto`, by the config's own rule.
+fn batch_arg(s: &str) -> Result<String, String> {
+    handoff_core::config::parse_batch(s).map(|_| s.to_string())
 }
 
 fn verb(c: &ClientArgs, service: &str, verb: &str) -> anyhow::Result<()> {

@@ -51,7 +51,84 @@ fn check_lists_every_problem_with_file_line_and_key() {
         ])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn check_reports_type_errors_located_and_a_missing_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("typed.toml");
+    std::fs::write(
+        &cfg,
+        "[services.web]\nlisten = \"127.0.0.1:0\"\nrevision = 1\ninstances = \"4\"\ncommand = \"app {port}\"\nstop_grace = 10\nhelth = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = cfg.display().to_string();
+    assert!(err.contains("has 4 problems"), "{err}");
+    for line in [
+        format!("{f}:3:1: services.web.revision: expected a string, found integer 1"),
+        format!("{f}:4:1: services.web.instances: expected an integer, found string \"4\"; write 4 without quotes"),
+        format!("{f}:6:1: services.web.stop_grace: needs a unit, e.g. \"10s\""),
+        format!("{f}:7:1: services.web.helth: unknown key 'helth'; did you mean 'health'?"),
+    ] {
+        assert!(err.contains(&line), "no {line:?} in {err}");
+    }
+
+    let missing = dir.path().join("missing.toml");
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: config file {} does not exist; pass yours with -c FILE (examples/ has samples)",
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn client_arguments_are_checked_and_list_the_choices() {
+    for (args, want) in [
+        (
+            &["deploy", "web", "v2", "--strategy", "sideways"][..],
+            "unknown strategy; use in-place, blue-green or all-at-once",
+        ),
+        (
+            &["plan", "web", "v2", "--strategy", "sideways"][..],
+            "unknown strategy; use in-place, blue-green, all-at-once or all",
+        ),
+        (
+            &["deploy", "web", "v2", "--batch", "most"][..],
+            "nor \"auto\"",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("HANDOFF_ADMIN", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    for cmd in ["deploy", "plan"] {
+        let out = std::process::Command::new(bin())
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("auto"), "{cmd} --help: {help}");
+    }
 }
 
 #[test]

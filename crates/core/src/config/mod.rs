@@ -266,10 +266,12 @@ pub struct ConfigProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {}: {source}; pass an existing file with -c", path.display())]
+    /// The cause is part of the message, not a `source`: callers that print
+    /// the whole chain would say it twice.
+    #[error("{}", read_problem(path, error))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}:{line}:{col}: {message}", path.display())]
     Syntax {
@@ -283,6 +285,16 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<ConfigProblem>,
     },
+}
+
+fn read_problem(path: &Path, e: &std::io::Error) -> String {
+    let p = path.display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "config file {p} does not exist; pass yours with -c FILE (examples/ has samples)"
+        ),
+        _ => format!("cannot read config file {p}: {e}; pass a readable file with -c FILE"),
+    }
 }
 
 fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
@@ -307,9 +319,9 @@ fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(path, &text)
 }
