@@ -261,6 +261,14 @@ fn a_second_deploy_is_a_conflict_and_manual_rollback_goes_to_the_last_stable() {
         ok && out.contains("==> web-1") && out.contains("==> web-2") && out.contains("listening"),
         "{out}"
     );
+    // Unknown names are answered with the known ones.
+    let (ok, out) = env.cli(&["logs", "web", "web-9"]);
+    assert!(
+        !ok && out.contains("no log for instance 'web-9' of service 'web'; known: web-1, web-2"),
+        "{out}"
+    );
+    let (ok, out) = env.cli(&["history", "wbe"]);
+    assert!(!ok && out.contains("no service 'wbe'; known: web"), "{out}");
     stop(env);
 }
 
