@@ -221,11 +221,30 @@ async fn logs(
             t.push('\n');
             (StatusCode::OK, t).into_response()
         }
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no log for instance '{instance}' of service '{service}'"),
-        ),
+        None => {
+            let known: Vec<String> = s.services.get(&service).map_or(Vec::new(), |p| {
+                let table = p.table();
+                let mut names: Vec<String> = table
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.targets.iter().map(|t| t.name.to_string()))
+                    .collect();
+                names.sort();
+                names
+            });
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no log for instance '{instance}' of service '{service}'; known: {}",
+                    if known.is_empty() {
+                        "none running".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        }
     }
 }
 
