@@ -249,6 +249,11 @@ async fn logs(
 }
 
 async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
+    // `web-2` before `web-10`: by the name's numeric tail, then the name.
+    fn by_index(name: &str) -> (u64, &str) {
+        let n = name.rsplit('-').next().and_then(|n| n.parse().ok());
+        (n.unwrap_or(0), name)
+    }
     let mut out = Vec::new();
     for (name, p) in s.services.iter() {
         let table = p.table();
@@ -264,10 +269,8 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
             groups: table
                 .groups
                 .iter()
-                .map(|g| GroupView {
-                    name: g.name.to_string(),
-                    weight: g.weight,
-                    targets: g
+                .map(|g| {
+                    let mut targets: Vec<TargetView> = g
                         .targets
                         .iter()
                         .map(|t| TargetView {
@@ -277,10 +280,20 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
                             state: t.state().to_string(),
                             in_flight: t.in_flight(),
                             requests: t.stats.requests(),
+                            last_check: t.last_check(),
                         })
-                        .collect(),
+                        .collect();
+                    targets.sort_by(|a, b| by_index(&a.name).cmp(&by_index(&b.name)));
+                    GroupView {
+                        name: g.name.to_string(),
+                        weight: g.weight,
+                        targets,
+                    }
                 })
                 .collect(),
+            healthy_deadline_ms: p.health.healthy_deadline.as_millis() as u64,
+            desired: d.map(|d| d.desired()),
+            instances: d.map(|d| d.instances()).unwrap_or_default(),
         });
     }
     Json(out)

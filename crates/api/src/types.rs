@@ -2,7 +2,7 @@
 //! cannot drift apart.
 
 use handoff_controller::predict::Prediction;
-pub use handoff_controller::service::{DeploymentView, EventView, RevisionView};
+pub use handoff_controller::service::{DeploymentView, EventView, InstanceStatus, RevisionView};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +74,11 @@ pub struct TargetView {
     /// Requests answered so far (a counter: rates are its differences).
     #[serde(default)]
     pub requests: u64,
+    /// The last active health check, e.g. `GET /healthz → 503 (4 in a
+    /// row)` or `connection refused on 127.0.0.1:25342: …`; `None` before
+    /// the first (or with active checks off).
+    #[serde(default)]
+    pub last_check: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +95,17 @@ pub struct ServiceView {
     pub revision: Option<String>,
     pub deployment: Option<String>,
     pub groups: Vec<GroupView>,
+    /// `health.healthy_deadline` in ms: how long a new instance may take
+    /// to pass its checks (the deploy output counts down to it).
+    #[serde(default)]
+    pub healthy_deadline_ms: u64,
+    /// Managed services: how many instances the config asks for.
+    #[serde(default)]
+    pub desired: Option<usize>,
+    /// Managed services: every instance, running or not, in index order
+    /// (one that cannot start has no target; its error is here).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,6 +58,74 @@ pub trait ManagedService: Send + Sync {
     fn logs(&self, instance: &str, lines: usize) -> Option<String>;
     /// Deployments by (strategy, status), for `/metrics`.
     fn deployment_counts(&self) -> Vec<(String, String, u64)>;
+    /// Every instance the fleet keeps, running or not, in index order.
+    fn instances(&self) -> Vec<InstanceStatus>;
+    /// How many instances the config asks for.
+    fn desired(&self) -> usize;
+}
+
+/// One instance of a managed service as `status` shows it: an instance
+/// that cannot start has no target in the proxy, so this is where its
+/// error is seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub revision: String,
+    pub group: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    /// `running` (its process is alive), `down` (no process; supervision
+    /// restarts it after its back-off) or `stopped` (deliberately).
+    pub state: String,
+    /// Its target's state in the proxy (`initial`, `healthy`, …), if it
+    /// has one.
+    #[serde(default)]
+    pub target_state: Option<String>,
+    /// The last health check, e.g. `GET /healthz → 503 (4 in a row)`.
+    #[serde(default)]
+    pub last_check: Option<String>,
+    /// Restarts in a row.
+    pub restarts: u32,
+    /// Why it last failed (start, exit, missed health deadline).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl InstanceStatus {
+    /// Running and taking traffic (or ready to).
+    pub fn is_well(&self) -> bool {
+        self.state == "running" && self.target_state.as_deref() == Some("healthy")
+    }
+}
+
+/// `instances` of a fleet as [`InstanceStatus`].
+pub fn instance_status<R: Runtime>(f: &crate::fleet::Fleet<R>) -> Vec<InstanceStatus> {
+    f.instances()
+        .into_iter()
+        .map(|i| {
+            let alive = i.pid.is_some() && f.exited(std::slice::from_ref(&i.name)).is_empty();
+            let target = i.target.and_then(|t| f.proxy.target(t).ok());
+            InstanceStatus {
+                state: if alive {
+                    "running"
+                } else if i.supervised {
+                    "down"
+                } else {
+                    "stopped"
+                }
+                .into(),
+                target_state: target.as_ref().map(|t| t.state().to_string()),
+                last_check: target.as_ref().and_then(|t| t.last_check()),
+                name: i.name,
+                revision: i.revision,
+                group: i.group,
+                port: i.port,
+                pid: i.pid,
+                restarts: i.restarts,
+                last_error: i.last_error,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,5 +326,13 @@ impl<R: Runtime> ManagedService for Arc<Deployer<R>> {
             .store
             .deployment_counts(self.fleet.name())
             .unwrap_or_default()
+    }
+
+    fn instances(&self) -> Vec<InstanceStatus> {
+        instance_status(&self.fleet)
+    }
+
+    fn desired(&self) -> usize {
+        self.fleet.desired()
     }
 }

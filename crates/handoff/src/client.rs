@@ -205,6 +205,10 @@ pub fn follow_since(
     let mut shown = 0;
     let mut first = true;
     let started = Instant::now();
+    // While a step waits for health: what the checks say, every few
+    // seconds, so a revision that never gets healthy says why at once,
+    // not after `healthy_deadline` of silence.
+    let mut health: Option<HealthWait> = None;
     // A spinner under the step lines while there is something to wait for
     // (health, drain, bake, retention); indicatif hides it when stdout is
     // not a terminal, so scripts and `--json` see plain lines only.
@@ -230,6 +234,17 @@ pub fn follow_since(
                 bar.suspend(|| println!("{}  {}", clock(e.at_ms), e.message));
                 bar.reset_elapsed();
                 bar.set_message(waiting_for(e.kind, &e.message));
+                health = (e.kind == StepKind::Health).then(|| HealthWait::new(c, &v.service, e));
+                if let Some(w) = &health {
+                    bar.suspend(|| println!("{}", w.intro()));
+                }
+            }
+            if let Some(w) = health.as_mut() {
+                if w.due() {
+                    for line in w.lines(c) {
+                        bar.suspend(|| println!("{}  {line}", clock(now_ms())));
+                    }
+                }
             }
         }
         shown = v.events.len();
@@ -256,6 +271,107 @@ pub fn follow_since(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How often `deploy` says what the health checks of the instances it
+/// waits for answer.
+const HEALTH_EVERY: Duration = Duration::from_secs(3);
+
+/// A health step being waited for: its instances and deadline.
+struct HealthWait {
+    service: String,
+    /// The instances the step names (`waiting for web-3, web-4 …`).
+    names: Vec<String>,
+    /// Unix ms when `healthy_deadline` runs out; `None` if unknown.
+    deadline_ms: Option<i64>,
+    deadline: Duration,
+    next: Instant,
+}
+
+impl HealthWait {
+    fn new(c: &Client, service: &str, e: &EventView) -> HealthWait {
+        let deadline = services(c)
+            .ok()
+            .and_then(|all| all.into_iter().find(|s| s.name == service))
+            .map(|s| Duration::from_millis(s.healthy_deadline_ms))
+            .filter(|d| !d.is_zero());
+        let names = e
+            .message
+            .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+            .filter(|w| w.starts_with(&format!("{service}-")))
+            .map(str::to_string)
+            .collect();
+        HealthWait {
+            service: service.to_string(),
+            names,
+            deadline_ms: deadline.map(|d| e.at_ms + d.as_millis() as i64),
+            deadline: deadline.unwrap_or_default(),
+            next: Instant::now() + HEALTH_EVERY,
+        }
+    }
+
+    fn intro(&self) -> String {
+        match self.deadline_ms {
+            Some(at) => format!(
+                "             waiting up to {} (healthy_deadline) for health, until {}",
+                handoff_core::duration::format(self.deadline),
+                clock(at)
+            ),
+            None => "             waiting for health".into(),
+        }
+    }
+
+    fn due(&mut self) -> bool {
+        if Instant::now() < self.next {
+            return false;
+        }
+        self.next = Instant::now() + HEALTH_EVERY;
+        true
+    }
+
+    /// One line per named instance that is not healthy yet, e.g.
+    /// `web-3: GET /healthz → 503 (4 in a row); deadline in 52 s`.
+    fn lines(&self, c: &Client) -> Vec<String> {
+        let Ok(all) = services(c) else {
+            return Vec::new();
+        };
+        let Some(s) = all.into_iter().find(|s| s.name == self.service) else {
+            return Vec::new();
+        };
+        let left = self
+            .deadline_ms
+            .map(|at| format!("; deadline in {} s", ((at - now_ms()).max(0) + 999) / 1000))
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for n in &self.names {
+            let target = s
+                .groups
+                .iter()
+                .flat_map(|g| &g.targets)
+                .find(|t| &t.name == n);
+            let instance = s.instances.iter().find(|i| &i.name == n);
+            let said = match (target, instance) {
+                (Some(t), _) if t.state == "healthy" => continue,
+                (Some(t), _) => format!(
+                    "{}: {}",
+                    t.state,
+                    t.last_check.as_deref().unwrap_or("no health check yet")
+                ),
+                (None, Some(i)) => format!(
+                    "{}: {}",
+                    i.state,
+                    i.last_error.as_deref().unwrap_or("not registered yet")
+                ),
+                (None, None) => continue,
+            };
+            out.push(format!("{n}: {said}{left}"));
+        }
+        out
+    }
+}
+
+fn services(c: &Client) -> anyhow::Result<Vec<ServiceView>> {
+    c.json("GET", "/services", None)
 }
 
 /// What the deployment is waiting for after a step, for the spinner.
@@ -340,15 +456,59 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
         );
         for g in &s.groups {
             println!("  group {} (weight {})", g.name, g.weight);
-            for t in &g.targets {
+            let mut targets: Vec<&TargetView> = g.targets.iter().collect();
+            targets.sort_by(|a, b| by_index(&a.name).cmp(&by_index(&b.name)));
+            for t in targets {
+                let check = match (&t.last_check, t.state.as_str()) {
+                    // A healthy target's last check is no news.
+                    (Some(c), "initial" | "unhealthy") => format!("  last check: {c}"),
+                    _ => String::new(),
+                };
                 println!(
-                    "    {:<12} {:<21} {:<10} {:<10} in-flight {}",
+                    "    {:<12} {:<21} {:<10} {:<10} in-flight {}{check}",
                     t.name, t.addr, t.revision, t.state, t.in_flight
                 );
             }
         }
+        print_instances(s);
     }
     Ok(())
+}
+
+/// The instances that are not running and healthy, with their last error:
+/// one that cannot start has no target, so the groups above never show it.
+fn print_instances(s: &ServiceView) {
+    let Some(desired) = s.desired else { return };
+    let running = s.instances.iter().filter(|i| i.state == "running").count();
+    let mut sick: Vec<&InstanceStatus> = s.instances.iter().filter(|i| !i.is_well()).collect();
+    if sick.is_empty() && running >= desired {
+        return;
+    }
+    sick.sort_by(|a, b| by_index(&a.name).cmp(&by_index(&b.name)));
+    println!("  instances: {running} of {desired} running");
+    for i in sick {
+        let why = i
+            .last_error
+            .as_deref()
+            .or(i.last_check.as_deref())
+            .unwrap_or("no error recorded");
+        println!(
+            "    {:<12} {:<10} {:<10} restarts {}  {why}",
+            i.name,
+            i.revision,
+            match (i.state.as_str(), i.target_state.as_deref()) {
+                ("running", Some(t)) => t,
+                (s, _) => s,
+            },
+            i.restarts
+        );
+    }
+}
+
+/// Sort key: `web-2` before `web-10` (the numeric tail, then the name).
+fn by_index(name: &str) -> (u64, &str) {
+    let n = name.rsplit('-').next().and_then(|n| n.parse().ok());
+    (n.unwrap_or(0), name)
 }
 
 pub fn history(c: &Client, service: &str, json: bool) -> anyhow::Result<()> {
@@ -408,18 +568,34 @@ pub fn revisions(c: &Client, service: &str, json: bool) -> anyhow::Result<()> {
 
 /// The tail of every instance's log of a service.
 pub fn all_logs(c: &Client, service: &str, lines: usize) -> anyhow::Result<()> {
-    let all: Vec<ServiceView> = c.json("GET", "/services", None)?;
+    let all = services(c)?;
     let svc = all
         .iter()
         .find(|s| s.name == service)
         .ok_or_else(|| anyhow::anyhow!("no service '{service}'"))?;
-    for g in &svc.groups {
-        for t in &g.targets {
-            println!(
-                "==> {} ({}, {}, {}) <==",
-                t.name, t.addr, t.revision, t.state
-            );
-            logs(c, service, &t.name, lines)?;
+    // Every instance, in index order: one that cannot start has no target
+    // but has the log that says why.
+    let mut shown: Vec<(String, String)> = svc
+        .groups
+        .iter()
+        .flat_map(|g| &g.targets)
+        .map(|t| {
+            (
+                t.name.clone(),
+                format!("{}, {}, {}", t.addr, t.revision, t.state),
+            )
+        })
+        .collect();
+    for i in &svc.instances {
+        if !shown.iter().any(|(n, _)| n == &i.name) {
+            shown.push((i.name.clone(), format!("{}, {}", i.revision, i.state)));
+        }
+    }
+    shown.sort_by(|a, b| by_index(&a.0).cmp(&by_index(&b.0)));
+    for (name, what) in shown {
+        println!("==> {name} ({what}) <==");
+        if let Err(e) = logs(c, service, &name, lines) {
+            println!("({e})");
         }
     }
     Ok(())

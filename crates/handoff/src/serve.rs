@@ -255,6 +255,33 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     // The token rides in the fragment, which browsers never send.
     println!("dashboard http://{admin_addr}/#token={token}");
     println!("ready");
+    // Ready means "listening", not "serving": instances that could not
+    // start are said next to it, not only among the log lines.
+    for f in &fleets {
+        let all = handoff_controller::service::instance_status(f);
+        let running = all.iter().filter(|i| i.state == "running").count();
+        if running < f.desired() {
+            let why: Vec<String> = all
+                .iter()
+                .filter(|i| i.state != "running")
+                .map(|i| {
+                    format!(
+                        "{}: {}",
+                        i.name,
+                        i.last_error.as_deref().unwrap_or("not started")
+                    )
+                })
+                .collect();
+            let line = format!(
+                "{}: {running} of {} instances running: {}",
+                f.name(),
+                f.desired(),
+                why.join("; ")
+            );
+            println!("warning: {line} (see `handoff status {}`)", f.name());
+            tracing::warn!("{line}");
+        }
+    }
     tracing::info!(%admin_addr, "admin API listening (/metrics, /healthz, /logs)");
 
     wait_for_signal().await?;

@@ -7,6 +7,7 @@
 //! emitted exactly once. The task applies transitions with compare-exchange,
 //! so a drain that started meanwhile always wins.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,16 +27,65 @@ const STARTUP_MAX_RETRY: Duration = Duration::from_millis(100);
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// Nothing listens on the port (yet).
-    Refused(String),
-    /// Anything else: a bad answer, a timeout, a reset.
+    /// Nothing listens on the address (yet): the app is still starting, or
+    /// listens somewhere else than the port it was given.
+    Refused(SocketAddr),
+    /// It answered, with this status (not 2xx/3xx).
+    Status(u16),
+    /// No answer within the check's timeout.
+    Timeout(Duration),
+    /// Anything else: a reset, a malformed answer.
     Failed(String),
 }
 
-impl std::fmt::Display for Probe {
+/// One probe's outcome in words, as `status`, the deploy output and a
+/// failed deployment's reason show it: what was asked, what came back, and
+/// for a refused connection the most likely cause (the app ignores the
+/// port it was given).
+pub fn outcome(path: &str, addr: SocketAddr, r: &Result<u16, Probe>) -> String {
+    match r {
+        Ok(code) | Err(Probe::Status(code)) => format!("GET {path} \u{2192} {code}"),
+        Err(Probe::Refused(_)) => {
+            format!("connection refused on {addr}: does the app listen on {{port}} / $PORT?")
+        }
+        Err(Probe::Timeout(d)) => format!(
+            "GET {path} timed out after {}",
+            handoff_core::duration::format(*d)
+        ),
+        Err(Probe::Failed(m)) => format!("GET {path} failed: {m}"),
+    }
+}
+
+/// The last health check of a target, and how many in a row ended the
+/// same way (a count says "this is not a blip").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    pub outcome: String,
+    pub ok: bool,
+    pub in_a_row: u32,
+}
+
+impl LastCheck {
+    /// The record after one more check with `outcome`.
+    pub fn next(prev: Option<&LastCheck>, outcome: String, ok: bool) -> LastCheck {
+        let in_a_row = match prev {
+            Some(p) if p.outcome == outcome && p.ok == ok => p.in_a_row.saturating_add(1),
+            _ => 1,
+        };
+        LastCheck {
+            outcome,
+            ok,
+            in_a_row,
+        }
+    }
+}
+
+impl std::fmt::Display for LastCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Probe::Refused(m) | Probe::Failed(m) => f.write_str(m),
+        if self.in_a_row > 1 {
+            write!(f, "{} ({} in a row)", self.outcome, self.in_a_row)
+        } else {
+            f.write_str(&self.outcome)
         }
     }
 }
@@ -134,7 +184,9 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             }
             continue;
         }
-        let ok = probe(&t, &cfg).await;
+        let ok = probe(t.addr, &cfg).await;
+        let said = outcome(&cfg.path, t.addr, &ok);
+        t.note_check(said, ok.is_ok());
         if startup {
             if matches!(ok, Err(Probe::Refused(_)))
                 && state == TargetState::Initial
@@ -144,7 +196,6 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             }
             startup = false;
         }
-        let ok = ok.map_err(|e| e.to_string());
         if t.ejected() {
             // Passive ejection holds the target out for its back-off even if
             // probes pass (an app can answer /healthz and fail real work).
@@ -172,8 +223,8 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
                 }
                 t.set_ready(false);
             }
-            let why = match &ok {
-                Err(e) if to == TargetState::Unhealthy => format!("{why}: {e}"),
+            let why = match (&ok, t.last_check()) {
+                (Err(_), Some(last)) if to == TargetState::Unhealthy => format!("{why}: {last}"),
                 _ => why,
             };
             t.transition(state, to, &why);
@@ -182,16 +233,16 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
 }
 
 /// One HTTP probe on a fresh connection: success is a 2xx or 3xx answer to
-/// `GET path` within the timeout. A fresh connection also proves the target
-/// still accepts new connections, which a pooled one would not.
-pub async fn probe(t: &Target, cfg: &Health) -> Result<(), Probe> {
+/// `GET path` within the timeout; its status. A fresh connection also
+/// proves the target still accepts new connections, which a pooled one
+/// would not.
+pub async fn probe(addr: SocketAddr, cfg: &Health) -> Result<u16, Probe> {
     let fut = async {
-        let stream = tokio::net::TcpStream::connect(t.addr).await.map_err(|e| {
-            let m = format!("connect {}: {e}", t.addr);
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                Probe::Refused(m)
+                Probe::Refused(addr)
             } else {
-                Probe::Failed(m)
+                Probe::Failed(format!("connect {addr}: {e}"))
             }
         })?;
         let _ = stream.set_nodelay(true);
@@ -200,7 +251,7 @@ pub async fn probe(t: &Target, cfg: &Health) -> Result<(), Probe> {
             .map_err(|e| Probe::Failed(format!("handshake: {e}")))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::get(cfg.path.as_str())
-            .header(http::header::HOST, t.addr.to_string())
+            .header(http::header::HOST, addr.to_string())
             .header(http::header::USER_AGENT, "handoff-health/1")
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
@@ -208,25 +259,18 @@ pub async fn probe(t: &Target, cfg: &Health) -> Result<(), Probe> {
         let resp = send
             .send_request(req)
             .await
-            .map_err(|e| Probe::Failed(format!("request: {e}")))?;
+            .map_err(|e| Probe::Failed(e.to_string()))?;
         conn.abort();
         let s = resp.status();
         if s.is_success() || s.is_redirection() {
-            Ok(())
+            Ok(s.as_u16())
         } else {
-            Err(Probe::Failed(format!(
-                "GET {} answered {}",
-                cfg.path,
-                s.as_u16()
-            )))
+            Err(Probe::Status(s.as_u16()))
         }
     };
     match tokio::time::timeout(cfg.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(Probe::Failed(format!(
-            "no answer within {}",
-            handoff_core::duration::format(cfg.timeout)
-        ))),
+        Err(_) => Err(Probe::Timeout(cfg.timeout)),
     }
 }
 
@@ -284,6 +328,88 @@ mod tests {
         assert_eq!(t.record(Unhealthy, true, &c).unwrap().0, Healthy);
         // Staying healthy emits nothing more.
         assert_eq!(t.record(Healthy, true, &c), None);
+    }
+
+    /// A one-shot HTTP server answering every connection with `status`
+    /// (or never answering, for `None`); its address.
+    async fn server(status: Option<u16>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf).await;
+                    match status {
+                        Some(code) => {
+                            let _ = c
+                                .write_all(
+                                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n")
+                                        .as_bytes(),
+                                )
+                                .await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn said(addr: SocketAddr, timeout: Duration) -> String {
+        let c = Health {
+            timeout,
+            ..cfg(1, 1)
+        };
+        outcome(&c.path, addr, &probe(addr, &c).await)
+    }
+
+    #[tokio::test]
+    async fn the_last_check_says_what_came_back() {
+        let ok = server(Some(200)).await;
+        assert_eq!(
+            said(ok, Duration::from_secs(5)).await,
+            "GET /healthz \u{2192} 200"
+        );
+        let sick = server(Some(503)).await;
+        assert_eq!(
+            said(sick, Duration::from_secs(5)).await,
+            "GET /healthz \u{2192} 503"
+        );
+        let mute = server(None).await;
+        assert_eq!(
+            said(mute, Duration::from_millis(200)).await,
+            "GET /healthz timed out after 200ms"
+        );
+        // A port nobody listens on: the app listens elsewhere (or not yet).
+        let free = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert_eq!(
+            said(free, Duration::from_secs(5)).await,
+            format!("connection refused on {free}: does the app listen on {{port}} / $PORT?")
+        );
+    }
+
+    #[test]
+    fn the_last_check_counts_the_same_outcome_in_a_row() {
+        let mut last = None;
+        for _ in 0..4 {
+            last = Some(LastCheck::next(
+                last.as_ref(),
+                "GET /healthz \u{2192} 503".into(),
+                false,
+            ));
+        }
+        let l = last.clone().unwrap();
+        assert_eq!(l.to_string(), "GET /healthz \u{2192} 503 (4 in a row)");
+        // Another outcome starts again at one.
+        let l = LastCheck::next(Some(&l), "GET /healthz \u{2192} 200".into(), true);
+        assert_eq!(l.to_string(), "GET /healthz \u{2192} 200");
+        assert!(l.ok);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct ServiceProxy {
     pub stats: ServiceStats,
     pub(crate) workers: usize,
     events: broadcast::Sender<TargetEvent>,
+    /// Under a failing dependency every request wants an ejection the
+    /// limit refuses: one line per interval says so, not one per request.
+    limited_log: LogLimit,
 }
 
 impl std::fmt::Debug for ServiceProxy {
@@ -72,6 +75,7 @@ impl ServiceProxy {
             stats: ServiceStats::default(),
             workers,
             events,
+            limited_log: LogLimit::new(LIMITED_LOG_EVERY),
         })
     }
 
@@ -296,9 +300,21 @@ impl ServiceProxy {
             let ejected = g.targets.iter().filter(|x| x.ejected()).count();
             let ok = ejected == 0 || (ejected + 1) * 100 <= h.max_ejection_percent as usize * registered;
             if !ok {
-                self.stats.ejections_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(service = %self.name, target = %t.name, ejected, of = registered,
-                    "not ejected: max_ejection_percent {}% of the group is out already", h.max_ejection_percent);
+                self.stats
+                    .ejections_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(skipped) = self.limited_log.allow(std::time::Instant::now()) {
+                    let more = if skipped > 0 {
+                        format!(
+                            " ({skipped} more refused since the last such line; handoff_proxy_errors_total{{reason=\"ejection_limited\"}} counts them all)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    tracing::warn!(service = %self.name, target = %t.name, ejected, of = registered,
+                        "not ejected: max_ejection_percent {}% of the group is out already{more}",
+                        h.max_ejection_percent);
+                }
             }
             ok
         });
@@ -306,5 +322,64 @@ impl ServiceProxy {
 
     pub fn subscribe(&self) -> broadcast::Receiver<TargetEvent> {
         self.events.subscribe()
+    }
+}
+
+/// The shortest gap between two "not ejected" lines of one service.
+const LIMITED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// At most one log line per `every`; counts the lines left out meanwhile.
+pub(crate) struct LogLimit {
+    every: Duration,
+    last: Mutex<Option<std::time::Instant>>,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimit {
+    pub(crate) fn new(every: Duration) -> Self {
+        LogLimit {
+            every,
+            last: Mutex::new(None),
+            skipped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` if a line may be logged
+    /// at `now`; `None` (and one more left out) otherwise.
+    pub(crate) fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(at) if now.saturating_duration_since(at) < self.every => {
+                self.skipped.fetch_add(1, Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.skipped.swap(0, Relaxed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refused_ejections_logs_one_line_per_interval() {
+        let l = LogLimit::new(Duration::from_secs(10));
+        let t0 = std::time::Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        // 4,853 more within 15 s: one more line, at the 10 s mark, which
+        // says how many it stands for.
+        let mut lines = Vec::new();
+        for i in 1..4854u64 {
+            if let Some(n) = l.allow(t0 + Duration::from_micros(i * 3090)) {
+                lines.push(n);
+            }
+        }
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0] > 3000, "{lines:?}");
     }
 }

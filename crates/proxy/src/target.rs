@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::body::ReqBody;
 use crate::events::TargetEvent;
+use crate::health::LastCheck;
 use crate::metrics::TargetStats;
 
 /// Unique for the life of the process; never reused.
@@ -67,6 +68,9 @@ pub struct Target {
     /// When its checks first passed, in ms after `epoch` (its registration);
     /// `u64::MAX` until then. The start-up time `handoff plan` learns from.
     passed_ms: AtomicU64,
+    /// The last active health check's outcome: what `status`, `deploy` and
+    /// a failed deployment show for a target that does not get healthy.
+    last_check: Mutex<Option<LastCheck>>,
     epoch: Instant,
     /// Woken when in-flight drops to 0 while draining.
     drained: Notify,
@@ -127,6 +131,7 @@ impl Target {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             passed_ms: AtomicU64::new(u64::MAX),
+            last_check: Mutex::new(None),
             epoch: Instant::now(),
             drained: Notify::new(),
             cut: Notify::new(),
@@ -161,6 +166,30 @@ impl Target {
             u64::MAX => None,
             ms => Some(Duration::from_millis(ms)),
         }
+    }
+
+    /// The last health check in words, e.g. `GET /healthz → 503 (4 in a
+    /// row)`; `None` before the first one (or with active checks off).
+    pub fn last_check(&self) -> Option<String> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.to_string())
+    }
+
+    /// Whether the last health check passed; `None` before the first.
+    pub fn last_check_ok(&self) -> Option<bool> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.ok)
+    }
+
+    pub(crate) fn note_check(&self, outcome: String, ok: bool) {
+        let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(LastCheck::next(last.as_ref(), outcome, ok));
     }
 
     pub(crate) fn note_passed(&self) {

@@ -72,6 +72,9 @@ struct Slot {
     /// The task that watches the process and its health, or waits to
     /// restart it; aborted (when it is safe to) by a deliberate stop.
     watcher: Option<JoinHandle<()>>,
+    /// Why it last failed (a start that did not take, an exit, a missed
+    /// health deadline), for `status`; cleared once it is forgiven.
+    last_error: Option<String>,
 }
 
 /// A snapshot of one instance, for status and tests.
@@ -83,6 +86,12 @@ pub struct InstanceView {
     pub port: u16,
     pub pid: Option<u32>,
     pub target: Option<TargetId>,
+    /// Restarts in a row (back-off grows with them).
+    pub restarts: u32,
+    /// Why it last failed, until it has been healthy for a while.
+    pub last_error: Option<String>,
+    /// Supervision keeps it running (restarts it when it fails).
+    pub supervised: bool,
 }
 
 pub struct Fleet<R: Runtime> {
@@ -197,6 +206,11 @@ impl<R: Runtime> Fleet<R> {
         self.proxy.table().in_service()
     }
 
+    /// How many instances the config asks for.
+    pub fn desired(&self) -> usize {
+        self.managed.instances as usize
+    }
+
     pub fn stop_grace(&self) -> Duration {
         self.managed.stop_grace
     }
@@ -216,7 +230,22 @@ impl<R: Runtime> Fleet<R> {
 
     /// Records an event of the fleet (or of a deployment) in the store.
     pub fn event(&self, instance: Option<&str>, kind: &str, message: &str) {
-        tracing::info!(service = %self.name(), instance = instance.unwrap_or("-"), kind, "{message}");
+        let instance_name = instance.unwrap_or("-");
+        match kind {
+            // An instance that cannot start or keeps failing needs a human;
+            // among the INFO lines of a busy daemon it would go unseen.
+            "start-failed" | "failed" => {
+                tracing::warn!(service = %self.name(), instance = instance_name, kind, "{message}")
+            }
+            _ => {
+                tracing::info!(service = %self.name(), instance = instance_name, kind, "{message}")
+            }
+        }
+        if let (Some(n), "start-failed" | "failed") = (instance, kind) {
+            if let Some(s) = self.slots().get_mut(n) {
+                s.last_error = Some(message.to_string());
+            }
+        }
         if let Err(e) = self.store.event(self.name(), instance, kind, message) {
             tracing::error!(error = %e, "cannot record event");
         }
@@ -234,6 +263,9 @@ impl<R: Runtime> Fleet<R> {
                 port: s.port,
                 pid: s.running.as_ref().map(|r| r.pid),
                 target: s.target,
+                restarts: s.restarts,
+                last_error: s.last_error.clone(),
+                supervised: s.supervised,
             })
             .collect();
         v.sort_by_key(|i| index_of(&i.name));
@@ -531,6 +563,7 @@ fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
         supervised: false,
         epoch: 0,
         watcher: None,
+        last_error: None,
     }
 }
 

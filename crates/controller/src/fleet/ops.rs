@@ -109,17 +109,15 @@ impl<R: Runtime> Fleet<R> {
                 break;
             }
             if Instant::now() >= deadline {
-                let sick: Vec<&String> = names
+                let sick: Vec<String> = names
                     .iter()
                     .filter(|n| !state(n).unwrap_or(false))
+                    .map(|n| self.why_not_healthy(n))
                     .collect();
                 return Err(format!(
-                    "{} not healthy within healthy_deadline {}",
-                    sick.iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    handoff_core::duration::format(h.healthy_deadline)
+                    "not healthy within healthy_deadline {}: {}",
+                    handoff_core::duration::format(h.healthy_deadline),
+                    sick.join("; ")
                 ));
             }
             tokio::select! {
@@ -141,6 +139,21 @@ impl<R: Runtime> Fleet<R> {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok(())
+    }
+
+    /// `NAME: last check …; see `handoff logs SERVICE NAME``: what the
+    /// daemon knows of an instance that is not healthy, and where to look.
+    pub(super) fn why_not_healthy(&self, name: &str) -> String {
+        let target = self.slots().get(name).and_then(|s| s.target);
+        let check = target
+            .and_then(|t| self.proxy.target(t).ok())
+            .and_then(|t| t.last_check());
+        let check = match check {
+            Some(c) => format!("last check {c}"),
+            None if !self.service.health.enabled => "active health checks are off".into(),
+            None => "no health check has run yet".into(),
+        };
+        format!("{name}: {check}; see `handoff logs {} {name}`", self.name())
     }
 
     /// Records how long each of `names` took from registration (just after

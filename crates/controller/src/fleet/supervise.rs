@@ -172,7 +172,11 @@ impl<R: Runtime> Fleet<R> {
                         }
                     }
                 }
-                _ => format!("not healthy within healthy_deadline {}", handoff_core::duration::format(deadline)),
+                _ => format!(
+                    "not healthy within healthy_deadline {}: {}",
+                    handoff_core::duration::format(deadline),
+                    self.why_not_healthy(&name)
+                ),
             },
         };
         if !self.supervises(&name, epoch) {
@@ -197,8 +201,9 @@ impl<R: Runtime> Fleet<R> {
     /// after the shortest back-off again.
     fn forgive(&self, name: &str, epoch: u64, run: &RunningInstance) {
         let forgiven = match self.slots().get_mut(name) {
-            Some(s) if s.epoch == epoch && s.restarts > 0 => {
+            Some(s) if s.epoch == epoch && (s.restarts > 0 || s.last_error.is_some()) => {
                 s.restarts = 0;
+                s.last_error = None;
                 true
             }
             _ => false,

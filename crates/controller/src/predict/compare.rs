@@ -46,6 +46,10 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
     }
     let matched: Vec<usize> = pos.iter().flatten().copied().collect();
     let mut steps = Vec::new();
+    // Steps that a failure, rollback or pause cut short: they never
+    // reached their end (a health step so cut never saw its instances
+    // healthy).
+    let mut cut = vec![false; p.steps.len()];
     for (i, s) in p.steps.iter().enumerate() {
         let measured = pos[i].and_then(|j| {
             let start = events[j].0;
@@ -57,7 +61,10 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
                     matched.contains(&(j + 1 + k))
                         || handoff_core::StepKind::parse(&e.1).interrupts()
                 })
-                .map(|(_, e)| e.0);
+                .map(|(k, e)| {
+                    cut[i] = !matched.contains(&(j + 1 + k));
+                    e.0
+                });
             match end {
                 Some(end) => Some((end - start).max(0) as u64),
                 // The last step (succeeded) takes no time of its own.
@@ -91,6 +98,12 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
         if waited {
             callouts.push(format!(
                 "{at} waited for the load to fall before going: the step took {mm} (predicted {pm})"
+            ));
+            continue;
+        }
+        if cut[i] && s.kind == handoff_core::StepKind::Health && m > s.ms {
+            callouts.push(format!(
+                "{at}: never became healthy: given up after {mm} (predicted healthy in {pm}); the deployment's reason names the last health check"
             ));
             continue;
         }
@@ -132,5 +145,101 @@ pub fn compare(p: &Prediction, events: &[(i64, String, String)]) -> Comparison {
         predicted_ms: p.duration_ms,
         measured_ms,
         callouts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{predict, Estimate, Timings};
+    use super::*;
+    use crate::plan::{new, Request};
+    use handoff_core::config::Amount;
+    use handoff_core::{StepKind, Strategy};
+
+    fn prediction() -> Prediction {
+        let d = new(Request {
+            id: "web@2".into(),
+            service: "web".into(),
+            from: "v1".into(),
+            to: "bad".into(),
+            strategy: Strategy::InPlace,
+            fleet: vec!["web-1".into(), "web-2".into()],
+            green: vec!["web-3".into(), "web-4".into()],
+            live_group: "blue".into(),
+            batch: Amount::Count(2),
+            min_healthy: Amount::Count(0),
+            traffic_steps: vec![],
+            hooks: vec![],
+        })
+        .unwrap();
+        predict(
+            &d,
+            &Timings {
+                boot: Estimate::new(50, "measured"),
+                more_probes_ms: 1000,
+                min_healthy_ms: 300,
+                early_exit_ms: 250,
+                drain: Estimate::new(300, "measured"),
+                drain_timeout_ms: 30_000,
+                stop: Estimate::new(100, "measured"),
+                hooks: Default::default(),
+                bake_ms: 0,
+                retention_ms: 0,
+                flip_ms: 3,
+            },
+        )
+    }
+
+    /// The deployment's events up to its health step, which ends after
+    /// 60 s with `last` (`(kind, message)`).
+    fn events(p: &Prediction, last: (&str, &str)) -> Vec<(i64, String, String)> {
+        let mut t = 1_000_000i64;
+        let mut v = Vec::new();
+        for s in &p.steps {
+            v.push((t, s.kind.as_str().to_string(), s.message.clone()));
+            if s.kind == StepKind::Health {
+                v.push((t + 60_000, last.0.into(), last.1.into()));
+                break;
+            }
+            t += s.ms as i64;
+        }
+        v
+    }
+
+    #[test]
+    fn a_health_step_that_failed_is_not_called_a_slow_start() {
+        let p = prediction();
+        let health = p.steps.iter().position(|s| s.kind == StepKind::Health);
+        let health = health.expect("a health step");
+        let failed = events(
+            &p,
+            (
+                "rollback",
+                "rolling back to v1: not healthy within healthy_deadline 1m",
+            ),
+        );
+        let c = compare(&p, &failed);
+        assert_eq!(c.steps[health].measured_ms, Some(60_000));
+        let line = c
+            .callouts
+            .iter()
+            .find(|l| l.contains("healthy"))
+            .unwrap_or_else(|| panic!("no health callout: {:?}", c.callouts));
+        assert!(line.contains("never became healthy"), "{line}");
+        assert!(line.contains("given up after 1 min"), "{line}");
+        assert!(!line.contains("healthy after"), "{line}");
+        assert!(!line.contains("started slower"), "{line}");
+
+        // The same 60 s ending in the next step is a slow start indeed.
+        let next = &p.steps[health + 1];
+        let slow = events(&p, (next.kind.as_str(), &next.message));
+        let c = compare(&p, &slow);
+        assert!(
+            c.callouts
+                .iter()
+                .any(|l| l.contains("healthy after 1 min") && l.contains("started slower")),
+            "{:?}",
+            c.callouts
+        );
     }
 }
