@@ -331,6 +331,10 @@ function updateService(sec, s) {
       line1.textContent = t.state;
       const rate = state.rates.get(`${s.name}/${t.name}/${t.addr}`) || 0;
       line2.textContent = `${t.in_flight} in flight · ${rate.toFixed(0)} req/s`;
+      // The tooltip says why a tile is not healthy: its last health check.
+      let tip = tile.querySelector("title");
+      if (!tip) tile.append(tip = svg("title"));
+      tip.textContent = t.last_check ? `${t.name} (${t.state}): last check ${t.last_check}` : `${t.name} (${t.state})`;
     });
     for (const c of [...tilesG.children]) if (!seenTiles.has(c.dataset.key)) c.remove();
   });
