@@ -354,6 +354,10 @@ fn check_ids(cmd: &Cmd) -> Result<(), handoff_core::names::NameError> {
 fn strategy_arg(s: &str) -> Result<String, String> {
     match handoff_core::Strategy::parse(s) {
         Some(_) => Ok(s.to_string()),
+        None if s == "all" => Err(
+            "'all' is for `handoff plan`; a deployment uses one of in-place, blue-green or all-at-once"
+                .into(),
+        ),
         None => Err("unknown strategy; use in-place, blue-green or all-at-once".into()),
     }
 }

@@ -415,12 +415,16 @@ fn a_second_daemon_elsewhere_leaves_the_first_ones_instances_alone() {
     let b_serving = wait_serving(web_b, 2);
     // Past one reconciler period of the second daemon (5 s), under load.
     let until = Instant::now() + Duration::from_secs(6);
+    // The first daemon's processes, by pid: a sample of answers through
+    // its balancer could miss one that is only less loaded at the moment.
     while Instant::now() < until {
-        assert_eq!(
-            serving(web_a, 10).len(),
-            2,
-            "the first daemon lost instances"
-        );
+        let alive = marked_default(a.path());
+        for pid in before.values() {
+            assert!(
+                alive.contains(&(*pid as u32)),
+                "the first daemon lost instance pid {pid}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Relaxed);

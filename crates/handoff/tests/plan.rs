@@ -243,12 +243,15 @@ fn the_plan_json_keeps_its_shape() {
     // Bad requests name what is wrong.
     let (ok, out) = env.cli(&["plan", "web", "v2", "--strategy", "sideways"]);
     assert!(!ok);
-    assert!(out.contains("strategy: unknown 'sideways'"), "{out}");
+    assert!(
+        out.contains("'sideways'") && out.contains("unknown strategy; use in-place"),
+        "{out}"
+    );
     let (ok, out) = env.cli(&["plan", "web", "v1"]);
     assert!(!ok);
     assert!(out.contains("already serves"), "{out}");
     let (ok, out) = env.cli(&["deploy", "web", "v2", "--strategy", "all"]);
     assert!(!ok);
-    assert!(out.contains("'all' is for `plan`"), "{out}");
+    assert!(out.contains("'all' is for `handoff plan`"), "{out}");
     stop(env);
 }
