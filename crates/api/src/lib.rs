@@ -261,6 +261,9 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
         out.push(ServiceView {
             name: name.clone(),
             listen: p.listen.to_string(),
+            // A fixed port binds as configured; port 0's actual port is in
+            // `ProxyServer::addrs`, which this state does not carry (yet).
+            bound: (p.listen.port() != 0).then(|| p.listen.to_string()),
             revision: d.map(|d| d.current_revision()),
             deployment: d
                 .and_then(|d| d.latest())

@@ -91,7 +91,13 @@ pub struct GroupView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
+    /// The configured address, as written (`127.0.0.1:0` stays so).
     pub listen: String,
+    /// The address the proxy is bound to (port 0 resolved), when known;
+    /// `None` while the configured port is 0 and the proxy has not told
+    /// the API which port it got.
+    #[serde(default)]
+    pub bound: Option<String>,
     pub revision: Option<String>,
     pub deployment: Option<String>,
     pub groups: Vec<GroupView>,

@@ -24,6 +24,20 @@ fn browser_or_skip() -> Option<Browser> {
     }
 }
 
+/// Page-side helpers for the checks below: the hue (0..360) and
+/// saturation (0..1) of a computed `rgb(…)` colour, and whether it reads as
+/// red or green (error or success) — revision colours must not.
+const HUES: &str = "window.__hue = (c) => { \
+      const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map((x) => x / 255); \
+      const max = Math.max(r, g, b), min = Math.min(r, g, b), d = max - min; \
+      if (!d) return { h: 0, s: 0 }; \
+      let h = max === r ? ((g - b) / d) % 6 : max === g ? (b - r) / d + 2 : (r - g) / d + 4; \
+      h = (h * 60 + 360) % 360; \
+      const l = (max + min) / 2; \
+      return { h, s: d / (1 - Math.abs(2 * l - 1)) }; }; \
+    window.__redOrGreen = (c) => { const { h, s } = window.__hue(c); \
+      return s > 0.15 && (h < 20 || h > 340 || (h > 75 && h < 165)); }; return true;";
+
 fn count(b: &Browser, css: &str) -> u64 {
     b.js(&format!(
         "return document.querySelectorAll({}).length;",
@@ -50,6 +64,19 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
         "return document.querySelector('#login-error').textContent.includes('refused');",
     );
     assert!(!b.url().contains("token"), "{}", b.url());
+    // It speaks to a person at a browser, not to a script setting headers.
+    let login = b.js("return document.querySelector('#login').innerText;");
+    let login = login.as_str().unwrap_or_default();
+    assert!(
+        login.contains("handoff serve") && login.contains("STATE_DIR/token"),
+        "{login}"
+    );
+    assert!(
+        !login.contains("Authorization") && !login.contains("Bearer"),
+        "{login}"
+    );
+    // A laptop screen: everything below must fit 1280 px.
+    b.set_window_size(1280, 900);
 
     // The token entered once, by hand.
     b.type_into("#token", &token(env.dir.path()));
@@ -70,6 +97,16 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
             if (g && window.__weights[window.__weights.length - 1] !== g.dataset.weight) window.__weights.push(g.dataset.weight); \
           }).observe(document.body, {subtree: true, attributes: true, childList: true}); return true;");
 
+    // The address the proxy listens on, not the configured port 0.
+    let meta =
+        b.js("return document.querySelector('[data-service=web] [data-role=meta]').textContent;");
+    let meta = meta.as_str().unwrap_or_default();
+    assert!(!meta.contains(":0 ") && !meta.ends_with(":0"), "{meta}");
+    // The revision field is empty, its placeholder plainly an example.
+    let placeholder =
+        b.js("const i = document.querySelector('#rev-web'); return i.value + '|' + i.placeholder;");
+    assert_eq!(placeholder.as_str(), Some("|revision id, e.g. v2"));
+
     // Deploy v2 blue/green from the page, through its confirmation.
     b.type_into("#rev-web", "v2");
     b.click("#strategy-web option[value=\"blue-green\"]");
@@ -79,12 +116,49 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
         Duration::from_secs(5),
         "return document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent === 'Deploy web to v2 (blue-green)?';",
     );
+    // With the plan's headline: how long, when v2 serves, the floor.
+    b.wait_until(
+        "the plan's headline in the confirmation",
+        Duration::from_secs(5),
+        "const t = document.querySelector('#confirm-detail [data-role=headline]')?.textContent || ''; \
+         return /about \\d/.test(t) && t.includes('v2 alone serves after') && t.includes('capacity stays at 2/2');",
+    );
     b.click("#confirm-ok");
 
     b.wait_until(
         "green instances of v2",
         Duration::from_secs(20),
         "return document.querySelectorAll('.tile[data-revision=\"v2\"][data-group=\"green\"]').length === 2;",
+    );
+    // Revision colours: two, neither red nor green (those read as error
+    // and success), each in the legend.
+    b.js(HUES);
+    let fills = b.js("return [...document.querySelectorAll('.tile rect')].map((r) => [r.closest('.tile').dataset.revision, getComputedStyle(r).fill]);");
+    let fills: Vec<(String, String)> = serde_json::from_value(fills).unwrap();
+    assert!(fills.len() >= 4, "{fills:?}");
+    for (rev, fill) in &fills {
+        let bad = b.js(&format!(
+            "return window.__redOrGreen({});",
+            serde_json::to_string(fill).unwrap()
+        ));
+        assert_eq!(
+            bad,
+            serde_json::Value::Bool(false),
+            "{rev} is drawn {fill}, red or green"
+        );
+    }
+    let v1 = fills.iter().find(|f| f.0 == "v1").map(|f| &f.1);
+    let v2 = fills.iter().find(|f| f.0 == "v2").map(|f| &f.1);
+    assert!(
+        v1.is_some() && v1 != v2,
+        "v1 and v2 share a colour: {fills:?}"
+    );
+    assert_eq!(
+        count(
+            &b,
+            "[data-service=web] [data-role=legend] [data-revision] .swatch"
+        ),
+        2
     );
     b.wait_until(
         "the deployment to finish (blue retained)",
@@ -113,11 +187,36 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
     assert!(count(&b, "[data-role=timeline] li") >= 5);
     assert_eq!(count(&b, "[data-role=timeline] li[data-step=current]"), 1);
     assert_eq!(count(&b, "[data-role=capacity] path.live"), 1);
+    // The chart's scale is 0..desired, with its axes labelled: full
+    // capacity is the top line.
+    let labels = b.js("return [...document.querySelectorAll('[data-role=capacity] text')].map((t) => t.textContent);");
+    let labels: Vec<String> = serde_json::from_value(labels).unwrap();
+    assert!(
+        labels.iter().any(|l| l == "2")
+            && labels.iter().any(|l| l == "0")
+            && labels.iter().any(|l| l == "0 s"),
+        "{labels:?}"
+    );
+    let top = b.js("const c = document.querySelector('[data-role=capacity]'); \
+        const line = c.querySelector('line.desired'), live = c.querySelector('path.live'); \
+        return [+line.getAttribute('y1'), +live.getAttribute('d').match(/[\\d.]+$/)[0]];");
+    assert_eq!(
+        top[0], top[1],
+        "the measured line ends at full capacity, on the desired line: {top}"
+    );
     assert_eq!(count(&b, "[data-role=split] span"), 2);
     b.wait_until(
         "the deployment in the history",
         Duration::from_secs(5),
         "return !!document.querySelector('[data-role=history] [data-action=report][data-id=\"web@1\"]');",
+    );
+
+    // The history fits a 1280 px window: no column cut off.
+    b.set_window_size(1280, 900);
+    let fit = b.js("const w = document.querySelector('[data-service=web] [data-role=history] .table-wrap'); return [w.scrollWidth, w.clientWidth, window.innerWidth];");
+    assert!(
+        fit[0].as_u64() <= fit[1].as_u64() && fit[2].as_u64() > Some(1200),
+        "the history overflows: {fit}"
     );
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
@@ -146,6 +245,41 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
         Duration::from_secs(15),
         "return document.querySelector('.group[data-group=\"blue\"]')?.dataset.weight === '100' \
            && document.querySelector('[data-service=web] [data-role=status]')?.dataset.status === 'rolled-back';",
+    );
+    // The steps the rollback cut short say they did not run.
+    b.wait_until(
+        "the steps after the retention marked not run",
+        Duration::from_secs(5),
+        "const s = [...document.querySelectorAll('[data-role=timeline] li')].map((l) => l.dataset.step); \
+         return s.includes('skipped') && !s.includes('pending') && !s.includes('current');",
+    );
+    // The history names why it was rolled back.
+    b.wait_until(
+        "the rolled-back row's reason",
+        Duration::from_secs(5),
+        "return (document.querySelector('[data-role=history] [data-reason-for=\"web@1\"]')?.textContent || '').includes('rolled back');",
+    );
+
+    // After a page load the last deployment is shown, not \"No deployment
+    // yet.\" above its own history.
+    b.goto(&home);
+    b.wait_until(
+        "the last deployment after a reload",
+        Duration::from_secs(10),
+        "return document.querySelector('[data-service=web] [data-role=history] [data-id=\"web@1\"]') \
+           && document.querySelector('[data-service=web] [data-role=status]')?.dataset.status === 'rolled-back';",
+    );
+    let text = b.js("return document.body.innerText;");
+    let text = text.as_str().unwrap_or_default();
+    assert!(!text.contains("No deployment yet"), "{text}");
+    assert!(
+        text.contains("Last deployment") || text.contains("LAST DEPLOYMENT"),
+        "{text}"
+    );
+    let fit = b.js("const w = document.querySelector('[data-service=web] [data-role=history] .table-wrap'); return [w.scrollWidth, w.clientWidth];");
+    assert!(
+        fit[0].as_u64() <= fit[1].as_u64(),
+        "the history overflows: {fit}"
     );
     drop(b);
     // The load saw v1 again after v2, and nothing failed.

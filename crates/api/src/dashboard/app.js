@@ -62,11 +62,19 @@ function ms(v) {
   return `${Math.floor(v / 60000)} min ${Math.round((v % 60000) / 1000)} s`;
 }
 
-/// A stable colour per revision, so v1 and v2 read apart at a glance.
+/// A colour per revision, so v1 and v2 read apart at a glance: from a fixed
+/// palette with no red and no green (those read as error and success; a
+/// tile's outline says its health), each revision keeping the slot it got
+/// first in this tab. Consecutive revisions never share a colour.
+const PALETTE = ["#9cc3f0", "#f5c27a", "#c7aef0", "#8fd6e0", "#f0d86e", "#e9a8dc", "#b5bfd6", "#d9b99b"];
+const COLOURS_KEY = "handoff-colours";
+const slots = new Map(JSON.parse(sessionStorage.getItem(COLOURS_KEY) || "[]"));
 function colour(rev) {
-  let h = 0;
-  for (const c of rev) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return `hsl(${(h * 137) % 360} 62% 72%)`;
+  if (!slots.has(rev)) {
+    slots.set(rev, slots.size % PALETTE.length);
+    sessionStorage.setItem(COLOURS_KEY, JSON.stringify([...slots]));
+  }
+  return PALETTE[slots.get(rev)];
 }
 
 function clock(at) {
@@ -75,9 +83,18 @@ function clock(at) {
 
 // ---- the confirmation every action goes through ----
 
-function confirmAction(text) {
+/// `detail`, if given, is a promise of what to show under the question
+/// (the plan's headline); the dialog opens at once and fills it in.
+function confirmAction(text, detail) {
   const d = $("#confirm");
   $("#confirm-text").textContent = text;
+  const box = $("#confirm-detail");
+  box.replaceChildren();
+  box.hidden = !detail;
+  if (detail) {
+    box.append(el("span", { class: "muted", text: "Planning…" }));
+    detail.then((kids) => { if (d.open) box.replaceChildren(...kids); });
+  }
   d.returnValue = "";
   d.showModal();
   $("#confirm-cancel").focus();
@@ -97,6 +114,9 @@ const state = {
   history: new Map(),
   flash: new Map(),
 };
+
+const ACTIVE = ["running", "rolling-back"];
+const FINAL = ["succeeded", "rolled-back", "failed"];
 
 function inService(s) {
   return s.groups.filter((g) => g.weight > 0)
@@ -123,19 +143,35 @@ async function refresh() {
       state.counters.set(key, [t.requests || 0, now]);
     }
     const managed = s.revision !== null && s.revision !== undefined;
-    let d = state.deploys.get(s.name);
-    const id = s.deployment || (d && d.id);
-    if (managed && id) {
-      if (!d || d.id !== id) {
-        d = { id, series: [], base: requestsBy(s), start: now };
-        state.deploys.set(s.name, d);
-      }
-      d.view = await api("GET", `/deployments/${encodeURIComponent(id)}`);
-      if (s.deployment) d.series.push([now - d.start, inService(s)]);
-      d.live = requestsBy(s);
-    }
+    let reloaded = false;
     if (managed && (!state.history.has(s.name) || state.history.get(s.name).stale)) {
       state.history.set(s.name, { list: await api("GET", `/services/${encodeURIComponent(s.name)}/deployments`) });
+      reloaded = true;
+    }
+    let d = state.deploys.get(s.name);
+    // The running deployment, else the one shown so far, else the last one.
+    const last = managed ? state.history.get(s.name).list[0] : null;
+    const id = s.deployment || (d && d.id) || (last && last.id);
+    if (managed && id) {
+      if (!d || d.id !== id) {
+        // Watched live only if it runs now: a finished one has no
+        // measured line here (the page did not see it happen).
+        d = { id, series: [], base: requestsBy(s), watched: !!s.deployment };
+        state.deploys.set(s.name, d);
+      }
+      if (!d.view || reloaded || s.deployment || !FINAL.includes(d.view.status)) {
+        d.view = await api("GET", `/deployments/${encodeURIComponent(id)}`);
+      }
+      if (d.watched) {
+        // Time from the deployment's start; a point whenever the count
+        // changes, the line drawn up to the last reading.
+        const t = Math.max(0, now - d.view.created_ms), n = inService(s);
+        const prev = d.series[d.series.length - 1];
+        if (!prev || prev[1] !== n) d.series.push([t, n]);
+        d.seen = t;
+        if (!ACTIVE.includes(d.view.status)) d.watched = false;
+      }
+      d.live = requestsBy(s);
     }
   }
   state.services = services;
@@ -153,7 +189,9 @@ function soon(delay = 120) {
 
 function onError(e) {
   if (e instanceof Unauthorized) {
-    showLogin(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused: " + e.message : "");
+    // The server's message speaks to scripts (headers); this one to a
+    // person at a browser.
+    showLogin(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused. Paste the token that handoff serve printed (or the one in STATE_DIR/token)." : "");
     return;
   }
   console.warn(e);
@@ -237,16 +275,15 @@ function buildService(s) {
   sec.append(el("div", { class: "service-head" },
     el("h2", { text: s.name }),
     el("span", { class: "meta", "data-role": "meta" })));
-  const left = el("div", {}, svgPicture());
+  const left = el("div", {}, svgPicture(), el("div", { class: "legend", "data-role": "legend", "aria-label": "revision colours" }));
   const right = el("div", { "data-role": "side" });
   sec.append(el("div", { class: "grid" }, left, right));
   if (managed) {
     right.append(
       deployForm(s.name),
-      el("h3", { text: "Deployment" }),
-      el("div", { "data-role": "deployment" }, el("p", { class: "muted", text: "No deployment yet." })),
-      el("h3", { text: "History" }),
-      el("div", { "data-role": "history" }));
+      el("h3", { "data-role": "deployment-title", text: "Deployment" }),
+      el("div", { "data-role": "deployment" }));
+    sec.append(el("h3", { text: "History" }), el("div", { "data-role": "history" }));
   } else {
     right.append(el("p", { class: "muted", text: "Fixed targets: handoff balances them; it does not deploy them." }));
   }
@@ -267,8 +304,11 @@ function svgPicture() {
 const TILE_W = 150, TILE_H = 58, GAP = 10, GROUP_PAD = 12, GROUP_TOP = 90;
 
 function updateService(sec, s) {
+  // The bound address (port 0 resolved), not the configured one.
+  const listen = s.bound || (/:0$/.test(s.listen) ? `${s.listen.slice(0, -2)}, port picked at start (handoff serve prints it)` : s.listen);
+  const want = s.desired !== null && s.desired !== undefined ? ` of ${s.desired}` : "";
   $("[data-role=meta]", sec).textContent =
-    `listens on ${s.listen}` + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)} in service`;
+    `listens on ${listen}` + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)}${want} in service`;
   const pic = $("svg.picture", sec);
   const groupsG = $("[data-role=groups]", pic);
   const linksG = $("[data-role=links]", pic);
@@ -340,6 +380,14 @@ function updateService(sec, s) {
   });
   for (const n of [...groupsG.children]) if (!seenGroups.has(n.dataset.group)) n.remove();
   pic.setAttribute("viewBox", `0 0 800 ${height}`);
+  const revs = [...new Set(groups.flatMap((g) => g.targets.map((t) => t.revision)))];
+  const legend = $("[data-role=legend]", sec);
+  const key = revs.join(" ");
+  if (legend.dataset.key !== key) {
+    legend.dataset.key = key;
+    legend.replaceChildren(...revs.map((r) => el("span", { "data-revision": r }, el("span", { class: "swatch", style: `background:${colour(r)}` }), r)),
+      el("span", { text: "outline: green healthy · dashed starting · red unhealthy · amber draining" }));
+  }
   if (s.revision !== null && s.revision !== undefined) {
     updateDeployment(sec, s);
     updateHistory(sec, s);
@@ -349,7 +397,7 @@ function updateService(sec, s) {
 // ---- actions ----
 
 function deployForm(service) {
-  const rev = el("input", { id: `rev-${service}`, name: "revision", placeholder: "v2", required: true, size: 10, "aria-label": "revision" });
+  const rev = el("input", { id: `rev-${service}`, name: "revision", placeholder: "revision id, e.g. v2", required: true, size: 18, "aria-label": "revision" });
   const strat = el("select", { id: `strategy-${service}`, name: "strategy", "aria-label": "strategy" },
     el("option", { value: "", text: "configured strategy" }),
     el("option", { value: "in-place", text: "in-place" }),
@@ -363,10 +411,17 @@ function deployForm(service) {
     if (strat.value) body.strategy = strat.value;
     if (batch.value.trim()) body.batch = batch.value.trim();
     const what = `Deploy ${service} to ${body.revision}` + (body.strategy ? ` (${body.strategy})` : "") + (body.batch ? `, batch ${body.batch}` : "") + "?";
-    if (!(await confirmAction(what))) return;
+    const plan = { revision: body.revision };
+    if (body.strategy) plan.strategy = body.strategy;
+    if (body.batch) plan.batch = body.batch;
+    const headline = api("POST", `/services/${encodeURIComponent(service)}/plan`, plan)
+      .then((p) => planHeadline(p.plans[0], body.revision))
+      .catch((e) => [el("span", { class: "error", text: `No plan: ${e.message}` })]);
+    if (!(await confirmAction(what, headline))) return;
     msg.textContent = "";
     try {
       await api("POST", "/deployments", body);
+      rev.value = "";
       state.history.get(service) && (state.history.get(service).stale = true);
       soon(0);
     } catch (e) {
@@ -393,12 +448,25 @@ function deployForm(service) {
   return el("div", {}, form, verbs, msg);
 }
 
+/// The plan's headline for the confirmation: how long, when the new
+/// revision serves, the capacity floor.
+function planHeadline(p, rev) {
+  const floor = p.capacity_floor < p.desired
+    ? el("strong", { text: `capacity drops to ${p.capacity_floor}/${p.desired}` })
+    : el("span", { text: `capacity stays at ${p.desired}/${p.desired}` });
+  const kids = [el("p", { "data-role": "headline" }, `Plan (${p.strategy}): about ${ms(p.duration_ms)}; ${rev} alone serves after ${ms(p.serving_ms)}; `, floor,
+    p.extra_instances ? `; ${p.extra_instances} extra instances` : "", ".")];
+  if (p.rollback && p.rollback.summary) kids.push(el("p", { class: "muted", text: `Rollback: ${p.rollback.summary}.` }));
+  return kids;
+}
+
 // ---- the deployment: timeline, capacity over time, requests per revision ----
 
 function stepStates(view) {
   const steps = view.plan ? view.plan.steps : [];
   const cmp = view.comparison ? view.comparison.steps : [];
   const active = ["running", "rolling-back", "retained"].includes(view.status);
+  const stopped = ["rolled-back", "failed"].includes(view.status);
   let last = -1;
   let from = 0;
   steps.forEach((st, i) => {
@@ -408,7 +476,10 @@ function stepStates(view) {
   return steps.map((st, i) => ({
     ...st,
     measured: cmp[i] ? cmp[i].measured_ms : null,
-    phase: i < last || (i === last && !active) ? "done" : i === last ? "current" : "pending",
+    // A rolled-back or failed deployment stopped at its last step; the
+    // steps after it never ran.
+    phase: i < last ? "done" : i === last ? (active ? "current" : stopped ? "stopped" : "done")
+      : stopped ? "skipped" : "pending",
   }));
 }
 
@@ -417,14 +488,19 @@ function updateDeployment(sec, s) {
   const d = state.deploys.get(s.name);
   const verbs = $("[data-role=verbs]", sec);
   const status = d && d.view ? d.view.status : null;
-  const active = ["running", "rolling-back"].includes(status);
+  const active = ACTIVE.includes(status);
   for (const b of verbs.querySelectorAll("button")) {
     const v = b.dataset.action;
     b.disabled = v === "pause" ? !(active && !d.view.paused) : v === "resume" ? !(active && d.view.paused)
       : v === "promote" ? !(active || status === "retained") : v === "abort" ? !active : false;
   }
   $("[data-action=deploy]", sec).disabled = active;
-  if (!d || !d.view) return;
+  const h = state.history.get(s.name);
+  $("[data-role=deployment-title]", sec).textContent = status && !FINAL.includes(status) ? "Deployment" : "Last deployment";
+  if (!d || !d.view) {
+    if (h && !box.firstChild) box.replaceChildren(el("p", { class: "muted", text: "No deployment yet: deploy a revision above." }));
+    return;
+  }
   const v = d.view;
   const head = el("p", {},
     el("strong", { text: `${v.id}: ${v.from} → ${v.to}` }), ` ${v.strategy} `,
@@ -434,7 +510,7 @@ function updateDeployment(sec, s) {
   for (const st of stepStates(v)) {
     list.append(el("li", { "data-step": st.phase },
       el("span", { text: String(st.n) }), el("span", { text: st.message }),
-      el("span", { class: "t", text: st.measured !== null && st.measured !== undefined ? `${ms(st.measured)} (plan ${ms(st.ms)})` : `plan ${ms(st.ms)}` })));
+      el("span", { class: "t", text: st.phase === "skipped" ? "not run" : st.measured !== null && st.measured !== undefined ? `${ms(st.measured)} (plan ${ms(st.ms)})` : `plan ${ms(st.ms)}` })));
   }
   const kids = [head];
   if (v.reason) kids.push(el("p", { class: "error", text: v.reason }));
@@ -443,19 +519,26 @@ function updateDeployment(sec, s) {
   box.replaceChildren(...kids);
 }
 
+/// Capacity in service over time on a 0..desired scale (more than desired,
+/// as during a blue/green traffic step, is drawn at the top: full).
 function capacityChart(d, v) {
-  const p = v.plan;
-  const W = 400, H = 90, top = Math.max(p.desired, ...d.series.map((x) => x[1]), ...p.capacity.map((c) => c[1]), 1);
-  const span = Math.max(p.serving_ms || p.duration_ms, d.series.length ? d.series[d.series.length - 1][0] : 0, 1);
-  const X = (t) => (t / span) * W, Y = (n) => H - 6 - (n / top) * (H - 12);
+  const p = v.plan, top = Math.max(p.desired, 1);
+  const W = 400, H = 96, L = 26, R = 8, T = 8, B = 20;
+  const span = Math.max(p.serving_ms || p.duration_ms, d.seen || 0, 1);
+  const X = (t) => L + (Math.min(t, span) / span) * (W - L - R), Y = (n) => T + (1 - Math.min(n, top) / top) * (H - T - B);
   const step = (pts) => pts.map(([t, n], i) => (i ? `H${X(t).toFixed(1)}V${Y(n).toFixed(1)}` : `M${X(t).toFixed(1)},${Y(n).toFixed(1)}`)).join("");
-  const c = svg("svg", { class: "capacity", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", "data-role": "capacity", role: "img",
-    "aria-label": "capacity in service over time: planned (dashed) and measured" });
-  c.append(svg("line", { class: "desired", x1: 0, x2: W, y1: Y(p.desired), y2: Y(p.desired) }));
+  const c = svg("svg", { class: "capacity", viewBox: `0 0 ${W} ${H}`, "data-role": "capacity", role: "img",
+    "aria-label": `instances in service over time, 0 to ${top}: planned (dashed) and measured (solid)` });
+  const text = (x, y, s, anchor = "end") => { const e = svg("text", { x, y, "text-anchor": anchor }); e.textContent = s; return e; };
+  c.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }), svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }),
+    svg("line", { class: "desired", x1: L, x2: W - R, y1: Y(top), y2: Y(top) }),
+    text(L - 4, Y(top) + 4, String(top)), text(L - 4, Y(0) + 4, "0"),
+    text(L, H - 5, "0 s", "start"), text(W - R, H - 5, ms(span)));
   const planned = p.capacity.filter(([t]) => t <= span);
-  if (planned.length) c.append(svg("path", { class: "plan", d: step([...planned, [span, planned[planned.length - 1][1]]]) }));
-  if (d.series.length) c.append(svg("path", { class: "live", d: step(d.series) }));
-  return el("div", {}, el("h3", { text: `Capacity in service (of ${p.desired}): plan dashed, measured solid` }), c);
+  if (planned.length) c.append(svg("path", { class: "plan", "data-role": "plan-line", d: step([...planned, [span, planned[planned.length - 1][1]]]) }));
+  if (d.series.length) c.append(svg("path", { class: "live", d: step([...d.series, [d.seen, d.series[d.series.length - 1][1]]]) }));
+  const measured = d.series.length ? "measured solid" : "measured: not seen by this page";
+  return el("div", {}, el("h3", { text: `Instances in service (0–${top}): plan dashed, ${measured}` }), c);
 }
 
 function revisionSplit(d, v) {
@@ -469,7 +552,8 @@ function revisionSplit(d, v) {
   const bar = el("div", { class: "split", "data-role": "split" });
   const legend = el("div", { class: "legend" });
   for (const [rev, n] of figures) {
-    bar.append(el("span", { style: `flex-grow:${total ? n : 1};background:${colour(rev)}`, title: `${rev}: ${n}` }));
+    // No requests: an empty bar, not an even split.
+    if (n) bar.append(el("span", { style: `flex-grow:${n};background:${colour(rev)}`, title: `${rev}: ${n}` }));
     legend.append(el("span", {}, el("span", { class: "swatch", style: `background:${colour(rev)}` }), `${rev}: ${n.toLocaleString()} requests`));
   }
   return el("div", {}, el("h3", { text: "Requests per revision during the deployment" }), bar, legend);
@@ -486,17 +570,24 @@ function updateHistory(sec, s) {
     box.replaceChildren(el("p", { class: "muted", text: "No deployments yet." }));
     return;
   }
+  // Narrow enough for the side column: the strategy under the id, the
+  // plan under the measured time, a failure's reason on its own row.
   const t = el("table", { class: "history" });
-  t.append(el("tr", {}, ...["", "revisions", "strategy", "status", "took", "plan", "floor", "mixed"].map((x, i) => el("th", { class: i > 3 ? "num" : "", text: x }))));
+  t.append(el("tr", {}, ...["deployment", "revisions", "status", "took (plan)", "floor", "mixed"].map((x, i) => el("th", { class: i > 2 ? "num" : "", text: x }))));
   for (const d of h.list.slice(0, 12)) {
     const r = d.report || {};
-    t.append(el("tr", {},
-      el("td", {}, el("button", { type: "button", class: "quiet", "data-action": "report", "data-id": d.id, text: d.id, onclick: () => showReport(d.id) })),
-      el("td", { text: `${d.from} → ${d.to}` }), el("td", { text: d.strategy }),
+    t.append(el("tr", { "data-id": d.id },
+      el("td", {}, el("button", { type: "button", class: "link", "data-action": "report", "data-id": d.id, text: d.id, onclick: () => showReport(d.id) }),
+        el("div", { class: "sub", text: d.strategy })),
+      el("td", { text: `${d.from} → ${d.to}` }),
       el("td", {}, el("span", { class: "status", "data-status": d.status, text: d.status })),
-      el("td", { class: "num", text: ms(r.duration_ms) }), el("td", { class: "num", text: ms(d.plan?.duration_ms) }),
+      el("td", { class: "num" }, ms(r.duration_ms), el("div", { class: "sub", text: `plan ${ms(d.plan?.duration_ms)}` })),
       el("td", { class: "num", text: r.capacity_floor !== undefined ? `${r.capacity_floor}/${r.desired}` : "—" }),
       el("td", { class: "num", text: ms(r.mixed_window_ms) })));
+    const why = d.reason || r.reason;
+    if (why && FINAL.includes(d.status)) {
+      t.append(el("tr", { class: "reason", "data-reason-for": d.id }, el("td", { colspan: 6 }, el("div", { title: why, text: why }))));
+    }
   }
   box.replaceChildren(el("div", { class: "table-wrap" }, t));
 }

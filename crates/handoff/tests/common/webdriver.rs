@@ -182,6 +182,15 @@ impl Browser {
             .to_string()
     }
 
+    /// Resizes the browser window (its outer size, as WebDriver sets it).
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            &self.s("/window/rect"),
+            Some(json!({ "width": width, "height": height })),
+        );
+    }
+
     /// Element references matching a CSS selector.
     pub fn find_all(&self, css: &str) -> Vec<String> {
         self.call(
