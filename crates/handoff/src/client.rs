@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use handoff_api::types::*;
+use handoff_controller::predict::fmt_ms;
 use handoff_core::{DeploymentStatus, Origin, StepKind};
 use serde::de::DeserializeOwned;
 
@@ -167,6 +168,11 @@ pub fn deploy(
     detach: bool,
     json: bool,
 ) -> anyhow::Result<DeploymentStatus> {
+    // Before the deployment exists: a Ctrl-C from here on is answered with
+    // what goes on, never by dying between the id and the follow.
+    if !detach {
+        on_ctrl_c();
+    }
     let acc: Accepted = c.json("POST", "/deployments", Some(serde_json::to_string(&body)?))?;
     if detach {
         println!(
@@ -223,14 +229,27 @@ pub fn follow_since(
         b.enable_steady_tick(Duration::from_millis(120));
         b
     };
+    let interrupted = on_ctrl_c();
     loop {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            bar.finish_and_clear();
+            let service = id.split_once('@').map_or(id, |(s, _)| s);
+            eprintln!(
+                "\nstopped following; deployment {id} goes on in the daemon.\n  follow it again: handoff follow {id}  (or handoff status {service})\n  stop it:         handoff abort {service}   (rolls back)\n  undo it later:   handoff rollback {service}"
+            );
+            std::process::exit(130);
+        }
         let v: DeploymentView = c.json("GET", &format!("/deployments/{id}"), None)?;
         if first {
             shown = v.events.iter().take_while(|e| e.at_ms < since_ms).count();
             first = false;
         }
         if !json {
-            for e in &v.events[shown..] {
+            // The report is printed once, in full, when it settles.
+            for e in v.events[shown..]
+                .iter()
+                .filter(|e| e.kind != StepKind::Report)
+            {
                 bar.suspend(|| println!("{}  {}", clock(e.at_ms), e.message));
                 bar.reset_elapsed();
                 bar.set_message(waiting_for(e.kind, &e.message));
@@ -374,6 +393,21 @@ fn services(c: &Client) -> anyhow::Result<Vec<ServiceView>> {
     c.json("GET", "/services", None)
 }
 
+/// Ctrl-C while following: the flag the follow loop checks within 100 ms,
+/// so it can say that the deployment goes on (it runs in the daemon, not
+/// here) and how to follow, stop or undo it, instead of vanishing.
+fn on_ctrl_c() -> &'static std::sync::atomic::AtomicBool {
+    static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn handler(_: libc::c_int) {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, handler as *const () as libc::sighandler_t);
+    }
+    &INTERRUPTED
+}
+
 /// What the deployment is waiting for after a step, for the spinner.
 fn waiting_for(kind: StepKind, message: &str) -> String {
     match kind {
@@ -413,8 +447,12 @@ pub fn print_report(v: &DeploymentView) {
     }
     if let Some(r) = &v.report {
         println!(
-            "report: {} ms; capacity floor {}/{}; mixed versions {} ms; peak {} instances",
-            r.duration_ms, r.capacity_floor, r.desired, r.mixed_window_ms, r.peak_instances
+            "report: took {}; capacity floor {}/{}; mixed versions {}; peak {} instances",
+            fmt_ms(r.duration_ms),
+            r.capacity_floor,
+            r.desired,
+            fmt_ms(r.mixed_window_ms),
+            r.peak_instances
         );
         for x in &r.per_revision {
             println!(
@@ -423,7 +461,7 @@ pub fn print_report(v: &DeploymentView) {
             );
         }
         if let Some(ms) = r.rollback_ms {
-            println!("  rollback took {ms} ms");
+            println!("  rollback took {}", fmt_ms(ms));
         }
     }
 }
@@ -454,8 +492,17 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
                 .map(|d| format!("  deploying: {d}"))
                 .unwrap_or_default()
         );
-        for g in &s.groups {
-            println!("  group {} (weight {})", g.name, g.weight);
+        // Groups are blue/green vocabulary: a service with one group (in
+        // place, or fixed targets) shows its targets without it.
+        let with_targets = s.groups.iter().filter(|g| !g.targets.is_empty()).count();
+        for g in s
+            .groups
+            .iter()
+            .filter(|g| !g.targets.is_empty() || with_targets == 0)
+        {
+            if with_targets > 1 {
+                println!("  group {} (weight {})", g.name, g.weight);
+            }
             let mut targets: Vec<&TargetView> = g.targets.iter().collect();
             targets.sort_by(|a, b| by_index(&a.name).cmp(&by_index(&b.name)));
             for t in targets {
@@ -464,8 +511,9 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
                     (Some(c), "initial" | "unhealthy") => format!("  last check: {c}"),
                     _ => String::new(),
                 };
+                let indent = if with_targets > 1 { "    " } else { "  " };
                 println!(
-                    "    {:<12} {:<21} {:<10} {:<10} in-flight {}{check}",
+                    "{indent}{:<12} {:<21} {:<10} {:<10} in-flight {}{check}",
                     t.name, t.addr, t.revision, t.state, t.in_flight
                 );
             }

@@ -142,6 +142,15 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Follow a deployment live until it settles (as `deploy` does); exits
+    /// 0 when its new revision serves, non-zero when it failed or rolled
+    /// back. Ctrl-C stops following, not the deployment.
+    Follow {
+        /// The deployment, e.g. web@3 (`deploy` prints it).
+        id: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// A deployment's events and measured report, beside what was predicted.
     Report {
         id: String,
@@ -317,6 +326,11 @@ fn main() -> ExitCode {
         Cmd::History { service, c } => client::history(&c.client(), &service, c.json),
         Cmd::Revisions { service, c } => client::revisions(&c.client(), &service, c.json),
         Cmd::Report { id, c } => client::report(&c.client(), &id, c.json),
+        Cmd::Follow { id, c } => match client::follow(&c.client(), &id, c.json) {
+            Ok(s) if s.new_revision_serves() => Ok(()),
+            Ok(_) => return ExitCode::FAILURE,
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -231,3 +231,51 @@ fn a_pruned_rollback_target_is_kept_or_refused_up_front() {
     );
     stop(env);
 }
+
+#[test]
+fn ctrl_c_of_deploy_says_the_deployment_goes_on_and_follow_picks_it_up() {
+    use std::io::{BufRead, BufReader, Read};
+    let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    let mut child = std::process::Command::new(bin())
+        .args(["deploy", "web", "v2"])
+        .env("HANDOFF_ADMIN", format!("http://{}", env.admin))
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(
+        first.trim(),
+        "deployment web@1",
+        "deploy prints its id first"
+    );
+    // SAFETY: kill(2) on the CLI process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = poll("the CLI exits", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("deployment web@1 goes on in the daemon"),
+        "{err}"
+    );
+    assert!(
+        err.contains("handoff follow web@1") && err.contains("handoff abort web"),
+        "{err}"
+    );
+    // It did go on; `follow` picks it up and exits 0 when v2 serves.
+    let (ok, out) = env.cli(&["follow", "web@1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("deployed: v2 serves service web"), "{out}");
+    stop(env);
+}

@@ -460,12 +460,12 @@ impl<R: Runtime> Deployer<R> {
             alive(),
         );
         let msg = format!(
-            "report: {} in {} ms, capacity floor {}/{}, mixed versions {} ms, peak {} instances",
+            "report: {} in {}, capacity floor {}/{}, mixed versions {}, peak {} instances",
             d.status.as_str(),
-            report.duration_ms,
+            crate::predict::fmt_ms(report.duration_ms),
             report.capacity_floor,
             report.desired,
-            report.mixed_window_ms,
+            crate::predict::fmt_ms(report.mixed_window_ms),
             report.peak_instances
         );
         if let Err(e) = self.save(&d, StepKind::Report, &msg, Some(&report)) {

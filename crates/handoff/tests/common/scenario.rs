@@ -231,6 +231,11 @@ pub fn stop(mut env: Env) {
         "{}",
         env.daemon.stderr()
     );
+    // Its log went to a pipe: plain text, no colour codes.
+    assert!(
+        !env.daemon.stderr().contains('\u{1b}'),
+        "ANSI escapes in a log that is not a terminal"
+    );
     let marked = handoff_runtime::procfs::marked_processes(&env.dir.path().join("state"));
     poll("no instance left", Duration::from_secs(10), || {
         handoff_runtime::procfs::marked_processes(&env.dir.path().join("state"))
