@@ -263,7 +263,10 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
             listen: p.listen.to_string(),
             // A fixed port binds as configured; port 0's actual port is in
             // `ProxyServer::addrs`, which this state does not carry (yet).
-            bound: (p.listen.port() != 0).then(|| p.listen.to_string()),
+            bound: p
+                .bound()
+                .or((p.listen.port() != 0).then_some(p.listen))
+                .map(|a| a.to_string()),
             revision: d.map(|d| d.current_revision()),
             deployment: d
                 .and_then(|d| d.latest())

@@ -35,12 +35,16 @@ pub struct Report {
     pub capacity_floor: usize,
     /// Most instances alive at once.
     pub peak_instances: usize,
-    /// From the first request served by `to` to the last served by `from`;
-    /// 0 if they never overlapped.
+    /// How long both revisions had targets in service at once (healthy, in
+    /// a group with weight): the time a client could get either.
     pub mixed_window_ms: u64,
     pub per_revision: Vec<RevisionFigures>,
     /// From the start of the rollback to its end, if there was one.
     pub rollback_ms: Option<u64>,
+    /// From the start of the rollback until `to` had no target in service
+    /// any more (blue/green: the flip itself), if there was one.
+    #[serde(default)]
+    pub traffic_back_ms: Option<u64>,
     /// `(step, ms since start)` from the deployment's events.
     pub steps: Vec<(String, u64)>,
     pub reason: Option<String>,
@@ -50,14 +54,18 @@ pub struct Report {
 struct Seen {
     floor: Option<usize>,
     peak: usize,
-    first_new: Option<Instant>,
-    last_old: Option<Instant>,
+    /// Since when both revisions have had targets in service, if they have.
+    mixed_since: Option<Instant>,
+    /// Closed stretches of both revisions in service.
+    mixed: Duration,
     /// Last seen (requests, 5xx) per target, to accumulate deltas: targets
     /// removed from the table take their own counters with them.
     last: HashMap<u64, (u64, u64)>,
     /// (requests, 5xx) per revision during the deployment.
     totals: HashMap<String, (u64, u64)>,
     rollback_started: Option<Instant>,
+    /// When `to` left service for good during the rollback.
+    traffic_back: Option<Instant>,
     /// Healthy targets, kept up to date by applying each target event's
     /// own transition in order: a dip shorter than the sampler's reaction
     /// time is still counted. (It also counts healthy targets of weight-0
@@ -94,6 +102,25 @@ impl Seen {
         }
         self.peak = self.peak.max(alive);
         let now = Instant::now();
+        let serving = |rev: &str| {
+            table
+                .groups
+                .iter()
+                .filter(|g| g.weight > 0)
+                .flat_map(|g| g.targets.iter())
+                .any(|t| &*t.revision == rev && t.state() == TargetState::Healthy)
+        };
+        if self.rollback_started.is_some() && self.traffic_back.is_none() && !serving(to) {
+            self.traffic_back = Some(now);
+        }
+        match (serving(from) && serving(to), self.mixed_since) {
+            (true, None) => self.mixed_since = Some(now),
+            (false, Some(since)) => {
+                self.mixed += now - since;
+                self.mixed_since = None;
+            }
+            _ => {}
+        }
         for (_, t) in table.targets() {
             let cur = (t.stats.requests(), t.stats.errors_5xx());
             let prev = self.last.insert(t.id, cur);
@@ -105,12 +132,6 @@ impl Seen {
             let e = self.totals.entry(t.revision.to_string()).or_default();
             e.0 += d.0;
             e.1 += d.1;
-            if &*t.revision == to && self.first_new.is_none() {
-                self.first_new = Some(now);
-            }
-            if &*t.revision == from {
-                self.last_old = Some(now);
-            }
         }
     }
 }
@@ -177,6 +198,15 @@ impl Sampler {
         s.rollback_started.get_or_insert_with(Instant::now);
     }
 
+    /// The executor moved all traffic back at `at` (a blue/green flip):
+    /// more precise than the next sample.
+    pub fn traffic_back(&self, at: Instant) {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if s.rollback_started.is_some_and(|r| r <= at) {
+            s.traffic_back = Some(s.traffic_back.map_or(at, |t| t.min(at)));
+        }
+    }
+
     pub fn finish(self, mut r: Report, alive: usize) -> Report {
         self.task.abort();
         let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,10 +214,8 @@ impl Sampler {
         r.duration_ms = self.started.elapsed().as_millis() as u64;
         r.capacity_floor = s.floor.unwrap_or(0);
         r.peak_instances = s.peak;
-        r.mixed_window_ms = match (s.first_new, s.last_old) {
-            (Some(a), Some(b)) if b > a => (b - a).as_millis() as u64,
-            _ => 0,
-        };
+        let open = s.mixed_since.map_or(Duration::ZERO, |t| t.elapsed());
+        r.mixed_window_ms = (s.mixed + open).as_millis() as u64;
         r.per_revision = [&self.from, &self.to]
             .iter()
             .map(|rev| {
@@ -200,6 +228,10 @@ impl Sampler {
             })
             .collect();
         r.rollback_ms = s.rollback_started.map(|t| t.elapsed().as_millis() as u64);
+        r.traffic_back_ms = match (s.rollback_started, s.traffic_back) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_millis() as u64),
+            _ => None,
+        };
         r
     }
 }

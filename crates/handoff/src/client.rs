@@ -460,8 +460,21 @@ pub fn print_report(v: &DeploymentView) {
                 x.revision, x.requests, x.errors_5xx
             );
         }
-        if let Some(ms) = r.rollback_ms {
-            println!("  rollback took {}", fmt_ms(ms));
+        match (r.rollback_ms, r.traffic_back_ms) {
+            (Some(all), Some(back)) if v.strategy == handoff_core::Strategy::BlueGreen => println!(
+                "  rollback: traffic flipped back to {} in {}; green stopped, all done in {}",
+                v.from,
+                fmt_ms(back),
+                fmt_ms(all)
+            ),
+            (Some(all), Some(back)) => println!(
+                "  rollback: {} out of service after {}; all done in {}",
+                v.to,
+                fmt_ms(back),
+                fmt_ms(all)
+            ),
+            (Some(all), None) => println!("  rollback took {}", fmt_ms(all)),
+            _ => {}
         }
     }
 }
@@ -485,7 +498,7 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
         println!(
             "{}  listen {}  revision {}{}",
             s.name,
-            s.listen,
+            s.bound.as_deref().unwrap_or(&s.listen),
             s.revision.clone().unwrap_or_else(|| "static".into()),
             s.deployment
                 .as_ref()

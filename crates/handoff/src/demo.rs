@@ -335,7 +335,7 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
                 format!("{:.2} s", a.took.as_secs_f64()),
                 floor,
                 "-".to_string(),
-                r.and_then(|r| r.rollback_ms)
+                r.and_then(|r| r.traffic_back_ms.or(r.rollback_ms))
                     .map(|x| format!("{x} ms"))
                     .unwrap_or_else(|| "-".into()),
             )

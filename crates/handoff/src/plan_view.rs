@@ -45,6 +45,21 @@ fn heading(p: &Prediction) -> String {
 
 fn print_plan(p: &Prediction) {
     println!("{}", heading(p));
+    // What a user waits for first: when the new revision alone serves.
+    // Blue/green's retention comes after that and is said apart.
+    if p.strategy == "blue-green" {
+        println!(
+            "  the new revision serves alone at {}; blue is then retained {} for an instant rollback (done at {})",
+            fmt_ms(p.serving_ms),
+            fmt_ms(p.timings.retention_ms),
+            fmt_ms(p.duration_ms)
+        );
+    } else {
+        println!(
+            "  the new revision serves alone at {}",
+            fmt_ms(p.serving_ms)
+        );
+    }
     if let Some(why) = &p.batch_choice {
         println!("  batch: {why}");
     }
@@ -90,7 +105,15 @@ fn print_plan(p: &Prediction) {
         if note.is_empty() { "" } else { ", " },
         note
     );
-    println!("  total {}", fmt_ms(p.duration_ms));
+    if p.strategy == "blue-green" {
+        println!(
+            "  total {} (of which blue's retention {})",
+            fmt_ms(p.duration_ms),
+            fmt_ms(p.timings.retention_ms)
+        );
+    } else {
+        println!("  total {}", fmt_ms(p.duration_ms));
+    }
     println!(
         "  capacity floor {}/{} ({}%)",
         p.capacity_floor,
@@ -148,10 +171,10 @@ fn side_by_side(plans: &[Prediction]) {
     };
     println!("side by side:");
     row("", &|p| p.strategy.clone());
-    row("total", &|p| fmt_ms(p.duration_ms));
     row("new revision serves", &|p| {
         format!("at {}", fmt_ms(p.serving_ms))
     });
+    row("total", &|p| fmt_ms(p.duration_ms));
     row("capacity floor", &|p| {
         format!(
             "{}/{} ({}%)",

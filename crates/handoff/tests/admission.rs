@@ -109,6 +109,11 @@ fn four_deploys_sent_at_once_admit_exactly_one() {
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
     assert_eq!(instance_names(&env), vec!["web-1", "web-2"]);
     let services = env.get("/services");
+    // The configured port is 0: the API and status say which one it got.
+    assert_eq!(services[0]["bound"], env.web.to_string(), "{services}");
+    let (ok, status) = env.cli(&["status", "web"]);
+    assert!(ok && status.contains(&format!("listen {}", env.web)), "{status}");
+    assert!(!status.contains("group blue"), "one group, no blue/green words: {status}");
     let revs: Vec<&str> = services[0]["groups"]
         .as_array()
         .unwrap()

@@ -65,6 +65,7 @@ impl ProxyServer {
             let first = bind(svc.listen).map_err(err)?;
             let actual = first.local_addr().map_err(err)?;
             addrs.insert(svc.name.to_string(), actual);
+            svc.set_bound(actual);
             per_worker[0].push((svc.clone(), first));
             for w in per_worker.iter_mut().skip(1) {
                 w.push((svc.clone(), bind(actual).map_err(err)?));

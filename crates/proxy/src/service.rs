@@ -25,8 +25,10 @@ pub const DEFAULT_GROUP: &str = "default";
 
 pub struct ServiceProxy {
     pub name: Arc<str>,
-    /// The address from config; the bound one is in `ProxyServer::addrs`.
+    /// The address from config (its port may be 0); see [`Self::bound`].
     pub listen: SocketAddr,
+    /// The address the listener got (port 0 resolved), once started.
+    bound: std::sync::OnceLock<SocketAddr>,
     pub settings: ProxySettings,
     pub health: Health,
     table: ArcSwap<RoutingTable>,
@@ -39,6 +41,18 @@ pub struct ServiceProxy {
     /// Under a failing dependency every request wants an ejection the
     /// limit refuses: one line per interval says so, not one per request.
     limited_log: LogLimit,
+}
+
+impl ServiceProxy {
+    /// The address clients connect to: the bound one once the listener
+    /// started (a configured port 0 resolved), else the configured one.
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    pub(crate) fn set_bound(&self, addr: SocketAddr) {
+        let _ = self.bound.set(addr);
+    }
 }
 
 impl std::fmt::Debug for ServiceProxy {
@@ -61,6 +75,7 @@ impl ServiceProxy {
         Arc::new(ServiceProxy {
             name: name.into(),
             listen,
+            bound: std::sync::OnceLock::new(),
             settings,
             health,
             table: ArcSwap::from_pointee(RoutingTable {

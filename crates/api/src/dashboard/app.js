@@ -600,7 +600,7 @@ async function showReport(id) {
   if (v.reason) body.push(el("p", { class: "error", text: v.reason }));
   if (v.report) {
     const r = v.report;
-    body.push(el("p", { text: `took ${ms(r.duration_ms)} · capacity floor ${r.capacity_floor}/${r.desired} · mixed versions ${ms(r.mixed_window_ms)} · peak ${r.peak_instances} instances` + (r.rollback_ms ? ` · rollback ${ms(r.rollback_ms)}` : "") }));
+    body.push(el("p", { text: `took ${ms(r.duration_ms)} · capacity floor ${r.capacity_floor}/${r.desired} · mixed versions ${ms(r.mixed_window_ms)} · peak ${r.peak_instances} instances` + (r.rollback_ms ? (r.traffic_back_ms != null ? ` · traffic back in ${ms(r.traffic_back_ms)}, rollback done in ${ms(r.rollback_ms)}` : ` · rollback ${ms(r.rollback_ms)}`) : "") }));
   }
   if (v.comparison) {
     const t = el("table", { class: "history" }, el("tr", {}, el("th", { text: "#" }), el("th", { text: "step" }), el("th", { class: "num", text: "predicted" }), el("th", { class: "num", text: "measured" })));

@@ -115,6 +115,9 @@ pub struct Deployer<R: Runtime> {
     /// [`crate::load::LoadMeter::start`]; tests feed it directly).
     pub meter: Arc<crate::load::LoadMeter>,
     gate: Mutex<Gate>,
+    /// When the running deployment's rollback moved traffic back (a flip),
+    /// for its report.
+    flipped: Mutex<Option<std::time::Instant>>,
     /// Every recorded step, for live subscribers (API server-sent events).
     steps: tokio::sync::broadcast::Sender<StepEvent>,
 }
@@ -142,6 +145,7 @@ impl<R: Runtime> Deployer<R> {
             fleet,
             meter: Arc::default(),
             gate: Mutex::new(Gate::default()),
+            flipped: Mutex::new(None),
             steps: tokio::sync::broadcast::channel(1024).0,
         })
     }
@@ -443,6 +447,14 @@ impl<R: Runtime> Deployer<R> {
                     actions = a;
                 }
             }
+        }
+        if let Some(t) = self
+            .flipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            sampler.traffic_back(t);
         }
         let report = sampler.finish(
             Report {

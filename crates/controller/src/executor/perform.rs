@@ -111,6 +111,12 @@ impl<R: Runtime> Deployer<R> {
                     if let Err(e) = f.proxy.set_weights(&w) {
                         return Outcome::Failed(e.to_string());
                     }
+                    if d.status == Status::RollingBack {
+                        // The flip back: the report tells it apart from
+                        // the stop of green that follows.
+                        *self.flipped.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(std::time::Instant::now());
+                    }
                 }
                 Action::Bake { .. } => {
                     let bake = f.service.blue_green.bake;
