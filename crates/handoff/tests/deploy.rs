@@ -84,6 +84,14 @@ fn blue_green_with_a_step_then_an_instant_rollback() {
     let (ok, out) = env.cli(&["rollback", "web"]);
     assert!(ok && out.contains("rolled back"), "{out}");
     assert!(out.contains("traffic 100% blue"), "{out}");
+    // The report tells the flip apart from the stop of green after it.
+    assert!(out.contains("traffic flipped back to v1 in"), "{out}");
+    let rec = env.get("/deployments/web@1");
+    let (back, all) = (
+        rec["report"]["traffic_back_ms"].as_u64().unwrap(),
+        rec["report"]["rollback_ms"].as_u64().unwrap(),
+    );
+    assert!(back < 250 && back <= all, "flip {back} ms, rollback {all} ms");
     let flipped = poll("v1 serving again", Duration::from_secs(5), || {
         let (_, b) = http_get(env.web, "/").ok()?;
         b.contains("\"version\":\"v1\"").then(Instant::now)
