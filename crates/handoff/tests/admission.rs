@@ -112,8 +112,14 @@ fn four_deploys_sent_at_once_admit_exactly_one() {
     // The configured port is 0: the API and status say which one it got.
     assert_eq!(services[0]["bound"], env.web.to_string(), "{services}");
     let (ok, status) = env.cli(&["status", "web"]);
-    assert!(ok && status.contains(&format!("listen {}", env.web)), "{status}");
-    assert!(!status.contains("group blue"), "one group, no blue/green words: {status}");
+    assert!(
+        ok && status.contains(&format!("listen {}", env.web)),
+        "{status}"
+    );
+    assert!(
+        !status.contains("group blue"),
+        "one group, no blue/green words: {status}"
+    );
     let revs: Vec<&str> = services[0]["groups"]
         .as_array()
         .unwrap()
@@ -282,5 +288,43 @@ fn ctrl_c_of_deploy_says_the_deployment_goes_on_and_follow_picks_it_up() {
     let (ok, out) = env.cli(&["follow", "web@1"]);
     assert!(ok, "{out}");
     assert!(out.contains("deployed: v2 serves service web"), "{out}");
+    stop(env);
+}
+
+#[test]
+fn a_broken_revision_that_never_served_can_be_fixed_under_the_same_id() {
+    let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    let root = env.dir.path().to_path_buf();
+    let broken = artifact(&root, "v2", false);
+    let (ok, out) = env.cli(&[
+        "deploy",
+        "web",
+        "v2",
+        "--artifact",
+        broken.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    // The fixed build, same id, other content: accepted, and it serves.
+    let fixed = root.join("fixed-v2");
+    std::fs::create_dir_all(&fixed).unwrap();
+    std::fs::copy(
+        artifact(&root, "good", true).join("app.sh"),
+        fixed.join("app.sh"),
+    )
+    .unwrap();
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--artifact", fixed.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("deployed: v2 serves"), "{out}");
+    // Now v2 served: new content under its id is refused, saying what to do.
+    let other = root.join("other-v2");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(fixed.join("app.sh"), other.join("app.sh")).unwrap();
+    std::fs::write(other.join("extra.txt"), "changed").unwrap();
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--artifact", other.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("it served") && out.contains("under a new revision id"),
+        "{out}"
+    );
     stop(env);
 }

@@ -91,7 +91,10 @@ fn blue_green_with_a_step_then_an_instant_rollback() {
         rec["report"]["traffic_back_ms"].as_u64().unwrap(),
         rec["report"]["rollback_ms"].as_u64().unwrap(),
     );
-    assert!(back < 250 && back <= all, "flip {back} ms, rollback {all} ms");
+    assert!(
+        back < 250 && back <= all,
+        "flip {back} ms, rollback {all} ms"
+    );
     let flipped = poll("v1 serving again", Duration::from_secs(5), || {
         let (_, b) = http_get(env.web, "/").ok()?;
         b.contains("\"version\":\"v1\"").then(Instant::now)

@@ -97,6 +97,40 @@ impl Releases {
         Ok(Release { dir, sha256: sha })
     }
 
+    /// Installs `artifact` as `revision`, replacing a release of different
+    /// content (the caller checked that the old one may go): the new one
+    /// is built aside and moved in, so the old stays whole until then.
+    pub fn replace(
+        &self,
+        service: &str,
+        revision: &str,
+        artifact: &Path,
+    ) -> Result<Release, RuntimeError> {
+        match self.install(service, revision, artifact) {
+            Err(RuntimeError::RevisionChanged { .. }) => {
+                let dir = self.dir(service, revision);
+                let old = self
+                    .root
+                    .join(service)
+                    .join(format!(".old-{revision}-{}", std::process::id()));
+                let _ = fs::remove_dir_all(&old);
+                fs::rename(&dir, &old).map_err(io("cannot move old release aside", &dir))?;
+                let r = self.install(service, revision, artifact);
+                match &r {
+                    Ok(_) => {
+                        let _ = fs::remove_dir_all(&old);
+                    }
+                    // Put the old one back: nothing lost.
+                    Err(_) => {
+                        let _ = fs::rename(&old, &dir);
+                    }
+                }
+                r
+            }
+            other => other,
+        }
+    }
+
     /// Removes installed releases of `service` until at most `keep` are
     /// left, never one named in `protect`: releases not in `completed`
     /// (never completed a deployment: failed, rolled back, unfinished)
@@ -278,7 +312,18 @@ mod tests {
         assert_eq!(rel.install("web", "v1", &app).unwrap(), r);
         fs::write(app.join("static/index.html"), "<h1>changed</h1>").unwrap();
         let e = rel.install("web", "v1", &app).unwrap_err();
-        assert!(e.to_string().contains("revisions are immutable"), "{e}");
+        assert!(e.to_string().contains("so it is immutable"), "{e}");
+        // `replace` takes the new content (the caller decided it may) and
+        // leaves no old copy behind.
+        let r2 = rel.replace("web", "v1", &app).unwrap();
+        assert_ne!(r2.sha256, r.sha256);
+        assert_eq!(rel.install("web", "v1", &app).unwrap(), r2);
+        let leftovers = fs::read_dir(d.path().join("state/releases/web"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".old"))
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]

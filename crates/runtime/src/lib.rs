@@ -121,7 +121,7 @@ pub enum RuntimeError {
     },
     #[error("artifact {}: {message}", path.display())]
     Artifact { path: PathBuf, message: String },
-    #[error("revision {revision} of service {service} was already installed from different content (sha256 {existing}, now {new}); revisions are immutable: deploy it under a new revision id")]
+    #[error("revision {revision} of service {service} was already installed from different content (sha256 {existing}, now {new}); it served (or serves now), so it is immutable: deploy the new content under a new revision id (a revision that never served may be replaced)")]
     RevisionChanged {
         service: String,
         revision: String,

@@ -147,6 +147,16 @@ impl Store {
             .expect("just inserted or already there"))
     }
 
+    /// New content for a revision that never served (a broken build fixed
+    /// under the same id); the controller decides when that is allowed.
+    pub fn replace_revision(&self, r: &RevisionRecord) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE revisions SET artifact = ?3, sha256 = ?4, created_ms = ?5 WHERE service = ?1 AND id = ?2",
+            params![r.service, r.id, r.artifact, r.sha256, r.created_ms],
+        )?;
+        Ok(())
+    }
+
     pub fn revision(&self, service: &str, id: &str) -> Result<Option<RevisionRecord>, StoreError> {
         Ok(self
             .lock()

@@ -56,6 +56,29 @@ impl<R: Runtime> Fleet<R> {
         Ok(Releases::new(&self.state_dir).prune(svc, self.releases_kept, &protect, &good)?)
     }
 
+    /// Whether `revision` may take new content under its id: it never
+    /// completed a deployment (no rollback can want its old files) and no
+    /// instance runs it.
+    pub(super) fn may_replace(&self, revision: &str) -> bool {
+        let svc = self.name();
+        let (Ok(history), Ok(revisions)) = (
+            self.store.deployments(svc, 10_000),
+            self.store.revisions(svc),
+        ) else {
+            return false;
+        };
+        let served = revisions
+            .iter()
+            .any(|(r, stable)| r.id == revision && *stable)
+            || matches!(
+                rollback::verdicts(&history, &revisions).get(revision),
+                Some(Verdict::Good { .. })
+            );
+        !served
+            && revision != self.current_revision()
+            && !self.slots().values().any(|s| s.revision == revision)
+    }
+
     /// The last `lines` lines of an instance's log, or `None` when the
     /// instance never logged (unknown to this service).
     pub fn log_tail(&self, instance: &str, lines: usize) -> Option<String> {

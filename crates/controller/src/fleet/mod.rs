@@ -431,9 +431,18 @@ impl<R: Runtime> Fleet<R> {
             Some(a) => {
                 let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
                 let (svc, rev) = (self.name().to_string(), revision.to_string());
-                let rel = tokio::task::spawn_blocking(move || releases.install(&svc, &rev, &a))
-                    .await
-                    .map_err(|e| ControllerError::Internal(e.to_string()))??;
+                // A revision that never served may take new content under
+                // its id (a broken build fixed); one that served may not.
+                let replace = self.may_replace(revision);
+                let rel = tokio::task::spawn_blocking(move || {
+                    if replace {
+                        releases.replace(&svc, &rev, &a)
+                    } else {
+                        releases.install(&svc, &rev, &a)
+                    }
+                })
+                .await
+                .map_err(|e| ControllerError::Internal(e.to_string()))??;
                 (rel.dir, Some(rel.sha256))
             }
             None => match installed {
@@ -449,7 +458,23 @@ impl<R: Runtime> Fleet<R> {
             created_ms: handoff_store::now_ms(),
         })?;
         if let (Some(old), Some(new)) = (&stored.sha256, &sha) {
-            if old != new {
+            if old != new && self.may_replace(revision) {
+                self.store
+                    .replace_revision(&handoff_store::RevisionRecord {
+                        service: self.name().to_string(),
+                        id: revision.to_string(),
+                        artifact: artifact.as_ref().map(|a| a.display().to_string()),
+                        sha256: sha.clone(),
+                        created_ms: handoff_store::now_ms(),
+                    })?;
+                self.event(
+                    None,
+                    "revision-replaced",
+                    &format!(
+                        "{revision} never served, so its content was replaced (sha256 {old} → {new})"
+                    ),
+                );
+            } else if old != new {
                 return Err(handoff_runtime::RuntimeError::RevisionChanged {
                     service: self.name().to_string(),
                     revision: revision.to_string(),
