@@ -196,17 +196,21 @@ pub fn deploy(
 
 /// Follows a deployment until it settles; returns its status then.
 pub fn follow(c: &Client, id: &str, json: bool) -> anyhow::Result<DeploymentStatus> {
-    follow_since(c, id, json, 0)
+    follow_since(c, id, json, 0, true)
 }
 
 /// Like [`follow`], showing only events from `since_ms` (unix ms) on: a
 /// rollback within retention continues a deployment whose earlier events
-/// were shown already.
+/// were shown already. `retained_settles`: a deployment retaining blue has
+/// settled (a deploy is done then); a rollback flip sent to a retained
+/// deployment is not done until it has left retention, however soon the
+/// first look comes.
 pub fn follow_since(
     c: &Client,
     id: &str,
     json: bool,
     since_ms: i64,
+    retained_settles: bool,
 ) -> anyhow::Result<DeploymentStatus> {
     let mut shown = 0;
     let mut first = true;
@@ -267,7 +271,7 @@ pub fn follow_since(
             }
         }
         shown = v.events.len();
-        let retained = v.status == DeploymentStatus::Retained;
+        let retained = retained_settles && v.status == DeploymentStatus::Retained;
         if retained || !v.status.is_active() {
             bar.finish_and_clear();
             if json {

@@ -293,7 +293,7 @@ pub fn run(d: Demo) -> anyhow::Result<()> {
                 false,
             )?
             .id;
-            let status = client::follow_since(&c, &id, false, since)?;
+            let status = client::follow_since(&c, &id, false, since, false)?;
             if status != handoff_core::DeploymentStatus::RolledBack {
                 bail!("the demo rollback ended {status}");
             }

@@ -289,7 +289,13 @@ fn main() -> ExitCode {
                         }
                     );
                 }
-                let s = client::follow_since(&cl, &acc.id, c.json, since)?;
+                let s = client::follow_since(
+                    &cl,
+                    &acc.id,
+                    c.json,
+                    since,
+                    acc.rollback == Some(RollbackKind::Deploy),
+                )?;
                 Ok(match acc.rollback {
                     Some(RollbackKind::Flip | RollbackKind::Abort) => {
                         s == DeploymentStatus::RolledBack
