@@ -328,3 +328,25 @@ fn a_broken_revision_that_never_served_can_be_fixed_under_the_same_id() {
     );
     stop(env);
 }
+
+#[test]
+fn rollback_pressed_during_a_rollback_deployment_is_refused() {
+    let env = setup(2, "[services.web.in_place]\nbatch = 1\nmin_healthy = 1\n");
+    for rev in ["v2", "v3"] {
+        let (ok, out) = env.cli(&["deploy", "web", rev]);
+        assert!(ok, "{out}");
+    }
+    let (code, first) = env.post("/services/web/rollback", "");
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["rollback"], "deploy");
+    // Pressed again while it runs: aborting it would go back to v3.
+    let (code, again) = env.post("/services/web/rollback", "");
+    assert_eq!(code, 409, "{again}");
+    let m = again["error"]["message"].as_str().unwrap();
+    assert!(m.contains("is already rolling back"), "{m}");
+    let id = first["id"].as_str().unwrap();
+    let done = wait_settled(&env, id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["to"], "v2");
+    stop(env);
+}

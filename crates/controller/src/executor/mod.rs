@@ -94,18 +94,17 @@ struct Gate {
     active: Option<Active>,
 }
 
-/// Held while a request is admitted; clears the reservation unless the
-/// deployment was started (an error on the way gives the gate back).
-struct Reservation<'a> {
-    gate: &'a Mutex<Gate>,
+/// Held while a request is admitted; clears the reservation when dropped
+/// (the deployment started, or an error on the way gave the gate back).
+/// Owned, so the admitted work can run in its own task: a client that
+/// hangs up mid-request cancels nothing half-way.
+struct Reservation<R: Runtime> {
+    deployer: Arc<Deployer<R>>,
 }
 
-impl Drop for Reservation<'_> {
+impl<R: Runtime> Drop for Reservation<R> {
     fn drop(&mut self) {
-        self.gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admitting = None;
+        self.deployer.gate().admitting = None;
     }
 }
 
@@ -169,36 +168,43 @@ impl<R: Runtime> Deployer<R> {
 
     /// Starts a deployment; returns its id at once (it runs in the
     /// background). A blue/green deployment still retaining blue is ended
-    /// first (blue terminated), since only one may hold the service.
+    /// first (blue terminated), since only one may hold the service; a
+    /// deployment that has settled but is still finishing its last actions
+    /// (marking the revision current, a contract hook, its report) is
+    /// waited for.
     pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<String, DeployError> {
         let what = format!("a {} to {}", req.origin.as_str(), req.revision);
-        let (reservation, retained) = self.admit(&what)?;
-        if let Some((ctl, mut rx)) = retained {
-            self.fleet.event(
-                None,
-                "retention-ended",
-                "a new deployment ends the previous one's retention: blue terminated",
-            );
-            let _ = ctl.send(Event::Promote);
-            let _ = rx.wait_for(|d| !d.status.is_active()).await;
-        }
-        self.start(req, reservation).await
+        let (reservation, previous) = self.admit(&what)?;
+        let me = self.clone();
+        // In a task of its own: the admitted request runs to its end even if
+        // the caller goes away (an HTTP client that hangs up).
+        tokio::spawn(async move {
+            if let Some((ctl, retained)) = previous {
+                if retained {
+                    me.fleet.event(
+                        None,
+                        "retention-ended",
+                        "a new deployment ends the previous one's retention: blue terminated",
+                    );
+                    let _ = ctl.send(Event::Promote);
+                }
+                ctl.closed().await;
+            }
+            me.start(req, reservation).await
+        })
+        .await
+        .map_err(|e| DeployError::Controller(crate::ControllerError::Internal(e.to_string())))?
     }
 
     /// The gate: refuses while another request is being admitted or a
     /// deployment runs; otherwise reserves the service for this request.
-    /// Returns the retained blue/green deployment to end first, if any.
+    /// Returns the previous deployment's control channel when its run has
+    /// not ended yet (and whether it is retaining blue), to end and await.
     #[allow(clippy::type_complexity)]
     fn admit(
-        &self,
+        self: &Arc<Self>,
         what: &str,
-    ) -> Result<
-        (
-            Reservation<'_>,
-            Option<(mpsc::UnboundedSender<Event>, watch::Receiver<Deployment>)>,
-        ),
-        DeployError,
-    > {
+    ) -> Result<(Reservation<R>, Option<(mpsc::UnboundedSender<Event>, bool)>), DeployError> {
         let svc = self.fleet.name().to_string();
         let mut g = self.gate();
         if let Some(holder) = &g.admitting {
@@ -207,7 +213,9 @@ impl<R: Runtime> Deployer<R> {
                 what: holder.clone(),
             });
         }
-        let retained = match &g.active {
+        let previous = match &g.active {
+            // Its run ended (the receiver went with it): nothing to wait for.
+            Some(a) if a.control.is_closed() => None,
             Some(a) => {
                 let st = a.state.borrow().status;
                 match st {
@@ -218,14 +226,20 @@ impl<R: Runtime> Deployer<R> {
                             status: st.as_str().into(),
                         })
                     }
-                    Status::Retained => Some((a.control.clone(), a.state.clone())),
-                    _ => None,
+                    Status::Retained => Some((a.control.clone(), true)),
+                    // Settled, still finishing its last actions.
+                    _ => Some((a.control.clone(), false)),
                 }
             }
             None => None,
         };
         g.admitting = Some(what.to_string());
-        Ok((Reservation { gate: &self.gate }, retained))
+        Ok((
+            Reservation {
+                deployer: self.clone(),
+            },
+            previous,
+        ))
     }
 
     /// The admitted request's deployment: installed, numbered, planned,
@@ -233,11 +247,23 @@ impl<R: Runtime> Deployer<R> {
     async fn start(
         self: &Arc<Self>,
         req: DeployRequest,
-        reservation: Reservation<'_>,
+        reservation: Reservation<R>,
     ) -> Result<String, DeployError> {
         // Held until the run ends: the reconciler keeps off a fleet being deployed.
         let deploying = self.fleet.deployment_guard().await;
         let svc = self.fleet.name().to_string();
+        if req.origin == Origin::Rollback {
+            // Checked again now that the service is ours: a deploy admitted
+            // in between may have pruned the target's files.
+            if let Some(dir) = self.fleet.release_missing(&req.revision) {
+                return Err(rollback::Refused::FilesGone {
+                    service: svc,
+                    revision: req.revision.clone(),
+                    dir: dir.display().to_string(),
+                }
+                .into());
+            }
+        }
         if let Some(a) = &req.artifact {
             self.fleet.set_artifact(&req.revision, a.clone());
             // Installed (and verified) now, so a bad artifact fails the
@@ -263,12 +289,14 @@ impl<R: Runtime> Deployer<R> {
             let _ = self.fleet.store.set_deployment_plan(&d.id, &p);
         }
         if d.strategy == Strategy::AllAtOnce {
-            self.save(
+            // A warning that cannot be written must not strand the record
+            // just created: the deployment goes on either way.
+            let _ = self.save(
                 &d,
                 StepKind::Warning,
                 "all-at-once stops every instance before starting the new ones: clients get 503 until they are healthy (the downtime baseline, on purpose)",
                 None,
-            )?;
+            );
         }
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(d.clone());
@@ -279,7 +307,6 @@ impl<R: Runtime> Deployer<R> {
                 control: ctl,
                 state: state_rx,
             });
-            g.admitting = None;
         }
         drop(reservation);
         let me = self.clone();
@@ -302,7 +329,10 @@ impl<R: Runtime> Deployer<R> {
                 continue;
             }
             let current = self.fleet.current_revision();
-            let (status, msg) = if current == d.to {
+            // Only a blue/green deployment that was retaining blue had
+            // finished its work; anything else (a flip back included, whose
+            // last action marks `from` current) goes back to `from`.
+            let (status, msg) = if d.status == Status::Retained && current == d.to {
                 (
                     Status::Succeeded,
                     format!(
@@ -311,6 +341,9 @@ impl<R: Runtime> Deployer<R> {
                     ),
                 )
             } else {
+                if current != d.from {
+                    self.fleet.mark_current(&d.from, &d.blue_group)?;
+                }
                 (
                     Status::RolledBack,
                     format!(
@@ -319,6 +352,8 @@ impl<R: Runtime> Deployer<R> {
                     ),
                 )
             };
+            // Not a judgement of either revision (see `rollback::verdicts`).
+            d.interrupted = true;
             d.status = status;
             d.phase = Phase::Finished;
             d.reason.get_or_insert_with(|| msg.clone());
@@ -326,6 +361,33 @@ impl<R: Runtime> Deployer<R> {
             closed.push(d.id);
         }
         Ok(closed)
+    }
+
+    /// Decides on the active deployment and sends it the event `decide`
+    /// returns, under one lock: `None` when no deployment is active.
+    pub(crate) fn control_with<T>(
+        &self,
+        decide: impl FnOnce(&Deployment) -> Result<(Event, T), DeployError>,
+    ) -> Result<Option<(String, T)>, DeployError> {
+        let g = self.gate();
+        if let Some(holder) = &g.admitting {
+            return Err(DeployError::Busy {
+                service: self.fleet.name().to_string(),
+                what: holder.clone(),
+            });
+        }
+        let Some(a) = g.active.as_ref().filter(|a| !a.control.is_closed()) else {
+            return Ok(None);
+        };
+        let cur = a.state.borrow().clone();
+        if !cur.status.is_active() {
+            return Ok(None);
+        }
+        let (ev, t) = decide(&cur)?;
+        a.control.send(ev).map_err(|_| DeployError::NoneActive {
+            service: self.fleet.name().to_string(),
+        })?;
+        Ok(Some((a.id.clone(), t)))
     }
 
     /// Sends an operator command to the active deployment.
@@ -338,8 +400,7 @@ impl<R: Runtime> Deployer<R> {
             });
         }
         match g.active.as_ref() {
-            Some(a) if a.state.borrow().status.is_active() => {
-                let _ = a.control.send(ev);
+            Some(a) if a.state.borrow().status.is_active() && a.control.send(ev).is_ok() => {
                 Ok(a.id.clone())
             }
             _ => Err(DeployError::NoneActive {
@@ -396,6 +457,10 @@ impl<R: Runtime> Deployer<R> {
             move || f.instances().iter().filter(|i| i.pid.is_some()).count()
         };
         let sampler = Sampler::start(fleet.proxy.clone(), &d.from, &d.to, alive.clone());
+        self.flipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut actions = self.apply(&mut d, Event::Start, &state, &sampler);
         // Commands read during an interruptible wait that do not interrupt
         // it (pause/resume), applied when it ends.
@@ -435,11 +500,22 @@ impl<R: Runtime> Deployer<R> {
                     later.push(ev);
                 }
             }
-            let ev = match outcome {
+            let mut ev = match outcome {
                 Outcome::Done => Event::Done,
                 Outcome::Failed(reason) => Event::Failed { reason },
                 Outcome::Control(ev) => ev,
             };
+            // An abort (or a flip back) that came while the step finished
+            // wins over its completion: applied after it, Done could end
+            // the deployment first and the abort, already answered as
+            // accepted, would fall on a finished one.
+            if ev == Event::Done {
+                if let Some(i) = later.iter().position(|e| {
+                    matches!(e, Event::Abort | Event::Rollback) && plan::step(&d, e.clone()).is_ok()
+                }) {
+                    ev = later.remove(i);
+                }
+            }
             actions = self.apply(&mut d, ev, &state, &sampler);
             for ev in later {
                 let a = self.apply(&mut d, ev, &state, &sampler);

@@ -19,7 +19,7 @@ use handoff_runtime::Runtime;
 use handoff_store::{DeploymentRecord, RevisionRecord};
 
 use super::{DeployError, DeployRequest, Deployer};
-use crate::plan::{Event, Status};
+use crate::plan::{Event, Phase, Status};
 
 /// Why a rollback cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +80,16 @@ pub fn verdicts(
         let Some(status) = DeploymentStatus::parse(&d.status) else {
             continue;
         };
+        // Closed at boot after a restart cut it short: no judgement.
+        let interrupted = serde_json::from_str::<serde_json::Value>(&d.state)
+            .is_ok_and(|s| s["interrupted"] == true);
+        if interrupted {
+            continue;
+        }
+        let by_rollback = Origin::parse(&d.origin) == Some(Origin::Rollback) && d.from != d.to;
+        let left = || Verdict::Bad {
+            why: format!("was rolled back by {}", d.id),
+        };
         match status {
             DeploymentStatus::Succeeded => {
                 v.insert(
@@ -88,14 +98,14 @@ pub fn verdicts(
                         at_ms: d.updated_ms,
                     },
                 );
-                if Origin::parse(&d.origin) == Some(Origin::Rollback) && d.from != d.to {
-                    v.insert(
-                        d.from.clone(),
-                        Verdict::Bad {
-                            why: format!("was rolled back by {}", d.id),
-                        },
-                    );
+                if by_rollback {
+                    v.insert(d.from.clone(), left());
                 }
+            }
+            // A rollback that did not make it back still left a revision
+            // someone wanted gone; its target is not judged by it.
+            DeploymentStatus::RolledBack | DeploymentStatus::Failed if by_rollback => {
+                v.insert(d.from.clone(), left());
             }
             DeploymentStatus::RolledBack => {
                 v.insert(
@@ -160,15 +170,16 @@ pub fn target(
             }),
         };
     }
-    // The revision that served before the current one's deployment.
+    // The revision that served before the current one's deployment: the
+    // newest deployment to `current` that succeeded and came from a good
+    // revision (so going back never jumps forward past a bad one).
     let before = deployments
         .iter()
-        .find(|d| d.to == current && d.status == DeploymentStatus::Succeeded.as_str())
-        .map(|d| d.from.clone());
-    if let Some(b) = before.filter(|b| b != current) {
-        if matches!(v.get(&b), Some(Verdict::Good { .. })) {
-            return Ok(b);
-        }
+        .filter(|d| d.to == current && d.status == DeploymentStatus::Succeeded.as_str())
+        .map(|d| &d.from)
+        .find(|b| *b != current && matches!(v.get(*b), Some(Verdict::Good { .. })));
+    if let Some(b) = before {
+        return Ok(b.clone());
     }
     v.iter()
         .filter_map(|(id, verdict)| match verdict {
@@ -205,34 +216,45 @@ impl<R: Runtime> Deployer<R> {
         to: Option<String>,
     ) -> Result<(String, RollbackKind), DeployError> {
         let svc = self.fleet.name().to_string();
-        if let Some(cur) = self.current().filter(|c| c.status.is_active()) {
-            let kind = match cur.status {
-                Status::Retained if to.as_deref().is_none_or(|t| t == cur.from) => {
-                    RollbackKind::Flip
-                }
-                Status::Retained => {
-                    return Err(DeployError::Conflict {
-                        service: svc,
-                        id: cur.id,
-                        status: format!(
-                            "retaining {} for an instant rollback; `handoff rollback {}` flips back to it, or `handoff promote` ends the retention first",
-                            cur.from, self.fleet.name()
-                        ),
-                    })
-                }
-                Status::RollingBack => {
-                    return Err(DeployError::AlreadyRollingBack {
-                        service: svc,
-                        id: cur.id,
-                    })
-                }
-                _ => RollbackKind::Abort,
+        let name = self.fleet.name();
+        // Decided and sent under the gate's one lock: the deployment the
+        // decision looked at is the one that gets the event.
+        let steered = self.control_with(|cur| {
+            let conflict = |status: String| DeployError::Conflict {
+                service: svc.clone(),
+                id: cur.id.clone(),
+                status,
             };
-            let ev = match kind {
-                RollbackKind::Flip => Event::Rollback,
-                _ => Event::Abort,
-            };
-            return self.control(ev).map(|id| (id, kind));
+            if cur.status == Status::RollingBack || cur.origin == Origin::Rollback {
+                // Pressed again: going back from a rollback would bring
+                // back the revision it is leaving.
+                return Err(DeployError::AlreadyRollingBack {
+                    service: svc.clone(),
+                    id: cur.id.clone(),
+                });
+            }
+            let other = to.as_deref().filter(|t| *t != cur.from);
+            match (cur.status, &cur.phase) {
+                (Status::Retained, Phase::Retaining) if other.is_none() => {
+                    Ok((Event::Rollback, RollbackKind::Flip))
+                }
+                (Status::Retained, Phase::Retaining) => Err(conflict(format!(
+                    "retaining {} for an instant rollback; `handoff rollback {name}` flips back to it, or `handoff promote {name}` ends the retention first",
+                    cur.from
+                ))),
+                (Status::Retained, _) => Err(conflict(format!(
+                    "retained; its retention is ending and blue ({}) is being terminated: roll back when it has finished",
+                    cur.from
+                ))),
+                (_, _) if other.is_some() => Err(conflict(format!(
+                    "running; `handoff rollback {name}` aborts it back to {}, another revision can be asked for once it has ended",
+                    cur.from
+                ))),
+                _ => Ok((Event::Abort, RollbackKind::Abort)),
+            }
+        })?;
+        if let Some(x) = steered {
+            return Ok(x);
         }
         let current = self.fleet.current_revision();
         let history = self.fleet.store.deployments(&svc, 10_000)?;
@@ -386,5 +408,43 @@ mod tests {
             verdicts(&h, &r).get("v2"),
             Some(Verdict::Good { .. })
         ));
+    }
+
+    #[test]
+    fn a_rollback_that_fails_leaves_its_target_alone_and_its_source_bad() {
+        let h = newest_first(vec![
+            dep(1, "v1", "v2", "succeeded", "deploy"),
+            dep(2, "v2", "v3", "succeeded", "deploy"),
+            dep(3, "v3", "v2", "rolled-back", "rollback"),
+        ]);
+        let r = revs(&[("v1", true), ("v2", true), ("v3", true)]);
+        let v = verdicts(&h, &r);
+        assert!(matches!(v.get("v2"), Some(Verdict::Good { .. })), "{v:?}");
+        assert!(matches!(v.get("v3"), Some(Verdict::Bad { .. })), "{v:?}");
+        assert_eq!(target("web", "v3", Some("v2"), &h, &r).unwrap(), "v2");
+    }
+
+    #[test]
+    fn deployments_a_restart_cut_short_judge_nothing() {
+        let mut cut = dep(2, "v2", "v3", "rolled-back", "deploy");
+        cut.state = r#"{"interrupted":true}"#.into();
+        let h = newest_first(vec![dep(1, "v1", "v2", "succeeded", "deploy"), cut]);
+        let r = revs(&[("v1", true), ("v2", true), ("v3", false)]);
+        let v = verdicts(&h, &r);
+        assert_eq!(v.get("v3"), None, "{v:?}");
+    }
+
+    #[test]
+    fn going_back_never_jumps_forward_past_a_bad_revision() {
+        // v1 → v2 → v3 → v4, then `rollback --to v2` (v4 left): the next
+        // rollback goes to v1 (what served before v2), not forward to v3.
+        let h = newest_first(vec![
+            dep(1, "v1", "v2", "succeeded", "deploy"),
+            dep(2, "v2", "v3", "succeeded", "deploy"),
+            dep(3, "v3", "v4", "succeeded", "deploy"),
+            dep(4, "v4", "v2", "succeeded", "rollback"),
+        ]);
+        let r = revs(&[("v1", true), ("v2", true), ("v3", true), ("v4", true)]);
+        assert_eq!(target("web", "v2", None, &h, &r).unwrap(), "v1");
     }
 }

@@ -120,6 +120,10 @@ pub struct Deployment {
     /// Started by `deploy` or by `rollback` (records before it: deploy).
     #[serde(default)]
     pub origin: handoff_core::Origin,
+    /// Closed at boot after a restart of handoff cut it short: its outcome
+    /// says nothing of its revisions.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +330,7 @@ pub fn new(r: Request) -> Result<Deployment, Rejected> {
         promoted: false,
         auto: None,
         origin: handoff_core::Origin::Deploy,
+        interrupted: false,
     })
 }
 
