@@ -77,7 +77,7 @@ impl Releases {
         }
         let parent = self.root.join(service);
         fs::create_dir_all(&parent).map_err(io("cannot create releases directory", &parent))?;
-        let tmp = parent.join(format!(".tmp-{revision}-{}", std::process::id()));
+        let tmp = parent.join(format!(".tmp-{revision}-{}", unique()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io("cannot create", &tmp))?;
         let filled = if artifact.is_dir() {
@@ -112,7 +112,7 @@ impl Releases {
                 let old = self
                     .root
                     .join(service)
-                    .join(format!(".old-{revision}-{}", std::process::id()));
+                    .join(format!(".old-{revision}-{}", unique()));
                 let _ = fs::remove_dir_all(&old);
                 fs::rename(&dir, &old).map_err(io("cannot move old release aside", &dir))?;
                 let r = self.install(service, revision, artifact);
@@ -179,6 +179,17 @@ impl Releases {
         }
         Ok(removed)
     }
+}
+
+/// A name part no other install of this process or another uses at the
+/// same time (two installs of one revision must not share a temp dir).
+fn unique() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 /// sha256 of a file, or of a directory tree (sorted relative paths and

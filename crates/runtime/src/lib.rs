@@ -128,6 +128,12 @@ pub enum RuntimeError {
         existing: String,
         new: String,
     },
+    #[error("revision {revision} of service {service} was installed from an artifact, but its files are gone from {} (pruned or removed) and no artifact was given: deploy it again with `--artifact PATH`", dir.display())]
+    ReleaseGone {
+        service: String,
+        revision: String,
+        dir: PathBuf,
+    },
 }
 
 /// Where instances run. Implementations must make `stop` leave nothing

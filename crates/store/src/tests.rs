@@ -246,3 +246,23 @@ fn running_web_1() -> DeploymentRecord {
         updated_ms: 0,
     }
 }
+
+#[test]
+fn a_v4_database_with_deployments_migrates_to_numbered_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("handoff.db")).unwrap();
+        migrations::migrate_to(&c, 4).unwrap();
+        c.execute(
+            "INSERT INTO deployments (id, service, from_rev, to_rev, strategy, status, state, created_ms, updated_ms)
+             VALUES ('web-1', 'web', 'v1', 'v2', 'in-place', 'succeeded', '{}', 1, 2)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), migrations::LATEST);
+    let old = s.deployment("web-1").unwrap().unwrap();
+    assert_eq!(old.origin, "deploy", "records from before v5 were deploys");
+    assert_eq!(s.next_deployment_id("web").unwrap(), "web@2");
+}

@@ -447,6 +447,21 @@ impl<R: Runtime> Fleet<R> {
             }
             None => match installed {
                 Some(rel) => (rel.dir, Some(rel.sha256)),
+                // It was installed from an artifact once: running it from
+                // the config's directory instead would run other code.
+                None if self
+                    .store
+                    .revision(self.name(), revision)?
+                    .is_some_and(|r| r.sha256.is_some()) =>
+                {
+                    return Err(handoff_runtime::RuntimeError::ReleaseGone {
+                        service: self.name().to_string(),
+                        revision: revision.to_string(),
+                        dir: handoff_runtime::artifact::Releases::new(&self.state_dir)
+                            .dir(self.name(), revision),
+                    }
+                    .into());
+                }
                 None => (self.base_dir.clone(), None),
             },
         };
