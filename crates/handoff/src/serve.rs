@@ -256,6 +256,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
         println!("listening service={name} addr={addr}");
         tracing::info!(service = %name, %addr, "proxy listening");
     }
+    let signals = StopSignals::install()?;
     println!("admin addr={admin_addr}");
     // The token rides in the fragment, which browsers never send.
     println!("dashboard http://{admin_addr}/#token={token}");
@@ -289,7 +290,7 @@ async fn serve(cfg: config::Config, opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!(%admin_addr, "admin API listening (/metrics, /healthz, /logs)");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     // Live views (dashboards, `/events` followers) learn it first.
     let _ = stopping.send(true);
@@ -347,13 +348,27 @@ async fn rotate_logs(dir: std::path::PathBuf) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, taken over from their default (which kills at
+/// once) before `ready` is printed: a supervisor that stops handoff right
+/// after it said ready gets the graceful stop too.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
