@@ -150,7 +150,8 @@ fn the_api_refuses_ids_that_could_become_code_and_runs_nothing() {
     assert!(ok, "{out}");
     assert_eq!(version(web).as_deref(), Some("v2.1+build_7-rc"));
     daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let status = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", daemon.stderr());
     assert!(!Path::new(&m.to_string()).exists(), "{m} was created");
     assert!(!dir.path().join("pwned").exists());
 }
@@ -239,6 +240,7 @@ fn a_release_dir_with_spaces_and_quotes_starts() {
     });
     assert_eq!(v, "v1");
     daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let status = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", daemon.stderr());
     assert!(!dir.join("pwned").exists() && !tmp.path().join("pwned").exists());
 }
