@@ -281,11 +281,34 @@ fn a_blue_green_deploy_started_and_watched_from_the_dashboard() {
         fit[0].as_u64() <= fit[1].as_u64(),
         "the history overflows: {fit}"
     );
-    drop(b);
     // The load saw v1 again after v2, and nothing failed.
     let seen = l.finish();
     assert_eq!(seen.last().map(|(v, _)| v.as_str()), Some("v1"));
     assert!(seen.iter().any(|(v, _)| v == "v2"));
+
+    // An instance that dies is listed with why until it is replaced: one
+    // with no target would not show in the picture at all.
+    assert_eq!(count(&b, "[data-service=web] [data-role=failing] li"), 0);
+    let (pid, _, name) = handoff_runtime::procfs::marked_processes(&env.dir.path().join("state"))
+        .into_iter()
+        .next()
+        .expect("an instance");
+    // SAFETY: kill(2) on an instance this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    b.wait_until(
+        "the dead instance listed with its reason",
+        Duration::from_secs(10),
+        &format!(
+            "const li = document.querySelector('[data-service=web] [data-role=failing] li[data-instance=\"{name}\"]'); \
+             return !!li && /exited|killed|signal|unhealthy|refused/.test(li.textContent);"
+        ),
+    );
+    b.wait_until(
+        "the list empty again once it is replaced",
+        Duration::from_secs(20),
+        "return document.querySelectorAll('[data-service=web] [data-role=failing] li').length === 0;",
+    );
+    drop(b);
     stop(env);
 }
 

@@ -275,7 +275,8 @@ function buildService(s) {
   sec.append(el("div", { class: "service-head" },
     el("h2", { text: s.name }),
     el("span", { class: "meta", "data-role": "meta" })));
-  const left = el("div", {}, svgPicture(), el("div", { class: "legend", "data-role": "legend", "aria-label": "revision colours" }));
+  const left = el("div", {}, svgPicture(), el("div", { class: "legend", "data-role": "legend", "aria-label": "revision colours" }),
+    el("ul", { class: "failing", "data-role": "failing", "aria-label": "instances not running or not healthy" }));
   const right = el("div", { "data-role": "side" });
   sec.append(el("div", { class: "grid" }, left, right));
   if (managed) {
@@ -388,10 +389,26 @@ function updateService(sec, s) {
     legend.replaceChildren(...revs.map((r) => el("span", { "data-revision": r }, el("span", { class: "swatch", style: `background:${colour(r)}` }), r)),
       el("span", { text: "outline: green healthy · dashed starting · red unhealthy · amber draining" }));
   }
+  updateFailing(sec, s);
   if (s.revision !== null && s.revision !== undefined) {
     updateDeployment(sec, s);
     updateHistory(sec, s);
   }
+}
+
+// Instances that are not running and healthy, with why: one that cannot
+// start has no target, so the picture alone would never show it.
+function updateFailing(sec, s) {
+  const list = $("[data-role=failing]", sec);
+  const sick = (s.instances || []).filter((i) => !(i.state === "running" && i.target_state === "healthy"));
+  const key = sick.map((i) => `${i.name} ${i.state} ${i.restarts} ${i.last_error || ""} ${i.last_check || ""}`).join("|");
+  if (list.dataset.key === key) return;
+  list.dataset.key = key;
+  list.replaceChildren(...sick.map((i) => el("li", { "data-instance": i.name },
+    el("strong", { text: i.name }),
+    ` ${i.state}${i.target_state && i.state === "running" ? ` (${i.target_state})` : ""}` +
+      (i.restarts ? `, ${i.restarts} restart${i.restarts === 1 ? "" : "s"} in a row` : "") +
+      `: ${i.last_error || i.last_check || "starting"}`)));
 }
 
 // ---- actions ----
