@@ -3,108 +3,18 @@
 //! store: the sequence of side effects, what the store holds after, and the
 //! rollback paths, without processes or sockets.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering::*};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::FakeRuntime;
 use handoff_controller::executor::{DeployError, DeployRequest, Deployer};
 use handoff_controller::plan::{Status, Strategy};
 use handoff_controller::{Fleet, FleetOptions};
 use handoff_proxy::Proxy;
-use handoff_runtime::{Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome};
 use handoff_store::Store;
-use tokio::sync::watch;
-
-#[derive(Default)]
-struct FakeRuntime {
-    calls: Mutex<Vec<String>>,
-    procs: Mutex<HashMap<u32, watch::Sender<Option<Exit>>>>,
-    next: AtomicU32,
-}
-
-impl FakeRuntime {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Runtime for FakeRuntime {
-    async fn confirm_start(
-        &self,
-        _: &InstanceSpec,
-        _: &RunningInstance,
-    ) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-
-    async fn spawn(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("start {} {}", spec.instance, spec.revision));
-        if spec.revision.starts_with("bad") {
-            return Err(RuntimeError::ExitedDuringStart {
-                instance: spec.instance.clone(),
-                exit: Exit::Code(1),
-                log_tail: "boom".into(),
-            });
-        }
-        let pid = 100_000 + self.next.fetch_add(1, SeqCst);
-        self.procs
-            .lock()
-            .unwrap()
-            .insert(pid, watch::channel(None).0);
-        Ok(RunningInstance {
-            service: spec.service.clone(),
-            instance: spec.instance.clone(),
-            revision: spec.revision.clone(),
-            port: spec.port,
-            pid,
-            start_time: pid as u64,
-        })
-    }
-
-    async fn stop(&self, inst: &RunningInstance, _grace: Duration) -> StopOutcome {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("stop {}", inst.instance));
-        match self.procs.lock().unwrap().remove(&inst.pid) {
-            Some(tx) => {
-                let _ = tx.send(Some(Exit::Code(0)));
-                StopOutcome::Graceful(Exit::Code(0))
-            }
-            None => StopOutcome::NotRunning,
-        }
-    }
-
-    fn is_alive(&self, inst: &RunningInstance) -> bool {
-        self.procs.lock().unwrap().contains_key(&inst.pid)
-    }
-
-    async fn exited(&self, inst: &RunningInstance) -> Exit {
-        let rx = self
-            .procs
-            .lock()
-            .unwrap()
-            .get(&inst.pid)
-            .map(|tx| tx.subscribe());
-        match rx {
-            Some(mut rx) => rx
-                .wait_for(|e| e.is_some())
-                .await
-                .map(|e| e.unwrap_or(Exit::Unknown))
-                .unwrap_or(Exit::Unknown),
-            None => Exit::Unknown,
-        }
-    }
-
-    fn log_path(&self, _: &str, _: &str) -> PathBuf {
-        PathBuf::from("/dev/null")
-    }
-}
 
 struct Rig {
     rt: Arc<FakeRuntime>,

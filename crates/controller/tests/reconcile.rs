@@ -4,128 +4,19 @@
 //! often it dies, a deliberate stop wins over a pending restart, and the
 //! reconciler mends drift (with events) but never while a deployment runs.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering::*};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::FakeRuntime;
 use handoff_controller::executor::{DeployRequest, Deployer};
 use handoff_controller::plan::{Status, Strategy};
 use handoff_controller::{Fleet, FleetOptions};
 use handoff_proxy::Proxy;
-use handoff_runtime::{Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome};
+use handoff_runtime::{InstanceSpec, Runtime};
 use handoff_store::{InstanceRecord, Store};
-use tokio::sync::watch;
-
-struct Proc {
-    run: RunningInstance,
-    exit: watch::Sender<Option<Exit>>,
-}
-
-/// Processes are entries in a map; every one of them counts as marked with
-/// this runtime's owner id (as `ProcessRuntime::marked` finds them).
-#[derive(Default)]
-struct FakeRuntime {
-    calls: Mutex<Vec<String>>,
-    procs: Mutex<HashMap<u32, Proc>>,
-    next: AtomicU32,
-}
-
-impl FakeRuntime {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    /// The process dies as if by `kill -9`.
-    fn kill(&self, pid: u32) {
-        let p = self.procs.lock().unwrap().remove(&pid).expect("a live pid");
-        let _ = p.exit.send(Some(Exit::Signal(9)));
-    }
-}
-
-impl Runtime for FakeRuntime {
-    async fn confirm_start(
-        &self,
-        _: &InstanceSpec,
-        _: &RunningInstance,
-    ) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-
-    async fn spawn(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("start {} {}", spec.instance, spec.revision));
-        let pid = 100_000 + self.next.fetch_add(1, SeqCst);
-        let run = RunningInstance {
-            service: spec.service.clone(),
-            instance: spec.instance.clone(),
-            revision: spec.revision.clone(),
-            port: spec.port,
-            pid,
-            start_time: pid as u64,
-        };
-        let exit = watch::channel(None).0;
-        self.procs.lock().unwrap().insert(
-            pid,
-            Proc {
-                run: run.clone(),
-                exit,
-            },
-        );
-        Ok(run)
-    }
-
-    async fn stop(&self, inst: &RunningInstance, _grace: Duration) -> StopOutcome {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("stop {}", inst.instance));
-        match self.procs.lock().unwrap().remove(&inst.pid) {
-            Some(p) => {
-                let _ = p.exit.send(Some(Exit::Code(0)));
-                StopOutcome::Graceful(Exit::Code(0))
-            }
-            None => StopOutcome::NotRunning,
-        }
-    }
-
-    fn is_alive(&self, inst: &RunningInstance) -> bool {
-        self.procs.lock().unwrap().contains_key(&inst.pid)
-    }
-
-    async fn exited(&self, inst: &RunningInstance) -> Exit {
-        let rx = self
-            .procs
-            .lock()
-            .unwrap()
-            .get(&inst.pid)
-            .map(|p| p.exit.subscribe());
-        match rx {
-            Some(mut rx) => rx
-                .wait_for(|e| e.is_some())
-                .await
-                .map(|e| e.unwrap_or(Exit::Unknown))
-                .unwrap_or(Exit::Unknown),
-            None => Exit::Unknown,
-        }
-    }
-
-    fn log_path(&self, _: &str, _: &str) -> PathBuf {
-        PathBuf::from("/dev/null")
-    }
-
-    fn marked(&self) -> Vec<RunningInstance> {
-        self.procs
-            .lock()
-            .unwrap()
-            .values()
-            .map(|p| p.run.clone())
-            .collect()
-    }
-}
 
 struct Rig {
     rt: Arc<FakeRuntime>,
