@@ -36,6 +36,14 @@ pub const TRAFFIC_STEPS: &[u32] = &[50];
 pub const BAKE: Duration = Duration::from_secs(5);
 pub const RETENTION: Duration = Duration::from_secs(600);
 
+/// `[hosts.NAME] dir`: handoff's directory on a host.
+pub const HOST_DIR: &str = "/var/lib/handoff";
+/// SSH port of a host address without one.
+pub const SSH_PORT: u16 = 22;
+/// `instances_per_host`, and its largest value.
+pub const INSTANCES_PER_HOST: u32 = 1;
+pub const MAX_INSTANCES_PER_HOST: u32 = 64;
+
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_ERROR_RATE_INCREASE: f64 = 0.05;
 pub const MAX_P99_RATIO: f64 = 2.0;

@@ -7,6 +7,7 @@
 //! the CLI and `docs/config.md`.
 
 pub mod defaults;
+mod hosts;
 mod locate;
 pub mod raw;
 mod sections;
@@ -14,7 +15,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,36 @@ pub struct Config {
     pub server: Server,
     /// Services by name, in name order.
     pub services: BTreeMap<String, Service>,
+    /// Hosts by name, in name order (`[hosts.NAME]`); empty when the file
+    /// has none. A host no service uses is kept too (`handoff hosts check`).
+    pub hosts: BTreeMap<String, Host>,
+}
+
+/// A server handoff reaches over OpenSSH (`[hosts.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    pub name: String,
+    /// As written: `user@ip[:port]` (user optional; port default 22).
+    pub address: String,
+    pub user: Option<String>,
+    /// The host part as written (an IP address, or a name resolved at load).
+    pub hostname: String,
+    /// SSH port (default 22).
+    pub port: u16,
+    /// The IP instances on that host listen on (`{address}`) and the proxy
+    /// connects to: the host part if it is an IP, else resolved once at load
+    /// (`std::net::ToSocketAddrs`; an IPv4 result is preferred); an
+    /// unresolvable name is a located error. IPv6 in brackets:
+    /// `root@[fd00::1]:2222`.
+    pub ip: IpAddr,
+    /// Private key file (resolved against the config file's directory; must exist).
+    pub identity: Option<PathBuf>,
+    /// known_hosts file (resolved against the config dir); `None` = the
+    /// runtime's default `STATE_DIR/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// handoff's directory on that host; absolute; default
+    /// [`defaults::HOST_DIR`].
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -55,9 +86,20 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub name: String,
-    /// Where clients connect.
-    pub listen: SocketAddr,
+    /// Where clients connect to handoff's own proxy; `None` when another
+    /// balancer (HAProxy) takes the clients.
+    pub listen: Option<SocketAddr>,
+    /// Host names this service answers on a listen address it shares with
+    /// others (`app.example.com`, `*.example.com`); empty: any host.
+    pub domains: Vec<String>,
+    /// Only requests whose path starts with this (at a `/` boundary);
+    /// `None`: every path. The longest match wins.
+    pub path_prefix: Option<String>,
     pub backend: Backend,
+    /// What routes the clients to the instances.
+    pub balancer: Balancer,
+    /// HTTPS on `listen` (`[services.NAME.tls]`).
+    pub tls: Option<Tls>,
     pub health: Health,
     pub drain: Drain,
     pub proxy: ProxySettings,
@@ -118,6 +160,43 @@ pub enum Backend {
     Managed(Managed),
 }
 
+/// A service's certificate (`[services.NAME.tls]`). The files are read
+/// (and checked: key matches, not expired, names cover `domains`) by the
+/// proxy at start, by `handoff check`, and again whenever they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM: the certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Send `Strict-Transport-Security: max-age=31536000`.
+    pub hsts: bool,
+}
+
+/// What routes a service's clients to its targets (`[services.X.balancer]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balancer {
+    /// handoff's own proxy, listening on the service's `listen`.
+    #[default]
+    Builtin,
+    /// The user's HAProxy, driven through its runtime API: handoff adds,
+    /// weighs, drains and deletes its own servers in `backend`.
+    Haproxy {
+        /// A unix socket path, or `host:port` (`ipv4@`/`unix@` prefixes too).
+        socket: String,
+        backend: String,
+    },
+}
+
+impl Balancer {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Balancer::Builtin => "builtin",
+            Balancer::Haproxy { .. } => "haproxy",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Managed {
     /// Revision to bring up on first start.
@@ -131,6 +210,50 @@ pub struct Managed {
     /// Directory or `.tar.gz` holding the revision's files (absolute, or
     /// resolved against the config file's directory).
     pub artifact: Option<PathBuf>,
+    /// Hosts the instances run on, in order; empty = local processes on this machine.
+    pub hosts: Vec<String>,
+    /// Instances on each host (default 1); with hosts, instances = hosts.len() * instances_per_host.
+    pub instances_per_host: u32,
+    /// What a deployment does when one of its hosts is lost: roll back (default) or pause.
+    pub on_host_failure: OnHostFailure,
+    /// Where once-per-deployment hooks (migrate_expand, migrate_contract) run: None = the handoff machine, Some(host name).
+    pub once_host: Option<String>,
+}
+
+/// `on_host_failure`: what a deployment does when one of its hosts is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnHostFailure {
+    /// End the deployment and roll back what it changed (tolerating the lost host).
+    #[default]
+    Rollback,
+    /// Pause the deployment where it is (as `handoff pause` does), for a
+    /// person to `resume` or `abort` it.
+    Pause,
+}
+
+impl OnHostFailure {
+    /// `"rollback"` or `"pause"`, as written in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnHostFailure::Rollback => "rollback",
+            OnHostFailure::Pause => "pause",
+        }
+    }
+
+    /// The config's spelling back; `None` for anything else.
+    pub fn parse(s: &str) -> Option<OnHostFailure> {
+        match s.trim() {
+            "rollback" => Some(OnHostFailure::Rollback),
+            "pause" => Some(OnHostFailure::Pause),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OnHostFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 pub use crate::deploy::Strategy;
@@ -326,6 +449,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
+/// How a client reaches the daemon of a config file: `server.admin`, the
+/// state dir (for its token file) and `server.token`, read leniently so
+/// that a file with a mistake elsewhere (one being fixed for a reload)
+/// still names them. Defaults for what is missing or unreadable.
+pub fn reach(path: &Path) -> (SocketAddr, PathBuf, Option<String>) {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let server = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("server").and_then(|s| s.as_table()).cloned())
+        .unwrap_or_default();
+    let text = |k: &str| server.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let admin = text("admin")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| defaults::ADMIN.parse().expect("the default admin address"));
+    let state_dir = base.join(text("state_dir").unwrap_or_else(|| defaults::STATE_DIR.into()));
+    (admin, state_dir, text("token"))
+}
+
 /// `services.web.helth`, without serde_ignored's `?` markers for `Option`s.
 fn dotted(p: &serde_ignored::Path) -> String {
     use serde_ignored::Path as P;
@@ -351,6 +493,12 @@ fn join(a: String, b: &str) -> String {
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let doc = locate::Doc::parse(text).map_err(|(offset, message)| {
         let (line, col) = locate::line_col(text, offset);
+        // Some parser errors come without words (`_=`: a key and no value).
+        let message = if message.trim().is_empty() {
+            "this is not valid TOML here (a key needs `= value`, a table `[name]`)".to_string()
+        } else {
+            message
+        };
         ConfigError::Syntax {
             path: path.to_path_buf(),
             line,

@@ -143,6 +143,15 @@ pub fn found(v: &toml::Value) -> String {
 pub struct RawConfig {
     pub server: Option<Table<RawServer>>,
     pub services: Option<Table<BTreeMap<String, Table<RawService>>>>,
+    pub hosts: Option<Table<BTreeMap<String, Table<RawHost>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHost {
+    pub address: Option<Leaf<String>>,
+    pub identity: Option<Leaf<String>>,
+    pub known_hosts: Option<Leaf<String>>,
+    pub dir: Option<Leaf<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +168,8 @@ pub struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawService {
     pub listen: Option<Leaf<String>>,
+    pub domains: Option<Leaf<Vec<String>>>,
+    pub path_prefix: Option<Leaf<String>>,
     pub targets: Option<Leaf<Vec<String>>>,
     pub revision: Option<Leaf<String>>,
     pub instances: Option<Leaf<i64>>,
@@ -166,6 +177,9 @@ pub struct RawService {
     pub artifact: Option<Leaf<String>>,
     pub strategy: Option<Leaf<String>>,
     pub stop_grace: Option<Leaf<String>>,
+    pub hosts: Option<Leaf<Vec<String>>>,
+    pub instances_per_host: Option<Leaf<i64>>,
+    pub on_host_failure: Option<Leaf<String>>,
     pub health: Option<Table<RawHealth>>,
     pub drain: Option<Table<RawDrain>>,
     pub proxy: Option<Table<RawProxy>>,
@@ -173,6 +187,22 @@ pub struct RawService {
     pub blue_green: Option<Table<RawBlueGreen>>,
     pub hooks: Option<Table<RawHooks>>,
     pub rollback: Option<Table<RawRollback>>,
+    pub balancer: Option<Table<RawBalancer>>,
+    pub tls: Option<Table<RawTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub cert: Option<Leaf<String>>,
+    pub key: Option<Leaf<String>>,
+    pub hsts: Option<Leaf<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBalancer {
+    pub kind: Option<Leaf<String>>,
+    pub socket: Option<Leaf<String>>,
+    pub backend: Option<Leaf<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +262,7 @@ pub struct RawHooks {
     pub after_allow_traffic: Option<Leaf<String>>,
     pub migrate_expand: Option<Leaf<String>>,
     pub migrate_contract: Option<Leaf<String>>,
+    pub once_host: Option<Leaf<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,7 +283,8 @@ pub enum CountOrText {
 /// The keys each table accepts, for "did you mean" hints on unknown keys.
 pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
-        [] => &["server", "services"],
+        [] => &["server", "services", "hosts"],
+        ["hosts", _] => &["address", "identity", "known_hosts", "dir"],
         ["server"] => &[
             "admin",
             "state_dir",
@@ -264,6 +296,8 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
         ],
         ["services", _] => &[
             "listen",
+            "domains",
+            "path_prefix",
             "targets",
             "revision",
             "instances",
@@ -271,6 +305,9 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "artifact",
             "strategy",
             "stop_grace",
+            "hosts",
+            "instances_per_host",
+            "on_host_failure",
             "health",
             "drain",
             "proxy",
@@ -278,7 +315,11 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "blue_green",
             "hooks",
             "rollback",
+            "balancer",
+            "tls",
         ],
+        ["services", _, "balancer"] => &["kind", "socket", "backend"],
+        ["services", _, "tls"] => &["cert", "key", "hsts"],
         ["services", _, "health"] => &[
             "enabled",
             "path",
@@ -314,6 +355,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "after_allow_traffic",
             "migrate_expand",
             "migrate_contract",
+            "once_host",
         ],
         ["services", _, "rollback"] => {
             &["max_error_rate_increase", "max_p99_ratio", "min_requests"]

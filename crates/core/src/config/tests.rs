@@ -20,7 +20,7 @@ targets = ["127.0.0.1:9001", "localhost:9002"]
 "#)
     .unwrap();
     let s = &c.services["api"];
-    assert_eq!(s.listen, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(s.listen, Some("127.0.0.1:8081".parse().unwrap()));
     assert_eq!(
         s.backend,
         Backend::Static {
@@ -279,7 +279,7 @@ command = "app --port {prot}"
         "{msgs:#?}"
     );
     assert!(
-        has("already the listen address of service 'a'"),
+        has("is already service 'a''s; services share a listen address when each has its own `domains` or `path_prefix`"),
         "{msgs:#?}"
     );
     assert!(has("services.c: has no targets"), "{msgs:#?}");
@@ -431,6 +431,339 @@ fn command_placeholders_where_no_value_is_safe_are_refused() {
     assert!(p(&ok).is_ok(), "{:?}", p(&ok));
 }
 
+/// `(key, message)` of every problem, for tests that look for several.
+fn keyed(text: &str) -> Vec<(String, String)> {
+    problems(text)
+        .into_iter()
+        .map(|p| (p.key, p.message))
+        .collect()
+}
+
+/// The one problem at `key`, whose message must contain `says`.
+#[track_caller]
+fn has(ps: &[(String, String)], key: &str, says: &str) {
+    assert!(
+        ps.iter().any(|(k, m)| k == key && m.contains(says)),
+        "no {key}: …{says}… in {ps:#?}"
+    );
+}
+
+const HOSTS: &str = r#"
+[hosts.h1]
+address = "root@10.0.0.11"
+
+[hosts.h2]
+address = "deploy@10.0.0.12:2222"
+known_hosts = "keys/known_hosts"
+dir = "/srv/handoff"
+
+[hosts.spare]
+address = "10.0.0.13"
+"#;
+
+fn web(keys: &str) -> String {
+    format!(
+        "{HOSTS}\n[services.web]\nlisten = \"127.0.0.1:8080\"\nrevision = \"v1\"\n\
+         command = \"app --address {{address}} --port {{port}}\"\n{keys}"
+    )
+}
+
+#[test]
+fn hosts_are_parsed_and_instances_follow_them() {
+    let identity = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let text = web(
+        "hosts = [\"h2\", \"h1\"]\ninstances_per_host = 2\non_host_failure = \"pause\"\n\
+         [services.web.hooks]\nonce_host = \"h1\"\nmigrate_expand = \"./migrate up\"\n",
+    )
+    .replace(
+        "[hosts.h1]\n",
+        &format!("[hosts.h1]\nidentity = \"{identity}\"\n"),
+    );
+    let c = p(&text).unwrap();
+    assert_eq!(
+        c.hosts.keys().collect::<Vec<_>>(),
+        ["h1", "h2", "spare"],
+        "a host no service uses is kept"
+    );
+    let h1 = &c.hosts["h1"];
+    assert_eq!(
+        h1,
+        &Host {
+            name: "h1".into(),
+            address: "root@10.0.0.11".into(),
+            user: Some("root".into()),
+            hostname: "10.0.0.11".into(),
+            port: 22,
+            ip: "10.0.0.11".parse().unwrap(),
+            identity: Some(PathBuf::from(identity)),
+            known_hosts: None,
+            dir: PathBuf::from(defaults::HOST_DIR),
+        }
+    );
+    let h2 = &c.hosts["h2"];
+    assert_eq!((h2.user.as_deref(), h2.port), (Some("deploy"), 2222));
+    // Relative to the config file's directory.
+    assert_eq!(
+        h2.known_hosts.as_deref(),
+        Some(Path::new("/etc/handoff/keys/known_hosts"))
+    );
+    assert_eq!(h2.dir, Path::new("/srv/handoff"));
+    assert_eq!(c.hosts["spare"].user, None);
+    let Backend::Managed(m) = &c.services["web"].backend else {
+        panic!("{:?}", c.services["web"].backend)
+    };
+    assert_eq!(m.hosts, ["h2", "h1"]);
+    assert_eq!((m.instances_per_host, m.instances), (2, 4));
+    assert_eq!(m.on_host_failure, OnHostFailure::Pause);
+    assert_eq!(m.once_host.as_deref(), Some("h1"));
+    // `hooks.once_host` is not a hook.
+    let hooks = &c.services["web"].hooks;
+    assert_eq!(
+        hooks.commands.keys().collect::<Vec<_>>(),
+        ["migrate_expand"]
+    );
+
+    // Defaults; a matching `instances` may stay.
+    let c = p(&web("hosts = [\"h1\", \"h2\"]\ninstances = 2\n")).unwrap();
+    let Backend::Managed(m) = &c.services["web"].backend else {
+        panic!()
+    };
+    assert_eq!((m.instances_per_host, m.instances), (1, 2));
+    assert_eq!(m.on_host_failure, OnHostFailure::Rollback);
+    assert_eq!(OnHostFailure::default().as_str(), "rollback");
+    assert_eq!(OnHostFailure::Pause.as_str(), "pause");
+    assert_eq!(m.once_host, None);
+}
+
+#[test]
+fn configs_without_hosts_have_none() {
+    let c = p(&web("instances = 3\n").replace(HOSTS, "")).unwrap();
+    assert!(c.hosts.is_empty());
+    let Backend::Managed(m) = &c.services["web"].backend else {
+        panic!()
+    };
+    assert_eq!(m.instances, 3);
+    assert!(m.hosts.is_empty() && m.once_host.is_none());
+    assert_eq!(
+        (m.instances_per_host, m.on_host_failure),
+        (1, OnHostFailure::Rollback)
+    );
+}
+
+#[test]
+fn ipv6_and_names_resolve() {
+    let text = web("hosts = [\"h1\", \"h2\"]\n")
+        .replace("root@10.0.0.11", "root@[fd00::1]:2222")
+        .replace("deploy@10.0.0.12:2222", "deploy@localhost");
+    let c = p(&text).unwrap();
+    let h1 = &c.hosts["h1"];
+    assert_eq!(h1.hostname, "fd00::1");
+    assert_eq!(h1.ip, "fd00::1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        (h1.port, h1.address.as_str()),
+        (2222, "root@[fd00::1]:2222")
+    );
+    let h2 = &c.hosts["h2"];
+    assert_eq!((h2.hostname.as_str(), h2.port), ("localhost", 22));
+    assert!(h2.ip.is_loopback(), "{:?}", h2.ip);
+}
+
+#[test]
+fn host_tables_problems_are_located_and_all_listed() {
+    let text = r#"
+[hosts.h1]
+address = "root@10.0.0.1:99999"
+identity = "/nonexistent/key"
+dir = "var/lib/handoff"
+user = "root"
+
+[hosts.h2]
+identity = "~/.ssh/id_ed25519"
+
+[hosts."bad.name"]
+address = "10.0.0.3"
+
+[hosts.h4]
+address = "root@fd00::1"
+known_hosts = ""
+
+[hosts.h5]
+address = "ops@no-such-host.invalid"
+
+[hosts.h6]
+address = 22
+
+[services.web]
+listen = "127.0.0.1:8080"
+targets = ["127.0.0.1:9001"]
+"#;
+    let ps = problems(text);
+    let got: Vec<(String, String)> = ps
+        .iter()
+        .map(|p| (p.key.clone(), p.message.clone()))
+        .collect();
+    has(&got, "hosts.h1.address", "'99999' is not a port (1-65535)");
+    has(&got, "hosts.h1.identity", "/nonexistent/key does not exist");
+    has(&got, "hosts.h1.dir", "must be an absolute path on the host");
+    has(
+        &got,
+        "hosts.h1.user",
+        "unknown key 'user'; this table takes: address, identity, known_hosts, dir",
+    );
+    has(&got, "hosts.h2", "missing `address`");
+    has(&got, "hosts.h2.identity", "'~' is not expanded");
+    has(
+        &got,
+        "hosts.\"bad.name\"",
+        "not a valid host name ('.' is not allowed)",
+    );
+    has(&got, "hosts.h4.address", "an IPv6 address goes in brackets");
+    has(&got, "hosts.h4.known_hosts", "is empty");
+    has(
+        &got,
+        "hosts.h5.address",
+        "cannot resolve 'no-such-host.invalid'",
+    );
+    has(
+        &got,
+        "hosts.h6.address",
+        "expected a string, found integer 22",
+    );
+    assert_eq!(got.len(), 11, "{got:#?}");
+    let line = |k: &str| ps.iter().find(|p| p.key == k).unwrap().line;
+    assert_eq!(line("hosts.h1.address"), 3);
+    assert_eq!(line("hosts.h1.user"), 6);
+    assert_eq!(line("hosts.h2"), 8);
+    assert_eq!(line("hosts.\"bad.name\""), 11);
+    // A typo gets the nearest key.
+    let ps = keyed(
+        &web("hosts = [\"h1\"]\n").replace("[hosts.h1]\n", "[hosts.h1]\nknown_host = \"k\"\n"),
+    );
+    has(&ps, "hosts.h1.known_host", "did you mean 'known_hosts'?");
+    let ps = keyed(&format!(
+        "hosts = 1\n{}",
+        web("hosts = [\"h1\"]\n").replace(HOSTS, "")
+    ));
+    has(&ps, "hosts", "expected a table, found integer 1");
+}
+
+#[test]
+fn service_hosts_must_name_defined_hosts_once() {
+    let ps = keyed(&web("hosts = [\"h1\", \"h3\", \"h1\"]\n"));
+    has(
+        &ps,
+        "services.web.hosts.1",
+        "no host 'h3'; the hosts defined are h1, h2, spare",
+    );
+    has(&ps, "services.web.hosts.2", "'h1' is listed twice");
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+    let ps = keyed(&web("hosts = [\"h1\"]\n").replace(HOSTS, ""));
+    has(
+        &ps,
+        "services.web.hosts.0",
+        "no host 'h1': this file defines no hosts; add a [hosts.h1] table",
+    );
+    let ps = keyed(&web("hosts = []\n"));
+    has(&ps, "services.web.hosts", "is empty");
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    let ps = keyed(&web("hosts = \"h1\"\n"));
+    has(&ps, "services.web.hosts", "expected an array of strings");
+    assert_eq!(ps.len(), 1, "no `instances` missing: {ps:#?}");
+    // A host whose own table is wrong is reported there only.
+    let ps = keyed(&web("hosts = [\"h1\"]\n").replace("root@10.0.0.11", "root@"));
+    has(&ps, "hosts.h1.address", "has no host");
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    // Fixed targets do not go with hosts.
+    let ps = keyed(&format!(
+        "{HOSTS}\n[services.api]\nlisten = \"127.0.0.1:8081\"\ntargets = [\"127.0.0.1:9001\"]\nhosts = [\"h1\"]\n"
+    ));
+    has(&ps, "services.api.targets", "`hosts`), not both");
+}
+
+#[test]
+fn instances_with_hosts_follow_them() {
+    let ps = keyed(&web(
+        "hosts = [\"h1\", \"h2\"]\ninstances_per_host = 2\ninstances = 3\n",
+    ));
+    has(
+        &ps,
+        "services.web.instances",
+        "is 3, but 2 hosts × instances_per_host 2 make 4; remove `instances`",
+    );
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    let ps = keyed(&web("hosts = [\"h1\"]\ninstances_per_host = 65\n"));
+    has(
+        &ps,
+        "services.web.instances_per_host",
+        "must be between 1 and 64, got 65",
+    );
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    let ps = keyed(&web("hosts = [\"h1\"]\ninstances_per_host = 0\n"));
+    has(
+        &ps,
+        "services.web.instances_per_host",
+        "must be between 1 and 64, got 0",
+    );
+    let ps = keyed(&web("hosts = [\"h1\"]\non_host_failure = \"retry\"\n"));
+    has(
+        &ps,
+        "services.web.on_host_failure",
+        "unknown value 'retry'; use rollback or pause",
+    );
+    // The in-place floor is checked against the derived count.
+    let ps = keyed(&web(
+        "hosts = [\"h1\", \"h2\"]\n[services.web.in_place]\nbatch = 2\nmin_healthy = 1\n",
+    ));
+    has(
+        &ps,
+        "services.web.in_place.min_healthy",
+        "batch 2 of 2 instances leaves 0",
+    );
+}
+
+#[test]
+fn host_keys_are_refused_without_hosts() {
+    let ps = keyed(
+        &web(
+            "instances = 2\ninstances_per_host = 2\non_host_failure = \"rollback\"\n\
+             [services.web.hooks]\nonce_host = \"h1\"\n",
+        )
+        .replace(HOSTS, ""),
+    );
+    has(&ps, "services.web.instances_per_host", "only with `hosts`");
+    has(&ps, "services.web.on_host_failure", "only with `hosts`");
+    has(&ps, "services.web.hooks.once_host", "only with `hosts`");
+    assert_eq!(ps.len(), 3, "{ps:#?}");
+    // `instances` is still required without hosts.
+    let ps = keyed(&web("").replace(HOSTS, ""));
+    has(&ps, "services.web", "missing `instances`");
+    // A fixed-target service may have hooks, but no once_host.
+    let ps = keyed(
+        "[services.api]\nlisten = \"127.0.0.1:8081\"\ntargets = [\"127.0.0.1:9001\"]\n\
+         [services.api.hooks]\nonce_host = \"h1\"\nonce_hots = \"x\"\n",
+    );
+    has(&ps, "services.api.hooks.once_host", "only with `hosts`");
+    has(
+        &ps,
+        "services.api.hooks.once_hots",
+        "did you mean 'once_host'?",
+    );
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+}
+
+#[test]
+fn once_host_is_one_of_the_services_hosts() {
+    let ps = keyed(&web(
+        "hosts = [\"h1\", \"h2\"]\n[services.web.hooks]\nonce_host = \"spare\"\n",
+    ));
+    has(
+        &ps,
+        "services.web.hooks.once_host",
+        "'spare' is not one of this service's hosts (h1, h2)",
+    );
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+}
+
 mod properties {
     use proptest::prelude::*;
 
@@ -560,4 +893,148 @@ targets = ["127.0.0.1:9001", "127.0.0.1:9002"]
             assert_located(&text, p(&text))?;
         }
     }
+}
+
+const HAPROXY: &str = "[services.web]\nrevision = \"v1\"\ninstances = 2\ncommand = \"app {port}\"\n\
+    [services.web.balancer]\nkind = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"web\"\n";
+
+#[test]
+fn a_service_behind_haproxy_needs_no_listen() {
+    let c = p(HAPROXY).unwrap();
+    let s = &c.services["web"];
+    assert_eq!(s.listen, None);
+    assert_eq!(
+        s.balancer,
+        Balancer::Haproxy {
+            socket: "/run/haproxy/admin.sock".into(),
+            backend: "web".into()
+        }
+    );
+    // The default is handoff's own proxy, which needs `listen`.
+    let c =
+        p("[services.web]\nlisten = \"127.0.0.1:8080\"\ntargets = [\"127.0.0.1:9001\"]\n").unwrap();
+    assert_eq!(c.services["web"].balancer, Balancer::Builtin);
+}
+
+#[test]
+fn balancer_mistakes_are_located_and_say_what_to_do() {
+    let said = |text: &str| -> Vec<String> {
+        problems(text)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    };
+    let m = said(&HAPROXY.replace(
+        "[services.web]\n",
+        "[services.web]\nlisten = \"127.0.0.1:8080\"\n",
+    ));
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("services.web.listen: is for handoff's own proxy")),
+        "{m:?}"
+    );
+    let m = said(&HAPROXY.replace("socket = \"/run/haproxy/admin.sock\"\n", ""));
+    assert!(m.iter().any(|m| m.contains("missing `socket`")), "{m:?}");
+    let m = said(&HAPROXY.replace("backend = \"web\"\n", "backend = \"a b\"\n"));
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("services.web.balancer.backend: 'a b'")),
+        "{m:?}"
+    );
+    let m = said(&HAPROXY.replace("kind = \"haproxy\"", "kind = \"nginx\""));
+    assert!(
+        m.iter().any(|m| m.contains("unknown balancer 'nginx'")),
+        "{m:?}"
+    );
+    let m = said(
+        "[services.web]\nlisten = \"127.0.0.1:8080\"\ntargets = [\"127.0.0.1:9001\"]\n\
+        [services.web.balancer]\nsocket = \"/x\"\n",
+    );
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("services.web.balancer.socket: is for kind")),
+        "{m:?}"
+    );
+    let m = said("[services.web]\ntargets = [\"127.0.0.1:9001\"]\n[services.web.balancer]\nkind = \"haproxy\"\nsocket = \"/x\"\nbackend = \"web\"\n");
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("services.web.targets: fixed `targets`")),
+        "{m:?}"
+    );
+    let two = format!(
+        "{HAPROXY}{}",
+        HAPROXY.replace("services.web", "services.api")
+    );
+    let m = said(&two);
+    assert!(m.iter().any(|m| m.contains("is also service")), "{m:?}");
+    let m = said(&HAPROXY.replace("kind = \"haproxy\"", "kind = \"haproxy\"\nweight = 3"));
+    assert!(m.iter().any(|m| m.contains("weight")), "{m:?}");
+}
+
+#[test]
+fn services_share_a_listen_address_by_domain_and_path() {
+    let c = p(r#"
+[services.app]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9001"]
+domains = ["App.Example.com", "*.app.example.com."]
+[services.api]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9002"]
+domains = ["app.example.com"]
+path_prefix = "/api/"
+[services.other]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9003"]
+"#)
+    .unwrap();
+    assert_eq!(
+        c.services["app"].domains,
+        ["app.example.com", "*.app.example.com"]
+    );
+    assert_eq!(c.services["api"].path_prefix.as_deref(), Some("/api"));
+    assert!(c.services["other"].domains.is_empty());
+    let said: Vec<String> = problems(
+        r#"
+[services.a]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9001"]
+domains = ["x.example.com", "bad_name.com", "y.com:443", "*.*.z.com"]
+path_prefix = "api"
+[services.b]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9002"]
+domains = ["x.example.com"]
+[services.c]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9003"]
+domains = []
+"#,
+    )
+    .into_iter()
+    .map(|p| format!("{}: {}", p.key, p.message))
+    .collect();
+    let has = |s: &str| said.iter().any(|m| m.contains(s));
+    assert!(
+        has("services.a.domains.1: 'bad_name.com' is not a host name"),
+        "{said:#?}"
+    );
+    assert!(
+        has("services.a.domains.2: 'y.com:443' has a port"),
+        "{said:#?}"
+    );
+    assert!(
+        has("services.a.domains.3: '*.*.z.com' is not a host name"),
+        "{said:#?}"
+    );
+    assert!(
+        has("services.a.path_prefix: 'api' is not a path prefix"),
+        "{said:#?}"
+    );
+    assert!(has("services.c.domains: is empty"), "{said:#?}");
+    // a's x.example.com (path / since its prefix is refused) is b's too.
+    assert!(
+        has("x.example.com on 127.0.0.1:8443 is already service 'a''s"),
+        "{said:#?}"
+    );
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::defaults as d;
+use super::hosts::{self, Hosts};
 use super::raw::*;
 use super::sections::*;
 use super::*;
@@ -162,6 +163,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
     };
     let raw_server = cx.table("server", raw.server);
     let server = server(&mut cx, raw_server, base);
+    let raw_hosts = cx.table("hosts", raw.hosts);
+    let hosts = hosts::hosts(&mut cx, raw_hosts, base);
     let mut services = BTreeMap::new();
     let raw_services = cx.table("services", raw.services);
     if raw_services.is_empty() {
@@ -170,7 +173,11 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
             "no services; add a [services.NAME] table with `listen` and `targets` or `command`",
         );
     }
-    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    // Who takes what on each fixed listen address: (domain or "*", path
+    // prefix) → service.
+    let mut routes: BTreeMap<SocketAddr, BTreeMap<(String, String), String>> = BTreeMap::new();
+    // Whether each fixed listen address speaks TLS, and who said so first.
+    let mut secure: BTreeMap<SocketAddr, (bool, String)> = BTreeMap::new();
     for (name, rs) in raw_services {
         let key = format!("services.{name}");
         let at = format!("services.{}", super::locate::key_segment(&name));
@@ -184,32 +191,102 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
                 continue;
             }
         };
-        if let Some(svc) = service(&mut cx, &name, rs, base) {
+        if let Some(svc) = service(&mut cx, &name, rs, base, &hosts) {
             // Port 0 (tests, "any free port") never conflicts.
-            let fixed = svc.listen.port() != 0;
-            if fixed && svc.listen == server.admin {
-                cx.err(
-                    format!("{key}.listen"),
-                    format!("{} is also server.admin; pick another port", svc.listen),
-                );
-            }
-            if let Some(other) = listens.insert(svc.listen, name.clone()).filter(|_| fixed) {
-                cx.err(
-                    format!("{key}.listen"),
-                    format!(
-                        "{} is already the listen address of service '{other}'",
-                        svc.listen
-                    ),
-                );
+            if let Some(listen) = svc.listen.filter(|l| l.port() != 0) {
+                if listen == server.admin {
+                    cx.err(
+                        format!("{key}.listen"),
+                        format!("{listen} is also server.admin; pick another port"),
+                    );
+                }
+                let (tls, first) = secure
+                    .entry(listen)
+                    .or_insert((svc.tls.is_some(), name.clone()))
+                    .clone();
+                if tls != svc.tls.is_some() {
+                    cx.err(
+                        format!("{key}.tls"),
+                        format!(
+                            "{listen} is shared with service '{first}', which {} TLS: on one address, every service has a `[tls]` certificate or none does",
+                            if tls { "has" } else { "has no" }
+                        ),
+                    );
+                }
+                // 0.0.0.0:443 and 127.0.0.1:443 both bind (SO_REUSEPORT),
+                // and the kernel would split their traffic silently.
+                if let Some(other) = routes.keys().find(|a| {
+                    **a != listen
+                        && a.port() == listen.port()
+                        && (a.ip().is_unspecified() || listen.ip().is_unspecified())
+                }) {
+                    cx.err(
+                        format!("{key}.listen"),
+                        format!(
+                            "{listen} overlaps {other} of another service (same port, one on every address); use the same address to share it"
+                        ),
+                    );
+                }
+                let taken = routes.entry(listen).or_default();
+                let hosts: Vec<String> = if svc.domains.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    svc.domains.clone()
+                };
+                let prefix = svc.path_prefix.clone().unwrap_or_else(|| "/".into());
+                for h in hosts {
+                    if let Some(other) = taken.insert((h.clone(), prefix.clone()), name.clone()) {
+                        let what = if h == "*" {
+                            format!("{listen} (any host, path {prefix})")
+                        } else {
+                            format!(
+                                "{h}{} on {listen}",
+                                if prefix == "/" {
+                                    String::new()
+                                } else {
+                                    prefix.clone()
+                                }
+                            )
+                        };
+                        cx.err(
+                            format!("{key}.listen"),
+                            format!(
+                                "{what} is already service '{other}''s; services share a listen address when each has its own `domains` or `path_prefix`"
+                            ),
+                        );
+                        break;
+                    }
+                }
             }
             services.insert(name, svc);
         }
+    }
+    // Two services on one HAProxy backend would take each other's servers
+    // for strays.
+    let mut driven: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    let mut shared = Vec::new();
+    for (name, svc) in &services {
+        if let Balancer::Haproxy { socket, backend } = &svc.balancer {
+            if let Some(other) = driven.insert((socket.as_str(), backend.as_str()), name.as_str()) {
+                shared.push((
+                    format!("services.{name}.balancer.backend"),
+                    format!(
+                        "backend '{backend}' of {socket} is also service '{other}''s; \
+                         give each service its own backend"
+                    ),
+                ));
+            }
+        }
+    }
+    for (k, m) in shared {
+        cx.err(k, m);
     }
     if cx.problems.is_empty() {
         Ok(Config {
             path: PathBuf::new(),
             server,
             services,
+            hosts: hosts.valid,
         })
     } else {
         Err(cx.problems)
@@ -288,34 +365,77 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
     }
 }
 
-fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Service> {
+fn service(
+    cx: &mut Ctx,
+    name: &str,
+    mut r: RawService,
+    base: &Path,
+    known: &Hosts,
+) -> Option<Service> {
     let k = |s: &str| format!("services.{name}.{s}");
-    let listen = match &r.listen {
-        Some(_) => cx
+    let rb = cx.table(k("balancer"), r.balancer.take());
+    let balancer = balancer(cx, name, &rb);
+    let listen = match (&r.listen, &balancer) {
+        (Some(_), Balancer::Builtin) => cx
             .take(k("listen"), &r.listen)
             .and_then(|s| socket_addr(cx, k("listen"), &s)),
-        None => {
+        (None, Balancer::Builtin) => {
             cx.err(
                 format!("services.{name}"),
                 "missing `listen`, the address clients connect to (e.g. \"127.0.0.1:8080\")",
             );
             None
         }
+        (Some(_), Balancer::Haproxy { .. }) => {
+            cx.err(
+                k("listen"),
+                "is for handoff's own proxy; with balancer.kind = \"haproxy\" clients \
+                 connect to HAProxy's frontend, so remove `listen`",
+            );
+            None
+        }
+        (None, Balancer::Haproxy { .. }) => None,
     };
+    let domains = match cx.take(k("domains"), &r.domains) {
+        Some(ds) => domains(cx, name, &ds),
+        None => Vec::new(),
+    };
+    let path_prefix = cx
+        .take(k("path_prefix"), &r.path_prefix)
+        .and_then(|p| path_prefix(cx, name, &p));
+    if matches!(balancer, Balancer::Haproxy { .. })
+        && (!domains.is_empty() || path_prefix.is_some())
+    {
+        cx.err(
+            k(if domains.is_empty() { "path_prefix" } else { "domains" }),
+            "routes requests on handoff's own listener; behind HAProxy, route in haproxy.cfg (its frontend's `use_backend`)",
+        );
+    }
+    let rt = cx.table(k("tls"), r.tls.take());
+    let tls = tls(cx, name, &rt, base, matches!(balancer, Balancer::Builtin));
+    let placed = r.hosts.is_some();
     let managed_keys = r.command.is_some()
         || r.instances.is_some()
         || r.revision.is_some()
-        || r.artifact.is_some();
+        || r.artifact.is_some()
+        || placed
+        || r.instances_per_host.is_some()
+        || r.on_host_failure.is_some();
     let targets = r
         .targets
         .as_ref()
         .map(|_| cx.take(k("targets"), &r.targets));
-    let backend = match (targets, managed_keys) {
+    // The instance count the in-place floor is checked against, when usable.
+    let mut counted = None;
+    let mut backend = match (targets, managed_keys) {
         (Some(_), true) => {
             cx.err(
                 k("targets"),
-                "a service has either fixed `targets` or managed instances \
-                 (`command`, `instances`, `revision`), not both",
+                format!(
+                    "a service has either fixed `targets` or managed instances \
+                     (`command`, `instances`, `revision`{}), not both",
+                    if placed { ", `hosts`" } else { "" }
+                ),
             );
             None
         }
@@ -339,7 +459,11 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             }
             Some(Backend::Static { targets: addrs })
         }
-        (None, true) => managed(cx, name, &r, base),
+        (None, true) => {
+            let (backend, n) = managed(cx, name, &r, base, known);
+            counted = n;
+            backend
+        }
         (None, false) => {
             cx.err(
                 format!("services.{name}"),
@@ -369,9 +493,8 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
     let ri = cx.table(k("in_place"), r.in_place);
     let in_place = in_place(cx, name, &ri);
     // The floor is checked against a usable instance count only.
-    let counted = matches!(r.instances, Some(Leaf::Ok(n)) if (1..=1000).contains(&n));
-    if let (Some(Backend::Managed(m)), true) = (&backend, counted) {
-        check_in_place(cx, name, &in_place, m.instances, ri.min_healthy.is_some());
+    if let (Some(Backend::Managed(_)), Some(n)) = (&backend, counted) {
+        check_in_place(cx, name, &in_place, n, ri.min_healthy.is_some());
     }
     let rb = cx.table(k("blue_green"), r.blue_green);
     let steps = cx.take(k("blue_green.traffic_steps"), &rb.traffic_steps);
@@ -385,6 +508,38 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
         ),
     };
     let rh = cx.table(k("hooks"), r.hooks);
+    if let Some(h) = cx.take(k("hooks.once_host"), &rh.once_host) {
+        match backend.as_mut() {
+            Some(Backend::Managed(m)) if !m.hosts.is_empty() => {
+                if m.hosts.contains(&h) {
+                    m.once_host = Some(h);
+                } else {
+                    let mut listed: Vec<&str> = Vec::new();
+                    for x in &m.hosts {
+                        if !listed.contains(&x.as_str()) {
+                            listed.push(x);
+                        }
+                    }
+                    cx.err(
+                        k("hooks.once_host"),
+                        format!(
+                            "'{h}' is not one of this service's hosts ({}); name one of them, \
+                             or remove `once_host` to run migrate_expand and migrate_contract \
+                             on this machine",
+                            listed.join(", ")
+                        ),
+                    );
+                }
+            }
+            // A `hosts` that is not a usable list has its own problem.
+            _ if placed => {}
+            _ => cx.err(
+                k("hooks.once_host"),
+                "only with `hosts`: without them every hook runs on this machine; \
+                 remove it or add `hosts` to the service",
+            ),
+        }
+    }
     let hooks = Hooks {
         timeout: cx.duration(k("hooks.timeout"), rh.timeout.as_ref(), d::HOOK_TIMEOUT),
         commands: [
@@ -446,10 +601,27 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
             i64::MAX,
         ) as u64,
     };
+    if matches!(balancer, Balancer::Haproxy { .. })
+        && matches!(backend, Some(Backend::Static { .. }))
+    {
+        cx.err(
+            k("targets"),
+            "fixed `targets` go straight into HAProxy's own config; handoff drives \
+             HAProxy for managed instances (`command`, `instances`, `revision`)",
+        );
+        return None;
+    }
+    if matches!(balancer, Balancer::Builtin) && listen.is_none() {
+        return None;
+    }
     Some(Service {
         name: name.to_string(),
-        listen: listen?,
+        listen,
+        domains,
+        path_prefix,
+        tls,
         backend: backend?,
+        balancer,
         health,
         drain,
         proxy,
@@ -461,7 +633,178 @@ fn service(cx: &mut Ctx, name: &str, r: RawService, base: &Path) -> Option<Servi
     })
 }
 
-fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Backend> {
+/// `domains`: host names, lower-cased; `*.` only as a whole first label.
+fn domains(cx: &mut Ctx, name: &str, list: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let key = format!("services.{name}.domains.{i}");
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        let bare = d.strip_prefix("*.").unwrap_or(&d);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if d.contains(':') {
+            cx.err(
+                key,
+                format!("'{d}' has a port; give the host name only (the port is `listen`'s)"),
+            );
+        } else if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+            cx.err(
+                key,
+                format!("'{d}' is not a host name (letters, digits, '-', dots; `*.` only in front, as in \"*.example.com\")"),
+            );
+        } else if out.contains(&d) {
+            cx.err(key, format!("'{d}' is listed twice"));
+        } else {
+            out.push(d);
+        }
+    }
+    if list.is_empty() {
+        cx.err(
+            format!("services.{name}.domains"),
+            "is empty; list host names, or remove it to answer any host",
+        );
+    }
+    out
+}
+
+/// `[services.NAME.tls]`: `cert` and `key` (paths from the config's
+/// directory), `hsts`. Only on handoff's own listener.
+fn tls(cx: &mut Ctx, name: &str, r: &RawTls, base: &Path, listens: bool) -> Option<Tls> {
+    let k = |s: &str| format!("services.{name}.tls.{s}");
+    if r.cert.is_none() && r.key.is_none() && r.hsts.is_none() {
+        return None;
+    }
+    if !listens {
+        cx.err(
+            format!("services.{name}.tls"),
+            "is for handoff's own listener; behind HAProxy, terminate TLS in haproxy.cfg",
+        );
+        return None;
+    }
+    let cert = cx.take(k("cert"), &r.cert);
+    let key = cx.take(k("key"), &r.key);
+    let hsts = cx.take(k("hsts"), &r.hsts).unwrap_or(false);
+    match (cert, key) {
+        (Some(c), Some(k)) => Some(Tls {
+            cert: base.join(c.trim()),
+            key: base.join(k.trim()),
+            hsts,
+        }),
+        (c, _) => {
+            cx.err(
+                format!("services.{name}.tls"),
+                format!(
+                    "missing `{}`: give the PEM certificate chain (`cert`) and its private key (`key`)",
+                    if c.is_none() { "cert" } else { "key" }
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `path_prefix`: `/` and a path, no query; a trailing `/` is dropped.
+fn path_prefix(cx: &mut Ctx, name: &str, p: &str) -> Option<String> {
+    let key = format!("services.{name}.path_prefix");
+    let t = p.trim();
+    if !t.starts_with('/') || t.contains(['?', '#', ' ', '*']) {
+        cx.err(
+            key,
+            format!("'{t}' is not a path prefix; give one that starts with '/', e.g. \"/api\""),
+        );
+        return None;
+    }
+    let t = t.trim_end_matches('/');
+    Some(if t.is_empty() {
+        "/".to_string()
+    } else {
+        t.to_string()
+    })
+}
+
+/// `[services.NAME.balancer]`: `kind` builtin (default) or haproxy, which
+/// needs `socket` and `backend`.
+fn balancer(cx: &mut Ctx, name: &str, r: &RawBalancer) -> Balancer {
+    let k = |s: &str| format!("services.{name}.balancer.{s}");
+    let kind = cx.take(k("kind"), &r.kind);
+    match kind.as_deref().map(str::trim) {
+        None | Some("builtin") => {
+            for (key, set) in [
+                ("socket", r.socket.is_some()),
+                ("backend", r.backend.is_some()),
+            ] {
+                if set {
+                    cx.err(
+                        k(key),
+                        "is for kind = \"haproxy\"; set the kind or remove it",
+                    );
+                }
+            }
+            Balancer::Builtin
+        }
+        Some("haproxy") => {
+            let socket = cx.take(k("socket"), &r.socket);
+            let backend = cx.take(k("backend"), &r.backend);
+            let socket = match socket.map(|s| s.trim().to_string()) {
+                Some(s) if !s.is_empty() => s,
+                _ => {
+                    cx.err(
+                        format!("services.{name}.balancer"),
+                        "missing `socket`, HAProxy's runtime API at level admin \
+                         (e.g. \"/run/haproxy/admin.sock\" or \"127.0.0.1:9999\")",
+                    );
+                    String::new()
+                }
+            };
+            let backend = match backend.map(|s| s.trim().to_string()) {
+                Some(b)
+                    if !b.is_empty()
+                        && b.chars()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | '#' | '/')) =>
+                {
+                    b
+                }
+                Some(b) if !b.is_empty() => {
+                    cx.err(
+                        k("backend"),
+                        format!("'{b}' is not a HAProxy backend name (no spaces, ';', '#' or '/')"),
+                    );
+                    String::new()
+                }
+                _ => {
+                    cx.err(
+                        format!("services.{name}.balancer"),
+                        "missing `backend`, the HAProxy backend whose servers handoff manages",
+                    );
+                    String::new()
+                }
+            };
+            Balancer::Haproxy { socket, backend }
+        }
+        Some(other) => {
+            cx.err(
+                k("kind"),
+                format!("unknown balancer '{other}'; use \"builtin\" (handoff's own proxy) or \"haproxy\""),
+            );
+            Balancer::Builtin
+        }
+    }
+}
+
+/// A managed backend, and its instance count when that count is usable
+/// (for the in-place floor check).
+fn managed(
+    cx: &mut Ctx,
+    name: &str,
+    r: &RawService,
+    base: &Path,
+    known: &Hosts,
+) -> (Option<Backend>, Option<u32>) {
     let k = |s: &str| format!("services.{name}.{s}");
     let mut ok = true;
     let mut need = |cx: &mut Ctx, present: bool, key: &str, example: &str| {
@@ -480,8 +823,21 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
         "\"./server --port {port}\"",
     );
     need(cx, r.revision.is_some(), "revision", "\"v1\"");
-    need(cx, r.instances.is_some(), "instances", "2");
-    let instances = cx.positive(k("instances"), &r.instances, 1, 1000);
+    // With `hosts`, the count follows from them.
+    need(
+        cx,
+        r.instances.is_some() || r.hosts.is_some(),
+        "instances",
+        "2",
+    );
+    let mut instances = cx.positive(k("instances"), &r.instances, 1, 1000);
+    let mut counted =
+        matches!(r.instances, Some(Leaf::Ok(n)) if (1..=1000).contains(&n)).then_some(instances);
+    let placement = placement(cx, name, r, known);
+    if let Some(p) = &placement {
+        counted = p.instances;
+        instances = p.instances.unwrap_or(instances);
+    }
     let command = cx.take(k("command"), &r.command);
     if let Some(c) = &command {
         check_template(cx, k("command"), c);
@@ -505,14 +861,123 @@ fn managed(cx: &mut Ctx, name: &str, r: &RawService, base: &Path) -> Option<Back
             );
         }
     }
-    ok.then(|| {
+    let p = placement.unwrap_or_default();
+    let backend = ok.then(|| {
         Backend::Managed(Managed {
             revision: revision.unwrap_or_default(),
             instances,
             command: command.unwrap_or_default(),
             stop_grace,
             artifact,
+            hosts: p.hosts,
+            instances_per_host: p.instances_per_host,
+            on_host_failure: p.on_host_failure,
+            // Set by `service`, which reads the hooks table.
+            once_host: None,
         })
+    });
+    (backend, counted)
+}
+
+/// Where a managed service's instances run: `hosts`, `instances_per_host`,
+/// `on_host_failure`.
+struct Placement {
+    hosts: Vec<String>,
+    instances_per_host: u32,
+    on_host_failure: OnHostFailure,
+    /// `hosts.len() × instances_per_host`, when both are usable.
+    instances: Option<u32>,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement {
+            hosts: Vec::new(),
+            instances_per_host: d::INSTANCES_PER_HOST,
+            on_host_failure: OnHostFailure::default(),
+            instances: None,
+        }
+    }
+}
+
+/// `None` without `hosts` (local processes), after refusing the keys that
+/// only mean something with them.
+fn placement(cx: &mut Ctx, name: &str, r: &RawService, known: &Hosts) -> Option<Placement> {
+    let k = |s: &str| format!("services.{name}.{s}");
+    if r.hosts.is_none() {
+        if r.instances_per_host.is_some() {
+            cx.err(
+                k("instances_per_host"),
+                "only with `hosts`; local processes are counted by `instances` \
+                 (or add hosts = [\"h1\", ...])",
+            );
+        }
+        if r.on_host_failure.is_some() {
+            cx.err(
+                k("on_host_failure"),
+                "only with `hosts`; local instances have no host to lose, remove it",
+            );
+        }
+        return None;
+    }
+    let list = cx.take(k("hosts"), &r.hosts);
+    let per_host = cx.positive(
+        k("instances_per_host"),
+        &r.instances_per_host,
+        d::INSTANCES_PER_HOST,
+        d::MAX_INSTANCES_PER_HOST,
+    );
+    let per_host_ok = match r.instances_per_host {
+        None => true,
+        Some(Leaf::Ok(n)) => (1..=d::MAX_INSTANCES_PER_HOST.into()).contains(&n),
+        Some(Leaf::Wrong(_)) => false,
+    };
+    let on_host_failure = match cx.take(k("on_host_failure"), &r.on_host_failure) {
+        None => OnHostFailure::default(),
+        Some(s) => OnHostFailure::parse(&s).unwrap_or_else(|| {
+            cx.err(
+                k("on_host_failure"),
+                format!("unknown value '{s}'; use rollback or pause"),
+            );
+            OnHostFailure::default()
+        }),
+    };
+    let mut instances = None;
+    if let Some(list) = &list {
+        let listed = hosts::service_hosts(cx, name, list, known);
+        let n = list.len() as u64 * u64::from(per_host);
+        // Counted only from a list without problems of its own.
+        if listed && per_host_ok {
+            if n > 1000 {
+                cx.err(
+                    k("hosts"),
+                    format!(
+                        "{} hosts × instances_per_host {per_host} make {n} instances, \
+                         more than 1000",
+                        list.len()
+                    ),
+                );
+            } else {
+                instances = Some(n as u32);
+            }
+        }
+        match (&r.instances, instances) {
+            (Some(Leaf::Ok(given)), Some(n)) if *given != i64::from(n) => cx.err(
+                k("instances"),
+                format!(
+                    "is {given}, but {} hosts × instances_per_host {per_host} make {n}; \
+                     remove `instances` (with `hosts` it follows from them)",
+                    list.len()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    Some(Placement {
+        hosts: list.unwrap_or_default(),
+        instances_per_host: per_host,
+        on_host_failure,
+        instances,
     })
 }
 
