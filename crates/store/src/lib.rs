@@ -51,6 +51,10 @@ pub struct InstanceRecord {
     /// `starting`, `running`, `stopping`, `stopped`, `failed`.
     pub status: String,
     pub restarts: u32,
+    /// The host it runs on; empty on this machine.
+    pub host: String,
+    /// Where it serves (`IP:PORT`), as its runtime said; empty if unknown.
+    pub address: String,
     /// Target group (`blue` / `green`).
     pub group: String,
 }
@@ -200,12 +204,13 @@ impl Store {
     /// Inserts or replaces the instance record (keyed by service + name).
     pub fn put_instance(&self, i: &InstanceRecord) -> Result<(), StoreError> {
         self.lock().execute(
-            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, restarts, updated_ms, grp)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO instances (service, name, revision, port, pid, start_time, status, restarts, updated_ms, grp, host, address)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (service, name) DO UPDATE SET revision = excluded.revision, port = excluded.port,
                pid = excluded.pid, start_time = excluded.start_time, status = excluded.status,
-               restarts = excluded.restarts, updated_ms = excluded.updated_ms, grp = excluded.grp",
-            params![i.service, i.name, i.revision, i.port, i.pid, i.start_time as i64, i.status, i.restarts, now_ms(), i.group],
+               restarts = excluded.restarts, updated_ms = excluded.updated_ms, grp = excluded.grp,
+               host = excluded.host, address = excluded.address",
+            params![i.service, i.name, i.revision, i.port, i.pid, i.start_time as i64, i.status, i.restarts, now_ms(), i.group, i.host, i.address],
         )?;
         Ok(())
     }
@@ -213,7 +218,7 @@ impl Store {
     pub fn instances(&self, service: &str) -> Result<Vec<InstanceRecord>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT service, name, revision, port, pid, start_time, status, restarts, grp FROM instances
+            "SELECT service, name, revision, port, pid, start_time, status, restarts, grp, host, address FROM instances
              WHERE service = ?1 ORDER BY length(name), name",
         )?;
         let rows = st.query_map(params![service], |r| {
@@ -227,6 +232,8 @@ impl Store {
                 status: r.get(6)?,
                 restarts: r.get(7)?,
                 group: r.get(8)?,
+                host: r.get(9)?,
+                address: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

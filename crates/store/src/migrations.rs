@@ -94,6 +94,12 @@ const STEPS: &[&str] = &[
         service TEXT PRIMARY KEY,
         last INTEGER NOT NULL
      );",
+    // v6: where an instance runs. The runtime returns the address an
+    // instance serves on (another machine's, for instances on hosts), and
+    // its identity is host + pid + start time; both are kept so a
+    // restarted daemon adopts remote instances as it does local ones.
+    "ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+     ALTER TABLE instances ADD COLUMN address TEXT NOT NULL DEFAULT '';",
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

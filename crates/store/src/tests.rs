@@ -11,6 +11,8 @@ fn inst(name: &str, port: u16) -> InstanceRecord {
         status: "running".into(),
         restarts: 0,
         group: "blue".into(),
+        host: String::new(),
+        address: String::new(),
     }
 }
 
