@@ -274,7 +274,32 @@ fn unpack_tar_gz(file: &Path, to: &Path) -> Result<(), RuntimeError> {
     ar.unpack(to).map_err(|e| RuntimeError::Artifact {
         path: file.to_path_buf(),
         message: format!("cannot unpack: {e}"),
+    })?;
+    strip_single_folder(to).map_err(|e| RuntimeError::Artifact {
+        path: file.to_path_buf(),
+        message: format!("cannot lift the files out of its one folder: {e}"),
     })
+}
+
+/// `tar czf app.tar.gz app/` puts everything under one folder: its
+/// contents become the release, so the command runs `./server` whatever
+/// the folder was called (as `tar --strip-components=1` would).
+fn strip_single_folder(to: &Path) -> std::io::Result<()> {
+    let entries: Vec<fs::DirEntry> = fs::read_dir(to)?.collect::<Result<_, _>>()?;
+    let [only] = entries.as_slice() else {
+        return Ok(());
+    };
+    if !only.file_type()?.is_dir() {
+        return Ok(());
+    }
+    // Moved aside first: it may hold an entry of its own name.
+    let aside = to.join(format!(".strip-{}", unique()));
+    fs::rename(only.path(), &aside)?;
+    for e in fs::read_dir(&aside)? {
+        let e = e?;
+        fs::rename(e.path(), to.join(e.file_name()))?;
+    }
+    fs::remove_dir(&aside)
 }
 
 #[cfg(test)]
@@ -360,6 +385,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("neither a directory"));
+    }
+
+    #[test]
+    fn a_tarball_of_one_folder_installs_that_folders_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("app/app")).unwrap();
+        fs::write(src.join("app/server"), "#!/bin/sh\n").unwrap();
+        fs::write(src.join("app/app/inner"), "x").unwrap();
+        let tgz = d.path().join("a.tar.gz");
+        let f = fs::File::create(&tgz).unwrap();
+        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ));
+        t.append_dir_all("app", src.join("app")).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+        let r = Releases::new(&d.path().join("state"));
+        let rel = r.install("web", "v1", &tgz).unwrap();
+        assert!(rel.dir.join("server").is_file(), "lifted out of app/");
+        assert!(
+            rel.dir.join("app/inner").is_file(),
+            "a folder of the same name kept"
+        );
+        assert!(!rel.dir.join("app/server").exists());
     }
 
     #[test]

@@ -131,6 +131,7 @@ mod tests {
             service: "web".into(),
             instance: "web-1".into(),
             revision: "v1".into(),
+            host: None,
             port: crate::ports::allocate(None, &[]).unwrap(),
             command: "sleep 30".into(),
             release_dir: dir.join("release"),
@@ -150,10 +151,10 @@ mod tests {
         let ib = rb.start(&spec(b.path())).await.unwrap();
 
         let pids =
-            |rt: &ProcessRuntime| -> Vec<u32> { rt.marked().iter().map(|m| m.pid).collect() };
-        assert_eq!(pids(&ra), [ia.pid]);
-        assert_eq!(pids(&rb), [ib.pid]);
-        let found = &ra.marked()[0];
+            |v: Vec<crate::RunningInstance>| -> Vec<u32> { v.iter().map(|m| m.pid).collect() };
+        assert_eq!(pids(ra.marked().await), [ia.pid]);
+        assert_eq!(pids(rb.marked().await), [ib.pid]);
+        let found = &ra.marked().await[0];
         assert_eq!(
             (
                 found.service.as_str(),
@@ -162,7 +163,7 @@ mod tests {
             ),
             ("web", "web-1", "v1")
         );
-        assert_eq!((found.port, found.start_time), (ia.port, ia.start_time));
+        assert_eq!((found.addr, found.start_time), (ia.addr, ia.start_time));
 
         // The marks: the id and the absolute path, whatever path was given.
         let env = std::fs::read(format!("/proc/{}/environ", ia.pid)).unwrap();
@@ -183,6 +184,6 @@ mod tests {
             rt.stop(inst, Duration::from_secs(2)).await;
             assert!(!rt.is_alive(inst));
         }
-        assert!(ra.marked().is_empty() && rb.marked().is_empty());
+        assert!(ra.marked().await.is_empty() && rb.marked().await.is_empty());
     }
 }

@@ -23,6 +23,9 @@ use crate::{
     logs, ports, procfs, Exit, InstanceSpec, RunningInstance, Runtime, RuntimeError, StopOutcome,
 };
 
+/// `{address}`: where a local instance listens (and the proxy connects).
+pub(crate) const LOCAL_ADDRESS: [u8; 4] = [127, 0, 0, 1];
+
 /// How long a new process is watched for an immediate exit (bad command,
 /// port taken, crash at boot) before `start` returns.
 const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(250);
@@ -58,6 +61,12 @@ impl ProcessRuntime {
         &self.owner.id
     }
 
+    /// An instance's log file (instances write it directly; the daemon
+    /// rotates it).
+    pub fn log_path(&self, service: &str, instance: &str) -> PathBuf {
+        logs::path(&self.logs_dir, service, instance)
+    }
+
     /// The exit watch of a child we spawned (none for adopted processes).
     fn child(&self, pid: u32) -> Option<watch::Receiver<Option<Exit>>> {
         self.children
@@ -72,8 +81,7 @@ impl ProcessRuntime {
     /// (see `handoff_core::command`).
     fn render(spec: &InstanceSpec) -> Result<String, RuntimeError> {
         use handoff_core::command;
-        /// `{address}`: where a local instance listens.
-        const LOCAL_ADDRESS: &str = "127.0.0.1";
+        let address = std::net::Ipv4Addr::from(LOCAL_ADDRESS).to_string();
         let release_dir = spec.release_dir.display().to_string();
         let values = command::Values {
             port: spec.port,
@@ -81,7 +89,7 @@ impl ProcessRuntime {
             instance: &spec.instance,
             service: &spec.service,
             release_dir: &release_dir,
-            address: LOCAL_ADDRESS,
+            address: &address,
         };
         command::render(&spec.command, &values).map_err(|source| RuntimeError::Placeholder {
             instance: spec.instance.clone(),
@@ -113,6 +121,10 @@ fn signal_group(pgid: u32, sig: i32) {
 }
 
 impl Runtime for ProcessRuntime {
+    fn port_free(&self, _host: Option<&str>, port: u16) -> bool {
+        ports::is_free(port)
+    }
+
     async fn spawn(&self, spec: &InstanceSpec) -> Result<RunningInstance, RuntimeError> {
         let command = Self::render(spec)?;
         if !ports::is_free(spec.port) {
@@ -193,7 +205,8 @@ impl Runtime for ProcessRuntime {
             service: spec.service.clone(),
             instance: spec.instance.clone(),
             revision: spec.revision.clone(),
-            port: spec.port,
+            host: None,
+            addr: std::net::SocketAddr::from((LOCAL_ADDRESS, spec.port)),
             pid,
             start_time,
         };
@@ -304,12 +317,22 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    fn log_path(&self, service: &str, instance: &str) -> PathBuf {
-        logs::path(&self.logs_dir, service, instance)
+    async fn log_tail(
+        &self,
+        service: &str,
+        instance: &str,
+        _host: Option<&str>,
+        lines: usize,
+    ) -> Option<String> {
+        let path = self.log_path(service, instance);
+        path.exists().then(|| logs::tail(&path, lines))
     }
 
-    fn marked(&self) -> Vec<RunningInstance> {
-        procfs::owned_by(&self.owner.id)
+    async fn marked(&self) -> Vec<RunningInstance> {
+        let owner = self.owner.id.clone();
+        tokio::task::spawn_blocking(move || procfs::owned_by(&owner))
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -87,7 +87,11 @@ fn scan(want: &str) -> Vec<RunningInstance> {
                 service,
                 instance,
                 revision: get("HANDOFF_REVISION").unwrap_or_default(),
-                port: get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0),
+                host: None,
+                addr: std::net::SocketAddr::from((
+                    crate::process::LOCAL_ADDRESS,
+                    get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0),
+                )),
                 pid,
                 start_time,
             });

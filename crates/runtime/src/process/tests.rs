@@ -2,6 +2,7 @@ use super::*;
 
 fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
     InstanceSpec {
+        host: None,
         service: "web".into(),
         instance: name.into(),
         revision: "v1".into(),
