@@ -11,6 +11,12 @@ use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    #[error("service '{service}': {source}")]
+    Tls {
+        service: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("service '{service}' has no target {target}; it may have been removed already")]
     UnknownTarget { service: String, target: u64 },
     #[error("service '{service}' has no target group '{group}'; add a target to create it")]

@@ -36,15 +36,28 @@ pub(crate) struct ClientConn {
     pub peer_ip: HeaderValue,
     pub state: Arc<ConnState>,
     pub worker: usize,
+    /// Held by tunnels too: a stopping worker waits for them (up to the
+    /// shutdown timeout) instead of dropping them with its runtime.
+    pub alive: Option<tokio::sync::mpsc::Sender<()>>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl ClientConn {
-    pub(crate) fn new(peer: SocketAddr, state: Arc<ConnState>, worker: usize) -> Self {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        state: Arc<ConnState>,
+        worker: usize,
+        alive: Option<tokio::sync::mpsc::Sender<()>>,
+        tls: bool,
+    ) -> Self {
         let ip = peer.ip().to_canonical().to_string();
         ClientConn {
             peer_ip: HeaderValue::from_str(&ip).expect("an IP is a valid header value"),
             state,
             worker,
+            alive,
+            tls,
         }
     }
 }
@@ -71,7 +84,7 @@ pub(crate) async fn handle(
     }
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    rewrite_request(&mut parts, &conn.peer_ip, client_upgrade.is_some());
+    rewrite_request(&mut parts, &conn, client_upgrade.is_some());
     let replay = (body_is_empty(&body) && is_idempotent(&parts.method)).then(|| head_copy(&parts));
     let mut body = Some(ReqBody::Incoming(body));
 
@@ -88,7 +101,12 @@ pub(crate) async fn handle(
         };
         tried[attempt] = claim.0.id;
         let t = claim.0.clone();
-        let (mut sender, reused) = match connection(&svc, &t, conn.worker).await {
+        let connected = tokio::select! {
+            c = connection(&svc, &t, conn.worker) => c,
+            // Its host was lost while we connected: nothing was sent.
+            _ = t.abandoned() => Err(()),
+        };
+        let (mut sender, reused) = match connected {
             Ok(c) => c,
             Err(()) => {
                 last = Failure::Connect;
@@ -105,11 +123,22 @@ pub(crate) async fn handle(
                 _ => break,
             },
         };
-        let sent = tokio::time::timeout(
-            svc.settings.response_timeout,
-            sender.try_send_request(outgoing),
-        )
-        .await;
+        let sent = tokio::select! {
+            r = tokio::time::timeout(
+                svc.settings.response_timeout,
+                sender.try_send_request(outgoing),
+            ) => Some(r),
+            // Its host was lost: no answer can come. Nothing of the
+            // response arrived, so an idempotent request goes elsewhere.
+            _ = t.abandoned() => None,
+        };
+        let Some(sent) = sent else {
+            last = Failure::Upstream;
+            if replay.is_none() || replayed {
+                break;
+            }
+            continue;
+        };
         match sent {
             Err(_) => {
                 last = Failure::Timeout;
@@ -240,7 +269,11 @@ fn relay(
             conn.state
                 .active
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(tunnel(claim, client, upstream));
+            let alive = conn.alive.clone();
+            tokio::spawn(async move {
+                tunnel(claim, client, upstream).await;
+                drop(alive);
+            });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, ProxyBody::Full(None));
         }
@@ -310,6 +343,32 @@ fn answer(svc: &ServiceProxy, f: Failure, why: &str) -> Response<ProxyBody> {
     );
     tracing::debug!(service = %svc.name, status = status.as_u16(), why, "answered by proxy");
     r
+}
+
+/// No service of this listen address takes the request's host and path: a
+/// 404 that says which, without touching any service's figures.
+pub(crate) fn unrouted<B>(conn: &ClientConn, req: &Request<B>) -> Response<ProxyBody> {
+    conn.state.request_started();
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        .unwrap_or("(none)");
+    let mut r = Response::new(ProxyBody::text(format!(
+        "404 Not Found: no service here for host {host} and path {}\n",
+        req.uri().path()
+    )));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        HeaderName::from_static("x-handoff-error"),
+        HeaderValue::from_static("no_route"),
+    );
+    done_without_target(r, conn)
 }
 
 fn done_without_target(r: Response<ProxyBody>, conn: &ClientConn) -> Response<ProxyBody> {
@@ -396,7 +455,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove("proxy-connection");
 }
 
-fn rewrite_request(p: &mut Parts, peer_ip: &HeaderValue, upgrade: bool) {
+fn rewrite_request(p: &mut Parts, conn: &ClientConn, upgrade: bool) {
+    let peer_ip = &conn.peer_ip;
     strip_hop_by_hop(&mut p.headers, upgrade);
     if upgrade {
         p.headers
@@ -430,10 +490,10 @@ fn rewrite_request(p: &mut Parts, peer_ip: &HeaderValue, upgrade: bool) {
     };
     p.headers
         .insert(HeaderName::from_static("x-forwarded-for"), xff);
-    // We only serve plain HTTP; a client's claim otherwise is not trusted.
+    // What the client spoke to us; a client's own claim is not trusted.
     p.headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = p.headers.get(header::HOST).cloned() {
         p.headers

@@ -38,6 +38,12 @@ pub struct ConnState {
     head_pending: AtomicBool,
     /// The head being read had both Content-Length and Transfer-Encoding.
     ambiguous: AtomicBool,
+    /// The server is handing over or stopping: each HTTP/1 response says
+    /// `Connection: close`, so a keep-alive client reconnects (to the
+    /// next daemon) instead of meeting a closed socket.
+    pub closing: AtomicBool,
+    /// The connection speaks HTTP/2 (GOAWAY ends it cleanly at once).
+    pub h2: AtomicBool,
 }
 
 impl ConnState {
@@ -121,6 +127,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
                 if this.h2.is_none() {
                     let is_h2 = b"PRI * HTTP/2.0".starts_with(&got[..got.len().min(14)]);
                     this.h2 = Some(is_h2);
+                    this.state.h2.store(is_h2, SeqCst);
                     if is_h2 {
                         this.timer = Timer::Off;
                         return Poll::Ready(Ok(()));

@@ -25,10 +25,12 @@ mod forward;
 pub mod health;
 mod io;
 pub mod metrics;
+pub mod route;
 mod server;
 pub mod service;
 pub mod table;
 pub mod target;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,7 +64,7 @@ impl Proxy {
 
     /// Adds a service with an empty `default` group.
     pub fn add_service(&mut self, cfg: &Service) -> Arc<ServiceProxy> {
-        let s = ServiceProxy::new(
+        let mut s = ServiceProxy::new(
             &cfg.name,
             cfg.listen,
             cfg.proxy.clone(),
@@ -70,6 +72,11 @@ impl Proxy {
             self.workers,
             self.events.clone(),
         );
+        if let Some(p) = Arc::get_mut(&mut s) {
+            p.domains = cfg.domains.clone();
+            p.path_prefix = cfg.path_prefix.clone();
+            p.tls = cfg.tls.clone();
+        }
         self.services.insert(cfg.name.clone(), s.clone());
         s
     }
@@ -99,12 +106,23 @@ impl Proxy {
         }
     }
 
-    /// Binds and starts the workers.
+    /// Binds and starts the workers (for the services that listen; those
+    /// behind an outside balancer have no listener).
     pub fn start(
         &self,
         shutdown_timeout: std::time::Duration,
     ) -> Result<ProxyServer, ControlError> {
+        self.start_with(shutdown_timeout, BTreeMap::new())
+    }
+
+    /// [`Self::start`] on listening sockets taken over (by service name):
+    /// see [`ProxyServer::start_with`].
+    pub fn start_with(
+        &self,
+        shutdown_timeout: std::time::Duration,
+        inherited: BTreeMap<String, Vec<std::net::TcpListener>>,
+    ) -> Result<ProxyServer, ControlError> {
         let svcs: Vec<_> = self.services.values().cloned().collect();
-        ProxyServer::start(&svcs, self.workers, shutdown_timeout)
+        ProxyServer::start_with(&svcs, self.workers, shutdown_timeout, inherited)
     }
 }

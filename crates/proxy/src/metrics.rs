@@ -46,6 +46,27 @@ impl TargetStats {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
+    /// Counters an outside balancer (HAProxy) keeps for the target: the
+    /// answers so far by class, and its recent mean response time, which
+    /// is all it tells of latency; the new answers are put in that bucket.
+    pub fn observe(&self, by_class: [u64; 5], mean: Duration) {
+        let before = self.requests();
+        for (c, n) in self.by_class.iter().zip(by_class) {
+            c.store(n, Relaxed);
+        }
+        let new = by_class.iter().sum::<u64>().saturating_sub(before);
+        if new > 0 {
+            let secs = mean.as_secs_f64();
+            let i = BUCKETS
+                .iter()
+                .position(|b| secs <= *b)
+                .unwrap_or(BUCKETS.len());
+            self.buckets[i].fetch_add(new, Relaxed);
+            self.sum_micros
+                .fetch_add(mean.as_micros() as u64 * new, Relaxed);
+        }
+    }
+
     pub fn requests(&self) -> u64 {
         self.by_class.iter().map(|c| c.load(Relaxed)).sum()
     }
@@ -199,6 +220,24 @@ impl Collector for ProxyCollector {
                         ("state", s.as_str().to_string()),
                     ];
                     m.encode_family(&l)?.encode_gauge(&(n as i64))?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "handoff_certificate_expiry_seconds",
+                "Seconds until the certificate in use expires (services with TLS)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()) as i64;
+            for svc in &self.services {
+                if let Some(c) = svc.certificate() {
+                    let l: Labels = vec![("service", svc.name.to_string())];
+                    m.encode_family(&l)?
+                        .encode_gauge(&(c.not_after as i64 - now))?;
                 }
             }
         }

@@ -26,7 +26,19 @@ pub const DEFAULT_GROUP: &str = "default";
 pub struct ServiceProxy {
     pub name: Arc<str>,
     /// The address from config (its port may be 0); see [`Self::bound`].
-    pub listen: SocketAddr,
+    /// `None`: an outside balancer (HAProxy) routes the service, and this
+    /// one keeps its books only: the targets, their states (from that
+    /// balancer's checks, see [`Target::observe`]), counters and events,
+    /// with no listener and no health checker of its own.
+    pub listen: Option<SocketAddr>,
+    /// On a shared listen address: the hosts and path it takes (see
+    /// [`crate::route`]).
+    pub domains: Vec<String>,
+    pub path_prefix: Option<String>,
+    /// HTTPS on `listen`, with this certificate (see [`crate::tls`]).
+    pub tls: Option<handoff_core::config::Tls>,
+    /// The certificate in use, once the listener runs (kept current).
+    pub(crate) cert: std::sync::OnceLock<Arc<crate::tls::Cert>>,
     /// The address the listener got (port 0 resolved), once started.
     bound: std::sync::OnceLock<SocketAddr>,
     pub settings: ProxySettings,
@@ -50,6 +62,16 @@ impl ServiceProxy {
         self.bound.get().copied()
     }
 
+    /// The certificate it presents now (names, expiry), with TLS.
+    pub fn certificate(&self) -> Option<Arc<crate::tls::Loaded>> {
+        self.cert.get().map(|c| c.current())
+    }
+
+    /// Another balancer routes this service (see `listen`).
+    pub fn external(&self) -> bool {
+        self.listen.is_none()
+    }
+
     pub(crate) fn set_bound(&self, addr: SocketAddr) {
         let _ = self.bound.set(addr);
     }
@@ -66,7 +88,7 @@ impl std::fmt::Debug for ServiceProxy {
 impl ServiceProxy {
     pub(crate) fn new(
         name: &str,
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         settings: ProxySettings,
         health: Health,
         workers: usize,
@@ -75,6 +97,10 @@ impl ServiceProxy {
         Arc::new(ServiceProxy {
             name: name.into(),
             listen,
+            domains: Vec::new(),
+            path_prefix: None,
+            tls: None,
+            cert: std::sync::OnceLock::new(),
             bound: std::sync::OnceLock::new(),
             settings,
             health,
@@ -124,7 +150,7 @@ impl ServiceProxy {
         group: &str,
         spec: TargetSpec,
     ) -> Result<Arc<Target>, ControlError> {
-        let initial = if self.health.enabled || spec.hold {
+        let initial = if self.health.enabled || spec.hold || self.external() {
             TargetState::Initial
         } else {
             TargetState::Healthy
@@ -155,6 +181,10 @@ impl ServiceProxy {
             }
             Ok(())
         })?;
+        if self.external() {
+            // The outside balancer's checks decide (`Target::observe`).
+            return Ok(target);
+        }
         if !self.health.enabled {
             target.note_passed();
         }
@@ -295,6 +325,24 @@ impl ServiceProxy {
                     break;
                 }
             }
+        }
+    }
+
+    /// The target's host stopped answering: out of service at once, and
+    /// requests in flight on it stop waiting (an idempotent one is sent
+    /// to another target, as after a connection closed without answer).
+    pub fn abandon(&self, id: TargetId, reason: &str) {
+        self.mark_unhealthy(id, reason);
+        if let Ok(t) = self.target(id) {
+            t.abandon();
+        }
+    }
+
+    /// Undoes [`Self::abandon`] once the target's host answers again; its
+    /// health checks decide when it serves.
+    pub fn restore(&self, id: TargetId) {
+        if let Ok(t) = self.target(id) {
+            t.restore();
         }
     }
 

@@ -76,6 +76,13 @@ pub struct Target {
     drained: Notify,
     /// Woken when a drain times out: open tunnels close.
     cut: Notify,
+    /// Set (and `gone` woken) when the target's host stopped answering:
+    /// requests waiting on it give up at once and idempotent ones go
+    /// elsewhere, instead of waiting for a response that cannot come.
+    /// Cleared when the host answers again (`restore`), not by a passed
+    /// check: with checks off an ejection's end would bring it back.
+    lost: std::sync::atomic::AtomicBool,
+    gone: Notify,
     /// Idle upstream connections, one shard per proxy worker so that a worker
     /// only touches connections whose tasks live on its own runtime.
     pools: Box<[Mutex<Vec<Idle>>]>,
@@ -135,6 +142,8 @@ impl Target {
             epoch: Instant::now(),
             drained: Notify::new(),
             cut: Notify::new(),
+            lost: std::sync::atomic::AtomicBool::new(false),
+            gone: Notify::new(),
             pools: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -244,6 +253,65 @@ impl Target {
             self.emit(from, to, reason);
         }
         ok
+    }
+
+    /// What an outside balancer (HAProxy) says of the target after its own
+    /// checks, for a service this proxy only keeps the books of: `up` once
+    /// they pass (a held target becomes ready, else it enters service),
+    /// down once they fail enough. `said` is the check in words.
+    pub fn observe(&self, up: bool, said: &str) {
+        let changed = {
+            let last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref()
+                .is_none_or(|c| c.ok != up || c.outcome != said)
+        };
+        if changed {
+            self.note_check(said.to_string(), up);
+        }
+        match (self.state(), up) {
+            (TargetState::Initial, true) => {
+                self.note_passed();
+                // Into service unless held; a release racing this sees
+                // `ready` (see `mark_ready`).
+                self.mark_ready();
+            }
+            (TargetState::Initial, false) => self.set_ready(false),
+            (TargetState::Unhealthy, true) if !self.lost.load(SeqCst) => {
+                self.transition(TargetState::Unhealthy, TargetState::Healthy, said);
+            }
+            (TargetState::Healthy, false) => {
+                self.transition(TargetState::Healthy, TargetState::Unhealthy, said);
+            }
+            _ => {}
+        }
+    }
+
+    /// Its host is gone: what waits on it stops waiting (see `abandoned`),
+    /// and its idle connections are dropped.
+    pub(crate) fn abandon(&self) {
+        self.lost.store(true, SeqCst);
+        self.gone.notify_waiters();
+        for p in self.pools.iter() {
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// Its host answers again (see `abandon`).
+    pub(crate) fn restore(&self) {
+        self.lost.store(false, SeqCst);
+    }
+
+    /// Resolves once the target is abandoned (at once if it is).
+    pub(crate) async fn abandoned(&self) {
+        loop {
+            let n = self.gone.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.lost.load(SeqCst) {
+                return;
+            }
+            n.await;
+        }
     }
 
     pub(crate) fn emit(&self, from: TargetState, to: TargetState, reason: &str) {
@@ -382,7 +450,7 @@ impl Target {
     }
 
     /// Whether a passive ejection is still running.
-    pub(crate) fn ejected(&self) -> bool {
+    pub fn ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Relaxed);
         until != 0 && self.now_ms() < until
     }

@@ -214,7 +214,11 @@ pub fn health(interval_ms: u64) -> Health {
 pub fn service_cfg(balance: Balance, health: Health) -> Service {
     Service {
         name: "web".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        balancer: Default::default(),
+        domains: Vec::new(),
+        path_prefix: None,
+        tls: None,
         backend: Backend::Static { targets: vec![] },
         health,
         drain: Drain {
