@@ -33,6 +33,23 @@ pub struct HookEnv<'a> {
     pub phase: &'a str,
 }
 
+impl HookEnv<'_> {
+    /// The variables a hook gets, by name.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("HANDOFF_SERVICE", self.service),
+            ("HANDOFF_REVISION", self.revision),
+            ("HANDOFF_FROM_REVISION", self.from),
+            ("HANDOFF_DEPLOYMENT", self.deployment),
+            ("HANDOFF_INSTANCE", self.instance),
+            ("HANDOFF_PHASE", self.phase),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
 /// How a hook run ended: `Ok(output)` or `Err(reason with output)`.
 pub async fn run(
     cmd: &str,
@@ -45,12 +62,7 @@ pub async fn run(
     c.arg("-c")
         .arg(cmd)
         .current_dir(dir)
-        .env("HANDOFF_SERVICE", env.service)
-        .env("HANDOFF_REVISION", env.revision)
-        .env("HANDOFF_FROM_REVISION", env.from)
-        .env("HANDOFF_DEPLOYMENT", env.deployment)
-        .env("HANDOFF_INSTANCE", env.instance)
-        .env("HANDOFF_PHASE", env.phase)
+        .envs(env.vars())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,8 +9,8 @@
 //!   handoff, all recorded in the store before each side effect.
 //!
 //! The controller talks to the rest only through narrow interfaces: the
-//! proxy's control handle (`ServiceProxy`), the `Runtime` trait and the
-//! `Store`. Deployment strategies build on the same three.
+//! [`balancer::Balancer`] (handoff's own proxy, or a backend of the user's
+//! HAProxy), the `Runtime` trait and the `Store`. Deployment strategies build on the same three.
 
 pub mod fleet;
 
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use handoff_proxy::{ControlError, ServiceProxy, TargetSpec, DEFAULT_GROUP};
 
 pub use fleet::{Fleet, FleetOptions};
+pub use handoff_runtime::RuntimeError;
 
 /// Revision label of targets handoff does not run itself.
 pub const STATIC_REVISION: &str = "static";
@@ -28,6 +29,8 @@ pub const STATIC_REVISION: &str = "static";
 pub enum ControllerError {
     #[error(transparent)]
     Proxy(#[from] ControlError),
+    #[error(transparent)]
+    Balancer(#[from] balancer::BalancerError),
     #[error(transparent)]
     Store(#[from] handoff_store::StoreError),
     #[error(transparent)]
@@ -56,6 +59,7 @@ pub fn attach_static(svc: &Arc<ServiceProxy>, targets: &[SocketAddr]) -> Result<
     Ok(())
 }
 pub mod analysis;
+pub mod balancer;
 pub mod executor;
 pub mod hooks;
 pub mod load;

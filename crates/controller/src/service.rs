@@ -55,13 +55,39 @@ pub trait ManagedService: Send + Sync {
     ) -> Result<Vec<Prediction>, DeployError>;
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StepEvent>;
     /// The tail of an instance's log; `None`: no such instance log.
-    fn logs(&self, instance: &str, lines: usize) -> Option<String>;
+    fn logs(&self, instance: &str, lines: usize) -> BoxFuture<'_, Option<String>>;
     /// Deployments by (strategy, status), for `/metrics`.
     fn deployment_counts(&self) -> Vec<(String, String, u64)>;
     /// Every instance the fleet keeps, running or not, in index order.
     fn instances(&self) -> Vec<InstanceStatus>;
     /// How many instances the config asks for.
     fn desired(&self) -> usize;
+    /// The hosts the service is placed on and whether each answers
+    /// (empty for a service of local processes).
+    fn hosts(&self) -> Vec<HostStatus>;
+    /// What routes its clients (`builtin`, `haproxy backend … via …`).
+    fn balancer(&self) -> String;
+    /// Holds the service for a hand-over to a new daemon (see
+    /// [`crate::executor::Deployer::hold`]); `unhold` gives it back.
+    fn hold(&self, why: &str) -> Result<(), DeployError>;
+    fn unhold(&self);
+}
+
+/// One host of a service's placement as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    /// `up` or `unreachable`.
+    pub state: String,
+    /// Why it is unreachable (`no answer for 3.2 s`).
+    #[serde(default)]
+    pub why: Option<String>,
+    /// Since when it is unreachable (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Instances placed on it, and how many of them run and are healthy.
+    pub instances: usize,
+    pub healthy: usize,
 }
 
 /// One instance of a managed service as `status` shows it: an instance
@@ -72,10 +98,14 @@ pub struct InstanceStatus {
     pub name: String,
     pub revision: String,
     pub group: String,
+    /// The host it runs on (absent: this machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub port: u16,
     pub pid: Option<u32>,
     /// `running` (its process is alive), `down` (no process; supervision
-    /// restarts it after its back-off) or `stopped` (deliberately).
+    /// restarts it after its back-off), `stopped` (deliberately) or
+    /// `unreachable` (its host does not answer: out of service until it does).
     pub state: String,
     /// Its target's state in the proxy (`initial`, `healthy`, …), if it
     /// has one.
@@ -105,8 +135,11 @@ pub fn instance_status<R: Runtime>(f: &crate::fleet::Fleet<R>) -> Vec<InstanceSt
         .map(|i| {
             let alive = i.pid.is_some() && f.exited(std::slice::from_ref(&i.name)).is_empty();
             let target = i.target.and_then(|t| f.proxy.target(t).ok());
+            let lost = i.host.as_deref().and_then(|h| f.host_lost(h));
             InstanceStatus {
-                state: if alive {
+                state: if lost.is_some() {
+                    "unreachable"
+                } else if alive {
                     "running"
                 } else if i.supervised {
                     "down"
@@ -119,6 +152,7 @@ pub fn instance_status<R: Runtime>(f: &crate::fleet::Fleet<R>) -> Vec<InstanceSt
                 name: i.name,
                 revision: i.revision,
                 group: i.group,
+                host: i.host,
                 port: i.port,
                 pid: i.pid,
                 restarts: i.restarts,
@@ -317,8 +351,9 @@ impl<R: Runtime> ManagedService for Arc<Deployer<R>> {
         Deployer::subscribe(self)
     }
 
-    fn logs(&self, instance: &str, lines: usize) -> Option<String> {
-        self.fleet.log_tail(instance, lines)
+    fn logs(&self, instance: &str, lines: usize) -> BoxFuture<'_, Option<String>> {
+        let instance = instance.to_string();
+        Box::pin(async move { self.fleet.log_tail(&instance, lines).await })
     }
 
     fn deployment_counts(&self) -> Vec<(String, String, u64)> {
@@ -334,5 +369,46 @@ impl<R: Runtime> ManagedService for Arc<Deployer<R>> {
 
     fn desired(&self) -> usize {
         self.fleet.desired()
+    }
+
+    fn balancer(&self) -> String {
+        self.fleet.balancer.describe()
+    }
+
+    fn hold(&self, why: &str) -> Result<(), DeployError> {
+        Deployer::hold(self, why)
+    }
+
+    fn unhold(&self) {
+        Deployer::unhold(self)
+    }
+
+    fn hosts(&self) -> Vec<HostStatus> {
+        let all = instance_status(&self.fleet);
+        self.fleet
+            .placement()
+            .into_iter()
+            .filter_map(|(h, _)| h)
+            .map(|h| {
+                let on: Vec<&InstanceStatus> = all
+                    .iter()
+                    .filter(|i| i.host.as_deref() == Some(&h))
+                    .collect();
+                let (state, why, since_ms) = match self.fleet.host_state(&h) {
+                    handoff_runtime::HostState::Up => ("up", None, None),
+                    handoff_runtime::HostState::Lost { since_ms, why } => {
+                        ("unreachable", Some(why), Some(since_ms))
+                    }
+                };
+                HostStatus {
+                    state: state.into(),
+                    why,
+                    since_ms,
+                    instances: on.len(),
+                    healthy: on.iter().filter(|i| i.is_well()).count(),
+                    name: h,
+                }
+            })
+            .collect()
     }
 }

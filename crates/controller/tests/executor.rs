@@ -50,7 +50,14 @@ async fn rig_with(instances: u32, bake: &str, stay: &str, extra: &str) -> Rig {
         port_range: None,
         releases_kept: 5,
     };
-    let fleet = Fleet::new(svc, sp, rt.clone(), store.clone(), opts).unwrap();
+    let fleet = Fleet::new(
+        svc,
+        handoff_controller::balancer::builtin(sp),
+        rt.clone(),
+        store.clone(),
+        opts,
+    )
+    .unwrap();
     fleet.boot().await.unwrap();
     let deployer = Deployer::new(fleet);
     rt.calls.lock().unwrap().clear();

@@ -43,7 +43,14 @@ async fn rig() -> Rig {
         port_range: None,
         releases_kept: 5,
     };
-    let fleet = Fleet::new(svc, sp, rt.clone(), store.clone(), opts).unwrap();
+    let fleet = Fleet::new(
+        svc,
+        handoff_controller::balancer::builtin(sp),
+        rt.clone(),
+        store.clone(),
+        opts,
+    )
+    .unwrap();
     fleet.boot().await.unwrap();
     assert_eq!(
         fleet.reconcile().await,
@@ -221,6 +228,31 @@ async fn a_missing_instance_is_started_and_supervised() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_left_over_outside_a_deployment_are_set_back() {
+    let r = rig().await;
+    // As a flip cut short would leave them: green half in, blue half out.
+    r.fleet
+        .proxy
+        .set_weights(&[("blue", 50), ("green", 50)])
+        .unwrap();
+    assert_eq!(r.fleet.reconcile().await, Some(1));
+    let table = r.fleet.proxy.table();
+    for g in table.groups.iter() {
+        let want = if &*g.name == "blue" { 100 } else { 0 };
+        assert_eq!(g.weight, want, "group {}", g.name);
+    }
+    assert!(table.groups.iter().any(|g| &*g.name == "blue"));
+    assert!(
+        r.events("reconcile")
+            .iter()
+            .any(|m| m.contains("blue at 50, green at 50")),
+        "{:?}",
+        r.events("reconcile")
+    );
+    assert_eq!(r.fleet.reconcile().await, Some(0), "nothing left to mend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_unwatched_instance_is_restarted() {
     let r = rig().await;
     // Drained (so unsupervised, as mid-deployment) and then dead: nothing
@@ -246,6 +278,7 @@ async fn unowned_processes_and_orphan_records_are_stopped() {
     // recording it), and a record whose instance the fleet does not have.
     let stray =
         r.rt.spawn(&InstanceSpec {
+            host: None,
             service: "web".into(),
             instance: "web-8".into(),
             revision: "v1".into(),
@@ -257,6 +290,7 @@ async fn unowned_processes_and_orphan_records_are_stopped() {
         .unwrap();
     let orphan =
         r.rt.spawn(&InstanceSpec {
+            host: None,
             service: "web".into(),
             instance: "web-7".into(),
             revision: "v1".into(),
@@ -277,11 +311,14 @@ async fn unowned_processes_and_orphan_records_are_stopped() {
             status: "running".into(),
             restarts: 0,
             group: "blue".into(),
+            host: String::new(),
+            address: String::new(),
         })
         .unwrap();
     // Another service's processes are not this fleet's business.
     let other =
         r.rt.spawn(&InstanceSpec {
+            host: None,
             service: "api".into(),
             instance: "api-1".into(),
             revision: "v1".into(),
@@ -362,4 +399,39 @@ async fn deployments_leave_nothing_to_mend_and_are_not_fought() {
     }
     assert_eq!(r.events("reconcile"), Vec::<String>::new());
     assert_eq!(r.fleet.in_service(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_fleet_restarts_nothing_and_reopened_mends() {
+    let r = rig().await;
+    let pid = r.pid("web-3").unwrap();
+    r.rt.kill(pid);
+    until("restart scheduled", Duration::from_secs(2), || {
+        !r.events("restart-scheduled").is_empty()
+    })
+    .await;
+    // Handed to another daemon while the restart waits its back-off
+    // (1 s): it must not fire here, nor must the reconciler start one.
+    r.fleet.close().await;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        assert!(
+            !r.rt.calls().iter().any(|c| c.starts_with("start web-3")),
+            "a closed fleet started an instance: {:?}",
+            r.rt.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        r.fleet.reconcile().await,
+        None,
+        "a closed fleet does not look"
+    );
+    // The hand-over failed: the fleet is this daemon's again and mends.
+    r.fleet.reopen();
+    assert_eq!(r.fleet.reconcile().await, Some(1));
+    until("web-3 back", Duration::from_secs(5), || {
+        r.pid("web-3").is_some()
+    })
+    .await;
 }

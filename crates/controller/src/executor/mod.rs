@@ -49,6 +49,8 @@ pub enum DeployError {
     NoneActive { service: String },
     #[error("{id} is already rolling back service '{service}'; follow it with `handoff status {service}`")]
     AlreadyRollingBack { service: String, id: String },
+    #[error("service '{service}' cannot be deployed now: {why}; its instances there are out of service and a deployment would not complete on a partial fleet: bring the host back (`handoff hosts check`) or remove it from `hosts`")]
+    HostLost { service: String, why: String },
     #[error(transparent)]
     Rollback(#[from] rollback::Refused),
     #[error(transparent)]
@@ -196,6 +198,43 @@ impl<R: Runtime> Deployer<R> {
         .map_err(|e| DeployError::Controller(crate::ControllerError::Internal(e.to_string())))?
     }
 
+    /// Holds the gate for a hand-over to a new daemon: refused while a
+    /// deployment runs or retains blue (it is handed over between
+    /// deployments, never in the middle of one); every deploy or rollback
+    /// meanwhile is refused as busy. [`Self::unhold`] gives it back (the
+    /// hand-over failed).
+    pub fn hold(&self, why: &str) -> Result<(), DeployError> {
+        let svc = self.fleet.name().to_string();
+        let mut g = self.gate();
+        if let Some(holder) = &g.admitting {
+            return Err(DeployError::Busy {
+                service: svc,
+                what: holder.clone(),
+            });
+        }
+        // Until its run has ended: a settled deployment may still be
+        // running its last actions (supervision, a contract hook).
+        if let Some(a) = g.active.as_ref().filter(|a| !a.control.is_closed()) {
+            let st = a.state.borrow().status;
+            return Err(DeployError::Conflict {
+                service: svc,
+                id: a.id.clone(),
+                status: if st.is_active() {
+                    st.as_str().into()
+                } else {
+                    format!("{}, finishing its last steps", st.as_str())
+                },
+            });
+        }
+        g.admitting = Some(why.to_string());
+        Ok(())
+    }
+
+    /// Gives back the gate [`Self::hold`] took.
+    pub fn unhold(&self) {
+        self.gate().admitting = None;
+    }
+
     /// The gate: refuses while another request is being admitted or a
     /// deployment runs; otherwise reserves the service for this request.
     /// Returns the previous deployment's control channel when its run has
@@ -263,6 +302,17 @@ impl<R: Runtime> Deployer<R> {
                 }
                 .into());
             }
+        }
+        if req.origin == Origin::Deploy {
+            // A deployment does not complete on a partial fleet, so it
+            // does not start on one; a rollback goes without the lost host.
+            if let Some(why) = self.fleet.lost_host_reason() {
+                return Err(DeployError::HostLost { service: svc, why });
+            }
+            self.fleet
+                .preflight()
+                .await
+                .map_err(crate::ControllerError::from)?;
         }
         if let Some(a) = &req.artifact {
             self.fleet.set_artifact(&req.revision, a.clone());

@@ -26,150 +26,352 @@ impl<R: Runtime> Deployer<R> {
     ) -> Outcome {
         let f = &self.fleet;
         for a in actions {
-            match a {
-                Action::Drain { instances } => {
-                    if let (Some(auto), Status::Running) = (&d.auto, d.status) {
-                        if let Some(o) = self
-                            .await_capacity(d, auto, instances.len(), ctl, deferred)
-                            .await
-                        {
-                            return o;
-                        }
-                    }
-                    for (n, o) in f.drain(instances).await {
-                        if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
-                            let _ = self.fleet.store.save_deployment_event(
-                                &d.id,
-                                StepKind::DrainTimeout.as_str(),
-                                &format!("{n}: drain timed out with {in_flight} in flight"),
-                            );
-                        }
-                    }
+            let a = &self.without_lost_hosts(d, a);
+            if d.status != Status::Running || f.placement().iter().all(|(h, _)| h.is_none()) {
+                if let Some(o) = self.act(d, a, ctl, deferred).await {
+                    return o;
                 }
-                Action::Stop { instances } => {
-                    f.stop(instances, d.strategy == Strategy::BlueGreen).await
-                }
-                Action::Start {
-                    instances,
-                    revision,
-                    group,
-                    hold,
-                } => {
-                    let mut r = f.start(instances, revision, group, *hold).await;
-                    if d.status == Status::RollingBack {
-                        for attempt in 1..=ROLLBACK_RETRIES {
-                            let Err(e) = &r else { break };
-                            let dead = f.exited(instances);
-                            self.retrying(d, attempt, &dead, e);
-                            f.stop(&dead, false).await;
-                            r = f.start(&dead, revision, group, *hold).await;
-                        }
+                continue;
+            }
+            // On hosts: a deployment does not go on over a partial fleet.
+            // With `on_host_failure = "rollback"` a lost host fails it (the
+            // action under way is cut short); with `"pause"` it holds where
+            // it is until the host answers, then does the action again.
+            let mut retry = false;
+            loop {
+                if let Some(why) = f.lost_host_reason() {
+                    if self.fails_on_host_loss() {
+                        return Outcome::Failed(why);
                     }
-                    if let Err(e) = r {
-                        return Outcome::Failed(e);
-                    }
-                }
-                Action::AwaitHealthy { instances } => {
-                    let before = (Counts::of(&f.proxy, &d.from), Counts::of(&f.proxy, &d.to));
-                    let mut r = f.await_healthy(instances).await;
-                    if d.status == Status::RollingBack {
-                        // Going back to the revision that served: an exit
-                        // now is most likely a crash or a kill of the
-                        // moment, not the revision, so the instance gets
-                        // another start before the rollback is given up.
-                        for attempt in 1..=ROLLBACK_RETRIES {
-                            let Err(e) = &r else { break };
-                            let dead = f.exited(instances);
-                            if dead.is_empty() {
-                                break;
-                            }
-                            self.retrying(d, attempt, &dead, e);
-                            f.stop(&dead, false).await;
-                            if let Err(e) = f.start(&dead, &d.from, &d.blue_group, false).await {
-                                r = Err(e);
-                                continue;
-                            }
-                            r = f.await_healthy(instances).await;
-                        }
-                    }
-                    if let Err(e) = r {
-                        return Outcome::Failed(e);
-                    }
-                    if d.status == Status::Running {
-                        let old = Counts::of(&f.proxy, &d.from).since(&before.0);
-                        let new = Counts::of(&f.proxy, &d.to).since(&before.1);
-                        if let Err(e) =
-                            analysis::verdict(&f.service.rollback, &d.from, &old, &d.to, &new)
-                        {
-                            return Outcome::Failed(e);
-                        }
-                    }
-                }
-                Action::SetWeights { weights } => {
-                    let w: Vec<(&str, u32)> =
-                        weights.iter().map(|(g, w)| (g.as_str(), *w)).collect();
-                    if let Err(e) = f.proxy.set_weights(&w) {
-                        return Outcome::Failed(e.to_string());
-                    }
-                    if d.status == Status::RollingBack {
-                        // The flip back: the report tells it apart from
-                        // the stop of green that follows.
-                        *self.flipped.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(std::time::Instant::now());
-                    }
-                }
-                Action::Bake { .. } => {
-                    let bake = f.service.blue_green.bake;
-                    if let Some(o) = self.bake(d, bake, ctl, deferred).await {
+                    if let Some(o) = self.hold_for_hosts(d, &why, ctl, deferred).await {
                         return o;
                     }
+                    retry = true;
                 }
-                Action::Quiesce { group } => {
-                    let left = f.proxy.quiesce(group, f.service.drain.timeout).await;
-                    if left > 0 {
-                        let _ = f.store.save_deployment_event(
-                            &d.id,
-                            StepKind::DrainTimeout.as_str(),
-                            &format!(
-                                "{group}: {left} requests still in flight after the drain timeout"
-                            ),
-                        );
-                    }
-                }
-                Action::Retain => {
-                    let until = tokio::time::sleep(f.service.blue_green.retention);
-                    tokio::pin!(until);
-                    loop {
-                        tokio::select! {
-                            _ = &mut until => break,
-                            Some(ev) = ctl.recv() => {
-                                if let Some(o) = interrupt(ev, deferred) {
-                                    return o;
-                                }
-                            }
-                        }
-                    }
-                }
-                Action::Supervise { instances } => f.supervise(instances),
-                Action::Release { instances } => f.release(instances),
-                Action::Hook { name, instances } => {
-                    if let Err(e) = self.hook(d, name, instances).await {
-                        return Outcome::Failed(e);
-                    }
-                }
-                Action::MarkCurrent { revision } => {
-                    let group = if *revision == d.to && d.strategy == Strategy::BlueGreen {
-                        &d.green_group
+                let a = if retry { self.again(a) } else { a.clone() };
+                // Only pure waits are cut short by a lost host: a start or
+                // a hook runs on (its spawned work would go on regardless,
+                // and doing it again beside itself would double it); on a
+                // lost host it fails fast by itself.
+                let wait = matches!(
+                    a,
+                    Action::AwaitHealthy { .. }
+                        | Action::Bake { .. }
+                        | Action::Retain
+                        | Action::Quiesce { .. }
+                );
+                let lost = async {
+                    if wait {
+                        f.host_lost_wait().await
                     } else {
-                        &d.blue_group
-                    };
-                    if let Err(e) = f.mark_current(revision, group) {
-                        return Outcome::Failed(e.to_string());
+                        std::future::pending().await
+                    }
+                };
+                tokio::pin!(lost);
+                tokio::select! {
+                    o = self.act(d, &a, ctl, deferred) => match o {
+                        // A failure because the host went away is the
+                        // host's, not the revision's: held like one.
+                        Some(Outcome::Failed(e))
+                            if !self.fails_on_host_loss() && f.lost_host_reason().is_some() =>
+                        {
+                            tracing::warn!(deployment = %d.id, "{e}: a host is lost; holding");
+                            continue;
+                        }
+                        Some(o) => return o,
+                        None => break,
+                    },
+                    why = &mut lost => {
+                        if self.fails_on_host_loss() {
+                            return Outcome::Failed(why);
+                        }
+                        continue;
                     }
                 }
             }
         }
         Outcome::Done
+    }
+
+    /// Whether a lost host fails the deployment (`on_host_failure =
+    /// "rollback"`, the default) rather than holding it.
+    fn fails_on_host_loss(&self) -> bool {
+        self.fleet.on_host_failure() == handoff_core::config::OnHostFailure::Rollback
+    }
+
+    /// `on_host_failure = "pause"`: waits, saying why, until every host of
+    /// the service answers again (`None`: the step goes on) or an operator
+    /// ends the wait (abort/rollback; promote does not skip it). Pause and
+    /// resume are kept for after the step.
+    async fn hold_for_hosts(
+        &self,
+        d: &Deployment,
+        why: &str,
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Option<Outcome> {
+        let f = &self.fleet;
+        let _ = f.store.save_deployment_event(
+            &d.id,
+            StepKind::Waiting.as_str(),
+            &format!(
+                "{why}: holding (on_host_failure = \"pause\") until it answers; `handoff rollback {s}` or `handoff abort {s}` end the wait",
+                s = d.service
+            ),
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if f.lost_host_reason().is_none() {
+                        let _ = f.store.save_deployment_event(
+                            &d.id,
+                            StepKind::Load.as_str(),
+                            "every host answers again; the step goes on",
+                        );
+                        return None;
+                    }
+                }
+                Some(ev) = ctl.recv() => match ev {
+                    Event::Abort | Event::Rollback => return Some(Outcome::Control(ev)),
+                    Event::Promote => {}
+                    other => deferred.push(other),
+                },
+            }
+        }
+    }
+
+    /// An action done again after a hold: instances already started are
+    /// left alone (a second start would replace a healthy process).
+    fn again(&self, a: &Action) -> Action {
+        match a {
+            Action::Start {
+                instances,
+                revision,
+                group,
+                hold,
+            } => Action::Start {
+                instances: self.fleet.exited(instances),
+                revision: revision.clone(),
+                group: group.clone(),
+                hold: *hold,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// A rollback does not wait for what cannot answer: instances on lost
+    /// hosts are left out of its actions (with a note), and the reconciler
+    /// converges them when their host answers again.
+    fn without_lost_hosts(&self, d: &Deployment, a: &Action) -> Action {
+        if d.status != Status::RollingBack {
+            return a.clone();
+        }
+        let f = &self.fleet;
+        let keep = |names: &Vec<String>| -> Vec<String> {
+            let ok = f.reachable(names);
+            if ok.len() < names.len() {
+                let left: Vec<&String> = names.iter().filter(|n| !ok.contains(n)).collect();
+                let msg = format!(
+                    "rollback: leaving {} to the reconciler: {}",
+                    left.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    f.lost_host_reason()
+                        .unwrap_or_else(|| "host unreachable".into())
+                );
+                let _ = f
+                    .store
+                    .save_deployment_event(&d.id, StepKind::Warning.as_str(), &msg);
+            }
+            ok
+        };
+        match a {
+            Action::Start {
+                instances,
+                revision,
+                group,
+                hold,
+            } => Action::Start {
+                instances: keep(instances),
+                revision: revision.clone(),
+                group: group.clone(),
+                hold: *hold,
+            },
+            Action::AwaitHealthy { instances } => Action::AwaitHealthy {
+                instances: keep(instances),
+            },
+            Action::Drain { instances } => Action::Drain {
+                instances: keep(instances),
+            },
+            // Per-instance hooks of a lost host's instances cannot run;
+            // once-per-deployment ones (no instances) run where they run.
+            Action::Hook { name, instances } if !instances.is_empty() => Action::Hook {
+                name: name.clone(),
+                instances: keep(instances),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// One action; `Some` ends the step (failed, or interrupted by a
+    /// command).
+    async fn act(
+        &self,
+        d: &Deployment,
+        a: &Action,
+        ctl: &mut mpsc::UnboundedReceiver<Event>,
+        deferred: &mut Vec<Event>,
+    ) -> Option<Outcome> {
+        let f = &self.fleet;
+        match a {
+            Action::Drain { instances } => {
+                if let (Some(auto), Status::Running) = (&d.auto, d.status) {
+                    if let Some(o) = self
+                        .await_capacity(d, auto, instances.len(), ctl, deferred)
+                        .await
+                    {
+                        return Some(o);
+                    }
+                }
+                for (n, o) in f.drain(instances).await {
+                    if let handoff_proxy::DrainOutcome::TimedOut { in_flight } = o {
+                        let _ = self.fleet.store.save_deployment_event(
+                            &d.id,
+                            StepKind::DrainTimeout.as_str(),
+                            &format!("{n}: drain timed out with {in_flight} in flight"),
+                        );
+                    }
+                }
+            }
+            Action::Stop { instances } => {
+                f.stop(instances, d.strategy == Strategy::BlueGreen).await
+            }
+            Action::Start {
+                instances,
+                revision,
+                group,
+                hold,
+            } => {
+                let mut r = f.start(instances, revision, group, *hold).await;
+                if d.status == Status::RollingBack {
+                    for attempt in 1..=ROLLBACK_RETRIES {
+                        let Err(e) = &r else { break };
+                        let dead = f.exited(instances);
+                        self.retrying(d, attempt, &dead, e);
+                        f.stop(&dead, false).await;
+                        r = f.start(&dead, revision, group, *hold).await;
+                    }
+                }
+                if let Err(e) = r {
+                    return Some(Outcome::Failed(e));
+                }
+            }
+            Action::AwaitHealthy { instances } => {
+                let before = (Counts::of(&f.proxy, &d.from), Counts::of(&f.proxy, &d.to));
+                let mut r = f.await_healthy(instances).await;
+                if d.status == Status::RollingBack {
+                    // Going back to the revision that served: an exit
+                    // now is most likely a crash or a kill of the
+                    // moment, not the revision, so the instance gets
+                    // another start before the rollback is given up.
+                    for attempt in 1..=ROLLBACK_RETRIES {
+                        let Err(e) = &r else { break };
+                        let dead = f.exited(instances);
+                        if dead.is_empty() {
+                            break;
+                        }
+                        self.retrying(d, attempt, &dead, e);
+                        f.stop(&dead, false).await;
+                        if let Err(e) = f.start(&dead, &d.from, &d.blue_group, false).await {
+                            r = Err(e);
+                            continue;
+                        }
+                        r = f.await_healthy(instances).await;
+                    }
+                }
+                if let Err(e) = r {
+                    return Some(Outcome::Failed(e));
+                }
+                if d.status == Status::Running {
+                    let old = Counts::of(&f.proxy, &d.from).since(&before.0);
+                    let new = Counts::of(&f.proxy, &d.to).since(&before.1);
+                    if let Err(e) =
+                        analysis::verdict(&f.service.rollback, &d.from, &old, &d.to, &new)
+                    {
+                        return Some(Outcome::Failed(e));
+                    }
+                }
+            }
+            Action::SetWeights { weights } => {
+                let w: Vec<(&str, u32)> = weights.iter().map(|(g, w)| (g.as_str(), *w)).collect();
+                if let Err(e) = f.balancer.set_weights(&w) {
+                    return Some(Outcome::Failed(e.to_string()));
+                }
+                // An outside balancer routes as the books say once it has
+                // been told: a flip counts from then.
+                if let Err(e) = f.balancer.settle().await {
+                    return Some(Outcome::Failed(e.to_string()));
+                }
+                if d.status == Status::RollingBack {
+                    // The flip back: the report tells it apart from
+                    // the stop of green that follows.
+                    *self.flipped.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now());
+                }
+            }
+            Action::Bake { .. } => {
+                let bake = f.service.blue_green.bake;
+                if let Some(o) = self.bake(d, bake, ctl, deferred).await {
+                    return Some(o);
+                }
+            }
+            Action::Quiesce { group } => {
+                let left = f.balancer.quiesce(group, f.service.drain.timeout).await;
+                if left > 0 {
+                    let _ = f.store.save_deployment_event(
+                        &d.id,
+                        StepKind::DrainTimeout.as_str(),
+                        &format!(
+                            "{group}: {left} requests still in flight after the drain timeout"
+                        ),
+                    );
+                }
+            }
+            Action::Retain => {
+                let until = tokio::time::sleep(f.service.blue_green.retention);
+                tokio::pin!(until);
+                loop {
+                    tokio::select! {
+                        _ = &mut until => break,
+                        Some(ev) = ctl.recv() => {
+                            if let Some(o) = interrupt(ev, deferred) {
+                                return Some(o);
+                            }
+                        }
+                    }
+                }
+            }
+            Action::Supervise { instances } => f.supervise(instances),
+            Action::Release { instances } => f.release(instances),
+            Action::Hook { name, instances } => {
+                if let Err(e) = self.hook(d, name, instances).await {
+                    return Some(Outcome::Failed(e));
+                }
+            }
+            Action::MarkCurrent { revision } => {
+                let group = if *revision == d.to && d.strategy == Strategy::BlueGreen {
+                    &d.green_group
+                } else {
+                    &d.blue_group
+                };
+                if let Err(e) = f.mark_current(revision, group) {
+                    return Some(Outcome::Failed(e.to_string()));
+                }
+            }
+        }
+        None
     }
 
     /// Records a second chance given to instances of a rollback.
@@ -209,6 +411,13 @@ impl<R: Runtime> Deployer<R> {
         let runs = targets.iter().map(|inst| {
             let (cmd, dir, revision) = (cmd.clone(), dir.clone(), revision.clone());
             let timeout = f.service.hooks.timeout;
+            // Per-instance hooks run where the instance lives; once-per-
+            // deployment hooks here, or on `hooks.once_host`.
+            let host = if inst.is_empty() {
+                f.once_host()
+            } else {
+                f.host_of(inst)
+            };
             async move {
                 let env = crate::hooks::HookEnv {
                     service: &d.service,
@@ -218,10 +427,20 @@ impl<R: Runtime> Deployer<R> {
                     instance: inst,
                     phase: name,
                 };
-                (
-                    inst.clone(),
-                    crate::hooks::run(&cmd, &env, &dir, timeout).await,
-                )
+                let result = match host {
+                    Some(h) => {
+                        let run = handoff_runtime::HookRun {
+                            service: d.service.clone(),
+                            revision: revision.clone(),
+                            command: cmd.clone(),
+                            env: env.vars(),
+                            timeout,
+                        };
+                        f.exec_on(&h, &run).await
+                    }
+                    None => crate::hooks::run(&cmd, &env, &dir, timeout).await,
+                };
+                (inst.clone(), result)
             }
         });
         let mut failed = Vec::new();

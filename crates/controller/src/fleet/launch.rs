@@ -27,7 +27,10 @@ impl<R: Runtime> Fleet<R> {
         supervise: Option<u64>,
         hold: bool,
     ) -> Result<(), String> {
-        let Some((port, revision)) = self.slots().get(name).map(|s| (s.port, s.revision.clone()))
+        let Some((host, port, revision)) = self
+            .slots()
+            .get(name)
+            .map(|s| (s.host.clone(), s.port, s.revision.clone()))
         else {
             return Err(format!("no instance {name}"));
         };
@@ -41,6 +44,7 @@ impl<R: Runtime> Fleet<R> {
             service: self.name().to_string(),
             instance: name.to_string(),
             revision: revision.clone(),
+            host: host.clone(),
             port,
             command: self.managed.command.clone(),
             release_dir: dir,
@@ -52,7 +56,7 @@ impl<R: Runtime> Fleet<R> {
             // Something else took the instance's port while it was down:
             // keeping the port is a convenience, serving is not optional.
             let old = *port;
-            if let Ok(new) = self.port_for(0) {
+            if let Ok(new) = self.port_for(host.as_deref(), 0) {
                 if let Some(s) = self.slots().get_mut(name) {
                     s.port = new;
                 }
@@ -111,13 +115,13 @@ impl<R: Runtime> Fleet<R> {
                     s.target = None;
                 }
             }
-            let _ = self.proxy.remove(target, Duration::ZERO).await;
+            let _ = self.balancer.remove(target, Duration::ZERO).await;
             return Err(Launch::Runtime(e));
         }
         self.event(
             Some(name),
             "started",
-            &format!("pid {} on port {} ({})", run.pid, spec.port, spec.revision),
+            &format!("{} at {} ({})", run.whose(), run.addr, spec.revision),
         );
         if !hold {
             if let Ok(t) = self.proxy.target(target) {
@@ -142,6 +146,13 @@ impl<R: Runtime> Fleet<R> {
     ) -> Result<TargetId, Register> {
         let live = self.live_group();
         let mut slots = self.slots();
+        // Checked under the slots' lock, as `close` sets it before anything
+        // else: a closed fleet (handed to a new daemon) registers nothing.
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Register::Refused(format!(
+                "{name}: not started: the fleet is closed (stopping, or handed to a new daemon)"
+            )));
+        }
         let s = slots.get_mut(name);
         if let Some(s) = &s {
             if let Some(e) = epoch.filter(|e| !s.supervised || s.epoch != *e) {
@@ -152,17 +163,17 @@ impl<R: Runtime> Fleet<R> {
             if let Some(old) = s.running.as_ref().filter(|o| o.pid != run.pid) {
                 if self.runtime.is_alive(old) {
                     return Err(Register::Refused(format!(
-                        "{name}: not started: it already runs as pid {}",
-                        old.pid
+                        "{name}: not started: it already runs as {}",
+                        old.whose()
                     )));
                 }
             }
         }
         let group = s.as_ref().map(|s| s.group.clone()).unwrap_or(live);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], run.port));
+        let addr = run.addr;
         let target = self
-            .proxy
-            .add_target(
+            .balancer
+            .add(
                 &group,
                 TargetSpec {
                     addr,

@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use handoff_core::config::{Managed, Service};
 use handoff_proxy::{ServiceProxy, TargetId};
+
+use crate::balancer::Balancer;
 use handoff_runtime::{ports, RunningInstance, Runtime};
 use handoff_store::{InstanceRecord, Store};
 use tokio::task::JoinHandle;
@@ -38,6 +40,7 @@ use tokio::task::JoinHandle;
 use crate::ControllerError;
 
 mod files;
+mod hosts;
 mod launch;
 mod ops;
 mod reconcile;
@@ -53,6 +56,9 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 pub const FIRST_GROUP: &str = "blue";
 
 struct Slot {
+    /// The host it runs on (`None`: this machine); kept across restarts
+    /// and in-place replacements, as a server keeps its address.
+    host: Option<String>,
     port: u16,
     revision: String,
     group: String,
@@ -83,6 +89,8 @@ pub struct InstanceView {
     pub name: String,
     pub revision: String,
     pub group: String,
+    /// The host it runs on (`None`: this machine).
+    pub host: Option<String>,
     pub port: u16,
     pub pid: Option<u32>,
     pub target: Option<TargetId>,
@@ -97,6 +105,9 @@ pub struct InstanceView {
 pub struct Fleet<R: Runtime> {
     pub service: Service,
     managed: Managed,
+    /// What routes the service (every routing change goes through it).
+    pub balancer: Arc<dyn Balancer>,
+    /// The balancer's books: targets, states, counters, events (reads).
     pub proxy: Arc<ServiceProxy>,
     runtime: Arc<R>,
     pub store: Arc<Store>,
@@ -141,7 +152,7 @@ fn index_of(name: &str) -> u32 {
 impl<R: Runtime> Fleet<R> {
     pub fn new(
         service: Service,
-        proxy: Arc<ServiceProxy>,
+        balancer: Arc<dyn Balancer>,
         runtime: Arc<R>,
         store: Arc<Store>,
         opts: FleetOptions,
@@ -161,7 +172,8 @@ impl<R: Runtime> Fleet<R> {
         Ok(Arc::new(Fleet {
             service,
             managed,
-            proxy,
+            proxy: balancer.books().clone(),
+            balancer,
             runtime,
             store,
             state_dir: opts.state_dir,
@@ -260,6 +272,7 @@ impl<R: Runtime> Fleet<R> {
                 name: n.clone(),
                 revision: s.revision.clone(),
                 group: s.group.clone(),
+                host: s.host.clone(),
                 port: s.port,
                 pid: s.running.as_ref().map(|r| r.pid),
                 target: s.target,
@@ -290,38 +303,80 @@ impl<R: Runtime> Fleet<R> {
             .collect()
     }
 
-    /// Brings the fleet to `instances` × the current revision: adopts what is
-    /// alive and right, stops what is not, starts the rest.
+    /// Where instances go: each host of the placement (or this machine,
+    /// `None`) with how many instances it carries.
+    pub fn placement(&self) -> Vec<(Option<String>, usize)> {
+        if self.managed.hosts.is_empty() {
+            vec![(None, self.managed.instances as usize)]
+        } else {
+            self.managed
+                .hosts
+                .iter()
+                .map(|h| (Some(h.clone()), self.managed.instances_per_host as usize))
+                .collect()
+        }
+    }
+
+    /// The host a new instance of `group` goes to: the placement's host
+    /// with the fewest instances of that group (the first on a tie), so a
+    /// blue/green group lands one instance per host beside the other.
+    pub(super) fn place(&self, group: &str) -> Option<String> {
+        let slots = self.slots();
+        self.placement()
+            .into_iter()
+            .min_by_key(|(h, _)| {
+                slots
+                    .values()
+                    .filter(|s| s.group == group && &s.host == h)
+                    .count()
+            })
+            .and_then(|(h, _)| h)
+    }
+
+    /// Brings the fleet to the placement × the current revision: adopts
+    /// what is alive and right, stops what is not, starts the rest.
     pub async fn boot(self: &Arc<Self>) -> Result<(), ControllerError> {
         let revision = self.current_revision();
         self.install_release(&revision).await?;
         let records = self.store.instances(self.name())?;
         self.stop_strays(&records).await;
-        let want = self.managed.instances as usize;
+        let placement = self.placement();
+        let room = |host: &Option<String>| {
+            placement
+                .iter()
+                .find(|(h, _)| h == host)
+                .map_or(0, |(_, n)| *n)
+        };
+        let on = |v: &[InstanceRecord], host: &Option<String>| {
+            v.iter().filter(|r| &host_of(r) == host).count()
+        };
         let mut kept: Vec<InstanceRecord> = Vec::new();
         let mut restart: Vec<InstanceRecord> = Vec::new();
         for rec in records {
             let run = running_of(&rec);
+            let host = host_of(&rec);
             let alive = rec.pid != 0 && self.runtime.is_alive(&run);
             let right = rec.revision == revision;
-            if alive && right && kept.len() < want {
+            if alive && right && on(&kept, &host) < room(&host) {
                 kept.push(rec);
                 continue;
             }
             if alive {
-                let why = if right {
-                    "is beyond the configured instance count".to_string()
-                } else {
+                let why = if !right {
                     format!("runs revision {}, not {revision}", rec.revision)
+                } else if room(&host) == 0 {
+                    "runs on a host the service no longer uses".to_string()
+                } else {
+                    "is beyond the configured instance count".to_string()
                 };
                 self.event(
                     Some(&rec.name),
                     "replaced",
-                    &format!("stopping pid {}: {why}", rec.pid),
+                    &format!("stopping {}: {why}", run.whose()),
                 );
                 self.runtime.stop(&run, self.managed.stop_grace).await;
             }
-            if right && kept.len() + restart.len() < want {
+            if right && on(&kept, &host) + on(&restart, &host) < room(&host) {
                 restart.push(rec);
             } else {
                 self.store.delete_instance(self.name(), &rec.name)?;
@@ -332,42 +387,56 @@ impl<R: Runtime> Fleet<R> {
             .map(|r| r.group.clone())
             .unwrap_or_else(|| FIRST_GROUP.to_string());
         *self.live_group.lock().unwrap_or_else(|e| e.into_inner()) = group.clone();
-        self.proxy
+        self.balancer
             .set_weights(&[(handoff_proxy::DEFAULT_GROUP, 0), (&group, 100)])?;
         for rec in &kept {
+            let run = running_of(rec);
             self.event(
                 Some(&rec.name),
                 "adopted",
                 &format!(
-                    "adopted live instance pid {} on port {} ({})",
-                    rec.pid, rec.port, rec.revision
+                    "adopted live instance {} at {} ({})",
+                    run.whose(),
+                    run.addr,
+                    rec.revision
                 ),
             );
             self.slots().insert(
                 rec.name.clone(),
-                slot(rec.port, &rec.revision, &group, rec.restarts),
+                slot(host_of(rec), rec.port, &rec.revision, &group, rec.restarts),
             );
-            self.register(&rec.name, running_of(rec), false, None)?;
+            self.register(&rec.name, run, false, None)?;
             self.supervise(std::slice::from_ref(&rec.name));
         }
-        let mut names: Vec<(String, u16, u32)> = restart
+        let mut names: Vec<(String, Option<String>, u16, u32)> = restart
             .iter()
-            .map(|r| (r.name.clone(), r.port, r.restarts))
+            .map(|r| (r.name.clone(), host_of(r), r.port, r.restarts))
             .collect();
-        let missing = want.saturating_sub(kept.len() + names.len());
-        for n in self.new_names_after(&kept, &names, missing) {
-            names.push((n, 0, 0));
+        let mut fresh = Vec::new();
+        for (host, n) in &placement {
+            let have = on(&kept, host) + on(&restart, host);
+            for _ in have..*n {
+                fresh.push(host.clone());
+            }
+        }
+        for (n, host) in self
+            .new_names_after(&kept, &names, fresh.len())
+            .into_iter()
+            .zip(fresh)
+        {
+            names.push((n, host, 0, 0));
         }
         let mut starts = Vec::new();
-        for (name, port, restarts) in names {
-            let port = self.port_for(port)?;
+        for (name, host, port, restarts) in names {
+            let port = self.port_for(host.as_deref(), port)?;
             self.slots()
-                .insert(name.clone(), slot(port, &revision, &group, restarts));
+                .insert(name.clone(), slot(host, port, &revision, &group, restarts));
             starts.push(self.start_supervised(&name));
         }
         for s in starts {
             let _ = s.await;
         }
+        self.balancer.booted();
         self.store.set_current_revision(self.name(), &revision)?;
         self.store
             .set_config_revision(self.name(), &self.managed.revision)?;
@@ -377,13 +446,13 @@ impl<R: Runtime> Fleet<R> {
     fn new_names_after(
         &self,
         kept: &[InstanceRecord],
-        restart: &[(String, u16, u32)],
+        restart: &[(String, Option<String>, u16, u32)],
         n: usize,
     ) -> Vec<String> {
         let top = kept
             .iter()
             .map(|r| index_of(&r.name))
-            .chain(restart.iter().map(|(n, _, _)| index_of(n)))
+            .chain(restart.iter().map(|(n, ..)| index_of(n)))
             .chain(self.slots().keys().map(|k| index_of(k)))
             .max()
             .unwrap_or(0);
@@ -392,151 +461,19 @@ impl<R: Runtime> Fleet<R> {
             .collect()
     }
 
-    /// A port for an instance: its old one if still free, else a new one.
-    fn port_for(&self, old: u16) -> Result<u16, ControllerError> {
-        if old != 0 && ports::is_free(old) {
+    /// A port for an instance on `host`: its old one if still free, else
+    /// a new one no other instance there has.
+    pub(super) fn port_for(&self, host: Option<&str>, old: u16) -> Result<u16, ControllerError> {
+        if old != 0 && self.runtime.port_free(host, old) {
             return Ok(old);
         }
-        let taken: Vec<u16> = self.slots().values().map(|s| s.port).collect();
+        let taken: Vec<u16> = self
+            .slots()
+            .values()
+            .filter(|s| s.host.as_deref() == host)
+            .map(|s| s.port)
+            .collect();
         Ok(ports::allocate(self.port_range, &taken)?)
-    }
-
-    /// Installs `revision`'s artifact (once; verified by sha256 against both
-    /// the release and the store) and prunes old releases. The artifact is
-    /// the one `deploy --artifact` brought, or the config's for its
-    /// revision; a revision installed before keeps its release (rollback
-    /// never needs the original file); one without any runs in the
-    /// config's directory.
-    pub async fn install_release(&self, revision: &str) -> Result<PathBuf, ControllerError> {
-        let given = self
-            .artifacts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(revision)
-            .cloned();
-        let artifact = given.or_else(|| {
-            (revision == self.managed.revision)
-                .then(|| self.managed.artifact.clone())
-                .flatten()
-        });
-        let installed = handoff_runtime::artifact::Releases::new(&self.state_dir)
-            .installed(self.name(), revision);
-        // An original that is still there is verified against the installed
-        // release (a changed revision is refused); once it is gone, the
-        // installed release is all a rollback or redeploy needs.
-        let (dir, sha) = match artifact
-            .clone()
-            .filter(|a| a.exists() || installed.is_none())
-        {
-            Some(a) => {
-                let releases = handoff_runtime::artifact::Releases::new(&self.state_dir);
-                let (svc, rev) = (self.name().to_string(), revision.to_string());
-                // A revision that never served may take new content under
-                // its id (a broken build fixed); one that served may not.
-                let replace = self.may_replace(revision);
-                let rel = tokio::task::spawn_blocking(move || {
-                    if replace {
-                        releases.replace(&svc, &rev, &a)
-                    } else {
-                        releases.install(&svc, &rev, &a)
-                    }
-                })
-                .await
-                .map_err(|e| ControllerError::Internal(e.to_string()))??;
-                (rel.dir, Some(rel.sha256))
-            }
-            None => match installed {
-                Some(rel) => (rel.dir, Some(rel.sha256)),
-                // It was installed from an artifact once: running it from
-                // the config's directory instead would run other code.
-                None if self
-                    .store
-                    .revision(self.name(), revision)?
-                    .is_some_and(|r| r.sha256.is_some()) =>
-                {
-                    return Err(handoff_runtime::RuntimeError::ReleaseGone {
-                        service: self.name().to_string(),
-                        revision: revision.to_string(),
-                        dir: handoff_runtime::artifact::Releases::new(&self.state_dir)
-                            .dir(self.name(), revision),
-                    }
-                    .into());
-                }
-                None => (self.base_dir.clone(), None),
-            },
-        };
-        let stored = self.store.put_revision(&handoff_store::RevisionRecord {
-            service: self.name().to_string(),
-            id: revision.to_string(),
-            artifact: artifact.as_ref().map(|a| a.display().to_string()),
-            sha256: sha.clone(),
-            created_ms: handoff_store::now_ms(),
-        })?;
-        if let (Some(old), Some(new)) = (&stored.sha256, &sha) {
-            if old != new && self.may_replace(revision) {
-                self.store
-                    .replace_revision(&handoff_store::RevisionRecord {
-                        service: self.name().to_string(),
-                        id: revision.to_string(),
-                        artifact: artifact.as_ref().map(|a| a.display().to_string()),
-                        sha256: sha.clone(),
-                        created_ms: handoff_store::now_ms(),
-                    })?;
-                self.event(
-                    None,
-                    "revision-replaced",
-                    &format!(
-                        "{revision} never served, so its content was replaced (sha256 {old} → {new})"
-                    ),
-                );
-            } else if old != new {
-                return Err(handoff_runtime::RuntimeError::RevisionChanged {
-                    service: self.name().to_string(),
-                    revision: revision.to_string(),
-                    existing: old.clone(),
-                    new: new.clone(),
-                }
-                .into());
-            }
-        }
-        if sha.is_some() {
-            let in_use: Vec<String> = self
-                .slots()
-                .values()
-                .map(|s| s.revision.clone())
-                .chain([revision.to_string()])
-                .collect();
-            let removed = self.prune_releases(&in_use)?;
-            if !removed.is_empty() {
-                self.event(
-                    None,
-                    "releases-pruned",
-                    &format!("removed old releases {}", removed.join(", ")),
-                );
-            }
-        }
-        self.release_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(revision.to_string(), dir.clone());
-        Ok(dir)
-    }
-
-    /// The release directory of an installed revision, installing it the
-    /// first time only: every batch and every hook of a deployment asks, and
-    /// hashing an artifact again each time would be work done for nothing
-    /// (revisions are immutable; the first install verified it).
-    pub async fn release_dir(&self, revision: &str) -> Result<PathBuf, ControllerError> {
-        let known = self
-            .release_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(revision)
-            .cloned();
-        match known {
-            Some(d) => Ok(d),
-            None => self.install_release(revision).await,
-        }
     }
 
     /// Processes marked with our owner id and service that no record names
@@ -545,14 +482,18 @@ impl<R: Runtime> Fleet<R> {
     /// and instances started before marks carried an owner id are adopted
     /// too (an upgrade restarts nothing).
     async fn stop_strays(&self, records: &[InstanceRecord]) {
-        for run in self.runtime.marked() {
-            if run.service != self.name() || records.iter().any(|r| r.pid == run.pid) {
+        for run in self.runtime.marked().await {
+            if run.service != self.name()
+                || records
+                    .iter()
+                    .any(|r| r.pid == run.pid && host_of(r) == run.host)
+            {
                 continue;
             }
             self.event(
                 Some(&run.instance),
                 "stray",
-                &format!("stopping unrecorded process pid {}", run.pid),
+                &format!("stopping unrecorded process {}", run.whose()),
             );
             self.runtime.stop(&run, self.managed.stop_grace).await;
         }
@@ -564,8 +505,14 @@ impl<R: Runtime> Fleet<R> {
         status: &str,
         run: Option<&RunningInstance>,
     ) -> Result<(), ControllerError> {
-        let (port, revision, group, restarts) = match self.slots().get(name) {
-            Some(s) => (s.port, s.revision.clone(), s.group.clone(), s.restarts),
+        let (host, port, revision, group, restarts) = match self.slots().get(name) {
+            Some(s) => (
+                s.host.clone().unwrap_or_default(),
+                s.port,
+                s.revision.clone(),
+                s.group.clone(),
+                s.restarts,
+            ),
             None => return Ok(()),
         };
         self.store.put_instance(&InstanceRecord {
@@ -578,6 +525,8 @@ impl<R: Runtime> Fleet<R> {
             status: status.to_string(),
             restarts,
             group,
+            host,
+            address: run.map(|r| r.addr.to_string()).unwrap_or_default(),
         })?;
         Ok(())
     }
@@ -586,13 +535,20 @@ impl<R: Runtime> Fleet<R> {
     pub async fn shutdown(&self) {
         self.close().await;
         let names: Vec<String> = self.slots().keys().cloned().collect();
+        // An outside balancer outlives handoff: each server is drained
+        // (its requests finish) before its instance stops. Handoff's own
+        // proxy has finished its requests by now.
+        if self.proxy.external() {
+            self.drain(&names).await;
+        }
         self.stop(&names, false).await;
         self.event(None, "stopped", "all instances stopped");
     }
 }
 
-fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
+fn slot(host: Option<String>, port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
     Slot {
+        host,
         port,
         revision: revision.to_string(),
         group: group.to_string(),
@@ -607,12 +563,23 @@ fn slot(port: u16, revision: &str, group: &str, restarts: u32) -> Slot {
     }
 }
 
+/// The host of a record (`None`: this machine).
+fn host_of(r: &InstanceRecord) -> Option<String> {
+    (!r.host.is_empty()).then(|| r.host.clone())
+}
+
 fn running_of(r: &InstanceRecord) -> RunningInstance {
+    // Records from before v6 have no address: they are local.
+    let addr = r
+        .address
+        .parse()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], r.port)));
     RunningInstance {
         service: r.service.clone(),
         instance: r.name.clone(),
         revision: r.revision.clone(),
-        port: r.port,
+        host: host_of(r),
+        addr,
         pid: r.pid,
         start_time: r.start_time,
     }

@@ -26,14 +26,18 @@ impl<R: Runtime> Fleet<R> {
             .await
             .map_err(|e| e.to_string())?;
         for n in names {
-            let known = self.slots().get(n).map(|s| s.port);
+            // A known instance keeps its host and port (in place: the
+            // same server gets the new version); a new one goes to the
+            // host with the fewest of its group.
+            let known = self.slots().get(n).map(|s| (s.host.clone(), s.port));
+            let (host, old) = known.unwrap_or_else(|| (self.place(group), 0));
             let port = self
-                .port_for(known.unwrap_or(0))
+                .port_for(host.as_deref(), old)
                 .map_err(|e| e.to_string())?;
             let mut slots = self.slots();
             let s = slots
                 .entry(n.clone())
-                .or_insert_with(|| slot(port, revision, group, 0));
+                .or_insert_with(|| slot(host.clone(), port, revision, group, 0));
             s.port = port;
             s.revision = revision.to_string();
             s.group = group.to_string();
@@ -195,7 +199,7 @@ impl<R: Runtime> Fleet<R> {
             let Some(t) = self.slots().get(n).and_then(|s| s.target) else {
                 continue;
             };
-            let (p, n, timeout) = (self.proxy.clone(), n.clone(), self.service.drain.timeout);
+            let (p, n, timeout) = (self.balancer.clone(), n.clone(), self.service.drain.timeout);
             jobs.push(tokio::spawn(async move { (n, p.drain(t, timeout).await) }));
         }
         let mut out = Vec::new();
@@ -227,7 +231,7 @@ impl<R: Runtime> Fleet<R> {
             };
             let _ = self.record(n, "stopping", run.as_ref());
             if let Some(t) = target {
-                let _ = self.proxy.remove(t, Duration::ZERO).await;
+                let _ = self.balancer.remove(t, Duration::ZERO).await;
             }
             let (rt, grace) = (self.runtime.clone(), self.managed.stop_grace);
             let n = n.clone();

@@ -9,7 +9,8 @@
 //!   (another process in a slot's name, or in none): stopped;
 //! - fewer instances than configured: new ones started;
 //! - an instance nobody watches (a path where supervision lapsed):
-//!   supervised again, which restarts it if it is dead.
+//!   supervised again, which restarts it if it is dead;
+//! - group weights other than live 100, others 0: set back.
 //!
 //! Every mend is a fleet event (`reconcile`) and a WARN: a mend means some
 //! other path has a bug or the world changed under handoff.
@@ -70,8 +71,22 @@ impl<R: Runtime> Fleet<R> {
     /// Stops reconciling (before a shutdown, or before leaving instances
     /// running on exit); waits for a reconciliation in progress.
     pub async fn close(&self) {
-        self.closing.store(true, SeqCst);
+        {
+            // Under the slots' lock, so that a start registering right now
+            // either finishes first or sees the fleet closed.
+            let _slots = self.slots();
+            self.closing.store(true, SeqCst);
+        }
+        self.balancer.suspend(true);
         drop(self.mending.lock().await);
+    }
+
+    /// Undoes [`Self::close`] (a hand-over to a new daemon failed): the
+    /// fleet is this daemon's again; start `reconcile_every` anew, and the
+    /// reconciler mends whatever went unsupervised meanwhile.
+    pub fn reopen(&self) {
+        self.closing.store(false, SeqCst);
+        self.balancer.suspend(false);
     }
 
     /// Reconciles every `every` until the fleet closes (or is dropped).
@@ -99,26 +114,46 @@ impl<R: Runtime> Fleet<R> {
         }
         // Read before the slots: a process that starts after this scan is
         // not in it, so it cannot be taken for a stray.
-        let marked = self.runtime.marked();
+        let marked = self.runtime.marked().await;
         let revision = self.current_revision();
         let live = self.live_group();
-        let want = self.managed.instances as usize;
+        let want = self.desired();
         let desired = format!("{want} × {revision} in group {live}");
         let mut mends = 0;
 
+        // Per host of the placement (this machine is one): the right
+        // instances up to its share are kept. A host that does not answer
+        // is left as it is until it does: nothing there can be stopped or
+        // started, and what ran there is found again when it answers.
+        let placement = self.placement();
+        let lost: Vec<String> = self.lost_hosts().into_iter().map(|(h, _)| h).collect();
+        let is_lost = |h: &Option<String>| h.as_ref().is_some_and(|h| lost.contains(h));
         let (kept, extras) = {
             let slots = self.slots();
-            let mut right: Vec<&String> = slots
-                .iter()
-                .filter(|(_, s)| s.revision == revision && s.group == live)
-                .map(|(n, _)| n)
-                .collect();
-            right.sort_by_key(|n| index_of(n));
-            let kept: Vec<String> = right.into_iter().take(want).cloned().collect();
+            let mut kept: Vec<String> = Vec::new();
+            for (host, room) in &placement {
+                let mut right: Vec<&String> = slots
+                    .iter()
+                    .filter(|(_, s)| s.revision == revision && s.group == live && &s.host == host)
+                    .map(|(n, _)| n)
+                    .collect();
+                right.sort_by_key(|n| index_of(n));
+                kept.extend(right.into_iter().take(*room).cloned());
+            }
             let extras: Vec<(String, String)> = slots
                 .iter()
-                .filter(|(n, _)| !kept.contains(n))
-                .map(|(n, s)| (n.clone(), format!("{} in group {}", s.revision, s.group)))
+                .filter(|(n, s)| !kept.contains(n) && !is_lost(&s.host))
+                .map(|(n, s)| {
+                    let on = s
+                        .host
+                        .as_deref()
+                        .map(|h| format!(" on {h}"))
+                        .unwrap_or_default();
+                    (
+                        n.clone(),
+                        format!("{} in group {}{on}", s.revision, s.group),
+                    )
+                })
                 .collect();
             (kept, extras)
         };
@@ -135,19 +170,24 @@ impl<R: Runtime> Fleet<R> {
         }
 
         mends += self.mend_records().await;
+        mends += self.mend_weights(&live);
 
         for run in marked.into_iter().filter(|r| r.service == self.name()) {
             let stray = match self.slots().get(&run.instance) {
                 None => true,
                 // A slot with no process yet may be starting this one.
-                Some(s) => s.running.as_ref().is_some_and(|r| r.pid != run.pid),
+                Some(s) => s
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.pid != run.pid || r.host != run.host),
             };
             if stray && self.runtime.is_alive(&run) {
                 self.mend(
                     Some(&run.instance),
                     &format!(
-                        "pid {} is marked as {} of this state dir, but no instance owns it; stopping it",
-                        run.pid, run.instance
+                        "{} is marked as {} of this state dir, but no instance owns it; stopping it",
+                        run.whose(),
+                        run.instance
                     ),
                 );
                 mends += 1;
@@ -155,26 +195,41 @@ impl<R: Runtime> Fleet<R> {
             }
         }
 
-        let missing = want.saturating_sub(kept.len());
+        let mut fresh: Vec<Option<String>> = Vec::new();
+        for (host, room) in &placement {
+            if is_lost(host) {
+                continue;
+            }
+            let have = self
+                .slots()
+                .iter()
+                .filter(|(n, s)| kept.contains(n) && &s.host == host)
+                .count();
+            fresh.extend(std::iter::repeat_n(host.clone(), room.saturating_sub(have)));
+        }
         let mut starts = Vec::new();
-        for n in self.new_names(missing) {
-            let port = match self.port_for(0) {
+        for (n, host) in self.new_names(fresh.len()).into_iter().zip(fresh) {
+            let port = match self.port_for(host.as_deref(), 0) {
                 Ok(p) => p,
                 Err(e) => {
                     self.mend(Some(&n), &format!("cannot start {n}: {e}"));
                     break;
                 }
             };
+            let on = host
+                .as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default();
             self.mend(
                 Some(&n),
                 &format!(
-                    "{} of the desired {desired} run; starting {n}",
+                    "{} of the desired {desired} run; starting {n}{on}",
                     kept.len() + starts.len()
                 ),
             );
             mends += 1;
             self.slots()
-                .insert(n.clone(), slot(port, &revision, &live, 0));
+                .insert(n.clone(), slot(host, port, &revision, &live, 0));
             starts.push(self.start_supervised(&n));
         }
         for s in starts {
@@ -182,7 +237,8 @@ impl<R: Runtime> Fleet<R> {
         }
 
         for n in &kept {
-            if !self.watched(n) {
+            let on_lost = self.slots().get(n).is_some_and(|s| is_lost(&s.host));
+            if !on_lost && !self.watched(n) {
                 let pid = self
                     .slots()
                     .get(n)
@@ -244,6 +300,42 @@ impl<R: Runtime> Fleet<R> {
             }
         }
         mends
+    }
+
+    /// Outside a deployment the live group takes all the traffic and every
+    /// other group none: a weight left over (a flip cut short by a crash
+    /// that recovery did not see) is set back.
+    fn mend_weights(&self, live: &str) -> usize {
+        let table = self.proxy.table();
+        let wrong: Vec<(String, u32)> = table
+            .groups
+            .iter()
+            .filter(|g| g.weight != if &*g.name == live { 100 } else { 0 })
+            .map(|g| (g.name.to_string(), g.weight))
+            .collect();
+        if wrong.is_empty() {
+            return 0;
+        }
+        let list: Vec<String> = wrong.iter().map(|(g, w)| format!("{g} at {w}")).collect();
+        self.mend(
+            None,
+            &format!(
+                "group weights {} outside a deployment; setting {live} to 100 and the others to 0",
+                list.join(", ")
+            ),
+        );
+        let mut weights: Vec<(&str, u32)> = table
+            .groups
+            .iter()
+            .map(|g| (&*g.name, if &*g.name == live { 100 } else { 0 }))
+            .collect();
+        if !weights.iter().any(|(g, _)| *g == live) {
+            weights.push((live, 100));
+        }
+        if let Err(e) = self.balancer.set_weights(&weights) {
+            tracing::error!(service = %self.name(), error = %e, "reconcile: cannot set weights");
+        }
+        1
     }
 
     /// One mend: a WARN and a fleet event.

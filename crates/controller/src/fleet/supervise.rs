@@ -1,6 +1,7 @@
-//! Supervision: an instance that dies, or misses its health deadline, is
-//! taken out of service at once and restarted with back-off on its port,
-//! however often that happens.
+//! Supervision: an instance that dies, misses its health deadline, or,
+//! once healthy, fails its checks for as long as that deadline, is taken
+//! out of service at once and restarted with back-off on its port, however
+//! often that happens.
 //!
 //! ```text
 //! supervise ─► watch ── exit / deadline ──► retry_later ── back-off ──► restart
@@ -73,9 +74,13 @@ impl<R: Runtime> Fleet<R> {
 
     /// Whether `name` is still supervised in `epoch`.
     pub(super) fn supervises(&self, name: &str, epoch: u64) -> bool {
-        self.slots()
-            .get(name)
-            .is_some_and(|s| s.supervised && s.epoch == epoch)
+        // A closed fleet (stopping, or handed to a new daemon) restarts
+        // nothing: the next daemon supervises these instances.
+        !self.closing.load(std::sync::atomic::Ordering::SeqCst)
+            && self
+                .slots()
+                .get(name)
+                .is_some_and(|s| s.supervised && s.epoch == epoch)
     }
 
     /// Whether `name` is supervised with a task on it (watching or waiting
@@ -164,11 +169,17 @@ impl<R: Runtime> Fleet<R> {
             exit = self.runtime.exited(&run) => died(exit),
             ok = tokio::time::timeout(deadline, healthy) => match ok {
                 Ok(true) => {
-                    tokio::select! {
-                        exit = self.runtime.exited(&run) => died(exit),
-                        _ = tokio::time::sleep(STABLE_AFTER) => {
-                            self.forgive(&name, epoch, &run);
-                            died(self.runtime.exited(&run).await)
+                    let stable = tokio::time::sleep(STABLE_AFTER);
+                    tokio::pin!(stable);
+                    let mut forgiven = false;
+                    loop {
+                        tokio::select! {
+                            exit = self.runtime.exited(&run) => break died(exit),
+                            why = self.stays_unhealthy(&run, target) => break why,
+                            _ = &mut stable, if !forgiven => {
+                                self.forgive(&name, epoch, &run);
+                                forgiven = true;
+                            }
                         }
                     }
                 }
@@ -182,9 +193,9 @@ impl<R: Runtime> Fleet<R> {
         if !self.supervises(&name, epoch) {
             return; // a deliberate stop took over; the exit was its doing
         }
-        self.proxy.mark_unhealthy(target, &reason);
+        self.balancer.mark_unhealthy(target, &reason);
         self.event(Some(&name), "failed", &format!("{reason}; restarting"));
-        let _ = self.proxy.remove(target, Duration::ZERO).await;
+        let _ = self.balancer.remove(target, Duration::ZERO).await;
         if self.runtime.is_alive(&run) {
             self.runtime.stop(&run, self.managed.stop_grace).await;
         }
@@ -195,6 +206,48 @@ impl<R: Runtime> Fleet<R> {
             }
         }
         self.retry_later(&name, epoch);
+    }
+
+    /// Resolves (with why) once an instance that was healthy has failed
+    /// its checks without a break for `healthy_deadline`: alive but of no
+    /// use (a deadlock, a lost dependency), it is replaced as one that
+    /// never got healthy is. Not while its host is unreachable: that says
+    /// nothing of the instance, and nothing could be done there.
+    async fn stays_unhealthy(&self, run: &RunningInstance, target: TargetId) -> String {
+        let deadline = self.service.health.healthy_deadline;
+        let mut since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let reachable = run
+                .host
+                .as_deref()
+                .is_none_or(|h| self.host_lost(h).is_none());
+            // Failing its own health checks; a passive ejection (answers to
+            // real traffic) has its own timer and, often, a cause shared
+            // by every instance, which a restart would not cure.
+            let sick = self
+                .proxy
+                .target(target)
+                .is_ok_and(|t| t.state() == TargetState::Unhealthy && !t.ejected());
+            if !(sick && reachable) {
+                since = None;
+                continue;
+            }
+            let start = *since.get_or_insert_with(tokio::time::Instant::now);
+            if start.elapsed() >= deadline {
+                let check = self
+                    .proxy
+                    .target(target)
+                    .ok()
+                    .and_then(|t| t.last_check())
+                    .map(|c| format!("; last check {c}"))
+                    .unwrap_or_default();
+                return format!(
+                    "unhealthy for healthy_deadline {} after it had been healthy{check}",
+                    handoff_core::duration::format(deadline)
+                );
+            }
+        }
     }
 
     /// An instance healthy for `STABLE_AFTER`: its next failure restarts it
@@ -260,9 +313,12 @@ impl<R: Runtime> Fleet<R> {
     /// again later. A process already there is watched, not doubled.
     async fn restart(self: Arc<Self>, name: String, epoch: u64) {
         let (running, target) = {
+            let closing = self.closing.load(std::sync::atomic::Ordering::SeqCst);
             let slots = self.slots();
             match slots.get(&name) {
-                Some(s) if s.supervised && s.epoch == epoch => (s.running.clone(), s.target),
+                Some(s) if s.supervised && s.epoch == epoch && !closing => {
+                    (s.running.clone(), s.target)
+                }
                 _ => return,
             }
         };

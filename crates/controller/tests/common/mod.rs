@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -67,7 +66,8 @@ impl Runtime for FakeRuntime {
             service: spec.service.clone(),
             instance: spec.instance.clone(),
             revision: spec.revision.clone(),
-            port: spec.port,
+            host: spec.host.clone(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], spec.port)),
             pid,
             start_time: pid as u64,
         };
@@ -117,11 +117,11 @@ impl Runtime for FakeRuntime {
         }
     }
 
-    fn log_path(&self, _: &str, _: &str) -> PathBuf {
-        PathBuf::from("/dev/null")
+    async fn log_tail(&self, _: &str, _: &str, _: Option<&str>, _: usize) -> Option<String> {
+        None
     }
 
-    fn marked(&self) -> Vec<RunningInstance> {
+    async fn marked(&self) -> Vec<RunningInstance> {
         self.procs
             .lock()
             .unwrap()
