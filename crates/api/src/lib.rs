@@ -18,6 +18,7 @@
 //! 400 bad body, 404 unknown service/deployment, 409 conflict. The CLI uses
 //! the same [`types`].
 
+pub mod daemon;
 mod dashboard;
 mod deployments;
 mod events;
@@ -58,6 +59,11 @@ pub struct AdminState {
     /// Turns true when the daemon stops: open event streams end cleanly, so
     /// the graceful shutdown of the admin server need not cut them.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The daemon's main loop, for `POST /reload` and `POST /upgrade`
+    /// (none in tests that build the API alone).
+    pub daemon: Option<tokio::sync::mpsc::Sender<daemon::DaemonRequest>>,
+    /// The config file the daemon runs.
+    pub config_path: Arc<str>,
 }
 
 /// The API described for people and schema-driven tools (public, like
@@ -76,6 +82,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))
         .route("/events", get(events))
+        .route("/daemon", get(daemon::daemon))
+        .route("/reload", post(daemon::reload))
+        .route("/upgrade", post(daemon::upgrade))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     Router::new()
@@ -145,6 +154,7 @@ fn deploy_error(e: DeployError) -> Response {
         | DeployError::Busy { .. }
         | DeployError::NoneActive { .. }
         | DeployError::AlreadyRollingBack { .. }
+        | DeployError::HostLost { .. }
         | DeployError::Rollback(_) => {
             if let DeployError::Rollback(Refused::Unknown { .. }) = e {
                 return error(StatusCode::NOT_FOUND, "not_found", e.to_string());
@@ -154,7 +164,16 @@ fn deploy_error(e: DeployError) -> Response {
         DeployError::Rejected(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
         DeployError::Controller(ref c) => {
             // A bad artifact or a changed revision is the request's fault.
-            if let handoff_controller::ControllerError::Runtime(_) = c {
+            if let handoff_controller::ControllerError::Runtime(r) = c {
+                use handoff_controller::RuntimeError as R;
+                // Hosts that cannot take the deployment now: the fleet's
+                // state, not the request, is at fault.
+                if matches!(
+                    r,
+                    R::HostUnreachable { .. } | R::Host { .. } | R::Preflight { .. }
+                ) {
+                    return error(StatusCode::CONFLICT, "conflict", e.to_string());
+                }
                 return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
             }
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -216,7 +235,7 @@ async fn logs(
             )
         }
     };
-    match d.logs(&instance, lines) {
+    match d.logs(&instance, lines).await {
         Some(mut t) => {
             t.push('\n');
             (StatusCode::OK, t).into_response()
@@ -260,13 +279,18 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
         let d = s.deployers.get(name);
         out.push(ServiceView {
             name: name.clone(),
-            listen: p.listen.to_string(),
+            listen: p.listen.map(|a| a.to_string()),
             // A fixed port binds as configured; port 0's actual port is in
             // `ProxyServer::addrs`, which this state does not carry (yet).
             bound: p
                 .bound()
-                .or((p.listen.port() != 0).then_some(p.listen))
+                .or(p.listen.filter(|l| l.port() != 0))
                 .map(|a| a.to_string()),
+            balancer: d.map_or_else(|| "builtin".to_string(), |d| d.balancer()),
+            certificate: p.certificate().map(|c| CertificateView {
+                names: c.names.clone(),
+                not_after_ms: c.not_after as i64 * 1000,
+            }),
             revision: d.map(|d| d.current_revision()),
             deployment: d
                 .and_then(|d| d.latest())
@@ -300,6 +324,7 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
             healthy_deadline_ms: p.health.healthy_deadline.as_millis() as u64,
             desired: d.map(|d| d.desired()),
             instances: d.map(|d| d.instances()).unwrap_or_default(),
+            hosts: d.map(|d| d.hosts()).unwrap_or_default(),
         });
     }
     Json(out)

@@ -2,7 +2,9 @@
 //! cannot drift apart.
 
 use handoff_controller::predict::Prediction;
-pub use handoff_controller::service::{DeploymentView, EventView, InstanceStatus, RevisionView};
+pub use handoff_controller::service::{
+    DeploymentView, EventView, HostStatus, InstanceStatus, RevisionView,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,11 +90,28 @@ pub struct GroupView {
     pub targets: Vec<TargetView>,
 }
 
+/// The certificate a service presents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// Its DNS names.
+    pub names: Vec<String>,
+    /// When it expires (unix ms).
+    pub not_after_ms: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
-    /// The configured address, as written (`127.0.0.1:0` stays so).
-    pub listen: String,
+    /// The configured address, as written (`127.0.0.1:0` stays so); none
+    /// when another balancer (HAProxy) takes the clients.
+    pub listen: Option<String>,
+    /// What routes the clients: `builtin`, or e.g. `haproxy backend web
+    /// via /run/haproxy/admin.sock`.
+    #[serde(default)]
+    pub balancer: String,
+    /// With TLS: the certificate presented now.
+    #[serde(default)]
+    pub certificate: Option<CertificateView>,
     /// The address the proxy is bound to (port 0 resolved), when known;
     /// `None` while the configured port is 0 and the proxy has not told
     /// the API which port it got.
@@ -112,6 +131,10 @@ pub struct ServiceView {
     /// (one that cannot start has no target; its error is here).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
+    /// Managed services on hosts: each host and whether it answers
+    /// (absent for local instances).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -275,6 +275,8 @@ function buildService(s) {
   sec.append(el("div", { class: "service-head" },
     el("h2", { text: s.name }),
     el("span", { class: "meta", "data-role": "meta" })));
+  // A service on hosts: one chip per host (empty, and hidden, otherwise).
+  sec.append(el("div", { class: "hosts", "data-role": "hosts", "aria-label": "hosts" }));
   const left = el("div", {}, svgPicture(), el("div", { class: "legend", "data-role": "legend", "aria-label": "revision colours" }),
     el("ul", { class: "failing", "data-role": "failing", "aria-label": "instances not running or not healthy" }));
   const right = el("div", { "data-role": "side" });
@@ -306,10 +308,10 @@ const TILE_W = 150, TILE_H = 58, GAP = 10, GROUP_PAD = 12, GROUP_TOP = 90;
 
 function updateService(sec, s) {
   // The bound address (port 0 resolved), not the configured one.
-  const listen = s.bound || (/:0$/.test(s.listen) ? `${s.listen.slice(0, -2)}, port picked at start (handoff serve prints it)` : s.listen);
+  const listen = s.bound || (!s.listen ? null : /:0$/.test(s.listen) ? `${s.listen.slice(0, -2)}, port picked at start (handoff serve prints it)` : s.listen);
   const want = s.desired !== null && s.desired !== undefined ? ` of ${s.desired}` : "";
   $("[data-role=meta]", sec).textContent =
-    `listens on ${listen}` + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)}${want} in service`;
+    (listen ? `listens on ${listen}` : `behind ${s.balancer}`) + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)}${want} in service`;
   const pic = $("svg.picture", sec);
   const groupsG = $("[data-role=groups]", pic);
   const linksG = $("[data-role=links]", pic);
@@ -345,6 +347,8 @@ function updateService(sec, s) {
       "stroke-width": 1 + g.weight / 12, opacity: g.weight > 0 ? 1 : 0.25 });
     linksG.append(link);
     const tilesG = node.querySelector("g.tiles");
+    const hostOf = new Map((s.instances || []).filter((i) => i.host).map((i) => [i.name, i.host]));
+    const hostState = new Map((s.hosts || []).map((h) => [h.name, h]));
     const byName = [...g.targets].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
     byName.forEach((t, i) => {
       const key = `${t.name}@${t.addr}`;
@@ -366,16 +370,20 @@ function updateService(sec, s) {
       tile.dataset.revision = t.revision;
       tile.dataset.state = t.state;
       tile.dataset.group = g.name;
+      const host = hostOf.get(t.name);
+      if (host) tile.dataset.host = host; else delete tile.dataset.host;
       tile.querySelector("rect").setAttribute("fill", colour(t.revision));
       const [name, line1, line2] = tile.querySelectorAll("text");
       name.textContent = `${t.name} · ${t.revision}`;
-      line1.textContent = t.state;
+      line1.textContent = host ? `${t.state} · on ${host}` : t.state;
       const rate = state.rates.get(`${s.name}/${t.name}/${t.addr}`) || 0;
       line2.textContent = `${t.in_flight} in flight · ${rate.toFixed(0)} req/s`;
       // The tooltip says why a tile is not healthy: its last health check.
       let tip = tile.querySelector("title");
       if (!tip) tile.append(tip = svg("title"));
       tip.textContent = t.last_check ? `${t.name} (${t.state}): last check ${t.last_check}` : `${t.name} (${t.state})`;
+      const h = host && hostState.get(host);
+      if (h) tip.textContent += h.state === "up" ? ` · on host ${host}` : ` · on host ${host}, unreachable: ${h.why || "no answer"}`;
     });
     for (const c of [...tilesG.children]) if (!seenTiles.has(c.dataset.key)) c.remove();
   });
@@ -389,11 +397,44 @@ function updateService(sec, s) {
     legend.replaceChildren(...revs.map((r) => el("span", { "data-revision": r }, el("span", { class: "swatch", style: `background:${colour(r)}` }), r)),
       el("span", { text: "outline: green healthy · dashed starting · red unhealthy · amber draining" }));
   }
+  updateHosts(sec, s);
   updateFailing(sec, s);
   if (s.revision !== null && s.revision !== undefined) {
     updateDeployment(sec, s);
     updateHistory(sec, s);
   }
+}
+
+// The hosts of a service placed on hosts: a chip each, green while it
+// answers, red with the reason while it does not; its healthy instances;
+// and, while any is unreachable, the capacity left.
+function updateHosts(sec, s) {
+  const box = $("[data-role=hosts]", sec);
+  const hosts = s.hosts || [];
+  const now = Date.now();
+  const lostFor = (h) => (h.since_ms ? ms(Math.max(0, now - h.since_ms)).replace(/\.\d s$/, " s") : null);
+  const key = hosts.map((h) => `${h.name} ${h.state} ${h.healthy}/${h.instances} ${h.why || ""} ${lostFor(h) || ""}`).join("|") +
+    `|${inService(s)}`;
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  if (!hosts.length) { box.replaceChildren(); return; }
+  const chips = hosts.map((h) => {
+    const up = h.state === "up";
+    const counts = `${h.healthy}/${h.instances} healthy`;
+    const title = up
+      ? `${h.name}: answers over ssh; ${h.healthy} of ${h.instances} instances healthy`
+      : `${h.name} unreachable${h.since_ms ? ` since ${clock(h.since_ms)} (for ${lostFor(h)})` : ""}: ${h.why || "no answer"}; ${h.healthy} of ${h.instances} instances healthy`;
+    return el("span", { class: "host", "data-host": h.name, "data-state": h.state, title },
+      el("strong", { text: h.name }), ` ${up ? "up" : "unreachable"} · ${counts}`,
+      up ? null : el("span", { class: "why", "data-role": "why", text: ` · ${h.why || "no answer"}` + (h.since_ms ? `, for ${lostFor(h)}` : "") }));
+  });
+  const lost = hosts.filter((h) => h.state !== "up");
+  const want = s.desired !== null && s.desired !== undefined ? s.desired : (s.instances || []).length;
+  const note = lost.length
+    ? el("span", { class: "capacity-note", "data-role": "capacity-note",
+      text: `reduced capacity: ${inService(s)} of ${want} in service (${lost.map((h) => `host ${h.name} unreachable`).join(", ")})` })
+    : null;
+  box.replaceChildren(el("span", { class: "muted", text: "hosts" }), ...chips, ...(note ? [note] : []));
 }
 
 // Instances that are not running and healthy, with why: one that cannot
