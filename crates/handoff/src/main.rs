@@ -3,9 +3,12 @@
 
 mod client;
 mod demo;
+mod handover;
+mod hosts;
 mod plan_view;
 mod sample_app;
 mod serve;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +39,28 @@ enum Cmd {
         /// `serve` adopts them instead of restarting them.
         #[arg(long)]
         keep_instances: bool,
+        /// Take over from a running daemon (started so by `handoff reload`
+        /// and `handoff upgrade`; not for use by hand).
+        #[arg(long, hide = true)]
+        takeover: bool,
+    },
+    /// Re-read the daemon's config and apply it (also SIGHUP, or POST
+    /// /reload): a new daemon process takes over the listening sockets and
+    /// the instances, with no request failed. A bad config is refused and
+    /// the running one stays.
+    Reload {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Hand the running daemon over to another binary (default: this one),
+    /// e.g. after installing a new version: returns once the new daemon
+    /// serves; the old one finishes its requests and exits.
+    Upgrade {
+        /// The new handoff binary.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        c: ClientArgs,
     },
     /// Print the tail of an instance's log (from the running daemon).
     Logs {
@@ -157,6 +182,12 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// The hosts of a config, over ssh and without a daemon: `check` that
+    /// they are ready, `trust` to record a host key.
+    Hosts {
+        #[command(subcommand)]
+        cmd: hosts::HostsCmd,
+    },
     /// The self-contained tour: a daemon, 4 instances, steady traffic, an
     /// in-place and a blue/green deploy and a rollback, measured.
     Demo(demo::Demo),
@@ -213,7 +244,29 @@ fn main() -> ExitCode {
         Cmd::Serve {
             config,
             keep_instances,
-        } => serve::run(&config, serve::Options { keep_instances }),
+            takeover,
+        } => serve::run(
+            &config,
+            serve::Options {
+                keep_instances,
+                takeover,
+                systemd: Vec::new(),
+            },
+        ),
+        Cmd::Reload { c } => client::handover(&c.client(), "/reload", None, c.json),
+        Cmd::Upgrade { binary, c } => {
+            let binary = match binary
+                .map(|b| std::fs::canonicalize(&b).map_err(|e| (b, e)))
+                .transpose()
+            {
+                Ok(b) => b,
+                Err((b, e)) => {
+                    eprintln!("error: --binary {}: {e}", b.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            client::handover(&c.client(), "/upgrade", binary, c.json)
+        }
         Cmd::Logs {
             service,
             instance,
@@ -224,6 +277,11 @@ fn main() -> ExitCode {
             None => client::all_logs(&c.client(), &service, lines),
         },
         Cmd::Check { config } => check(&config),
+        Cmd::Hosts { cmd } => match hosts::run(cmd) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Cmd::SampleApp(a) => sample_app::run(a),
         Cmd::Demo(d) => demo::run(d),
         Cmd::Completions { shell } => {
@@ -406,6 +464,18 @@ fn verb(c: &ClientArgs, service: &str, verb: &str) -> anyhow::Result<()> {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = handoff_core::config::load(path)?;
+    // Certificates are read and checked as the daemon would at start.
+    let mut bad = Vec::new();
+    for s in cfg.services.values() {
+        if let Some(t) = &s.tls {
+            if let Err(e) = handoff_proxy::tls::load(&t.cert, &t.key, &s.domains) {
+                bad.push(format!("services.{}.tls: {e}", s.name));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!("{}: {}", path.display(), bad.join("\n"));
+    }
     println!("{}: ok, {} service(s)", path.display(), cfg.services.len());
     for s in cfg.services.values() {
         let what = match &s.backend {
@@ -421,7 +491,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
                 )
             }
         };
-        println!("  {} on {}: {what}", s.name, s.listen);
+        match (&s.listen, &s.balancer) {
+            (Some(l), _) => println!("  {} on {l}: {what}", s.name),
+            (None, handoff_core::config::Balancer::Haproxy { socket, backend }) => println!(
+                "  {} behind HAProxy backend {backend} ({socket}): {what}",
+                s.name
+            ),
+            (None, _) => println!("  {}: {what}", s.name),
+        }
     }
     Ok(())
 }

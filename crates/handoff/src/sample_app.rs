@@ -23,7 +23,11 @@ use hyper_util::rt::TokioIo;
 
 #[derive(Debug, Clone, Args)]
 pub struct SampleApp {
-    /// Port to listen on (127.0.0.1); 0 picks a free one and prints it.
+    /// Address to listen on (an instance on a host listens on the host's
+    /// own address: `--address {address}`).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
+    /// Port to listen on; 0 picks a free one and prints it.
     #[arg(long, env = "PORT")]
     pub port: u16,
     /// Version reported in every answer.
@@ -38,6 +42,10 @@ pub struct SampleApp {
     /// Answer /healthz with 503 (an app that never gets healthy).
     #[arg(long)]
     pub fail_health: bool,
+    /// Answer /healthz with 503 from this long after starting on, while
+    /// `GET /` still works (an app that hangs on a dependency).
+    #[arg(long, value_parser = duration)]
+    pub fail_health_after: Option<Duration>,
     /// Exit with status 1 this long after starting (a crashing app).
     #[arg(long, value_parser = duration)]
     pub crash_after: Option<Duration>,
@@ -55,6 +63,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 struct App {
     cfg: SampleApp,
+    started: std::time::Instant,
     body_prefix: String,
     served: AtomicU64,
 }
@@ -87,9 +96,10 @@ async fn serve(cfg: SampleApp) -> anyhow::Result<()> {
     if let Some(d) = cfg.startup_delay {
         tokio::time::sleep(d).await;
     }
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port))
+    let at = std::net::SocketAddr::new(cfg.address, cfg.port);
+    let listener = tokio::net::TcpListener::bind(at)
         .await
-        .map_err(|e| anyhow::anyhow!("sample-app cannot listen on 127.0.0.1:{}: {e}", cfg.port))?;
+        .map_err(|e| anyhow::anyhow!("sample-app cannot listen on {at}: {e}"))?;
     let addr = listener.local_addr()?;
     println!(
         "sample-app {} ({}) listening on {addr}",
@@ -103,6 +113,7 @@ async fn serve(cfg: SampleApp) -> anyhow::Result<()> {
         });
     }
     let app = Arc::new(App {
+        started: std::time::Instant::now(),
         body_prefix: format!(
             "{{\"version\":{:?},\"instance\":{:?},\"pid\":{},\"port\":{}",
             cfg.version,
@@ -162,10 +173,19 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
     let path = req.uri().path().to_string();
     let resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/healthz") => {
+            let sick = app
+                .cfg
+                .fail_health_after
+                .is_some_and(|d| app.started.elapsed() >= d);
             if app.cfg.fail_health {
                 status(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unhealthy (--fail-health)\n",
+                )
+            } else if sick {
+                status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unhealthy (--fail-health-after)\n",
                 )
             } else {
                 Response::new(full("ok\n"))
@@ -232,7 +252,16 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
             );
             r
         }
-        ("GET", "/") => {
+        ("GET", "/headers") => {
+            let mut s = String::new();
+            for (k, v) in req.headers() {
+                s.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(s))
+        }
+        // `/` and any other path: the answer that names the revision
+        // (services behind a path prefix get their full path).
+        ("GET", _) => {
             if let Some(l) = app.cfg.latency {
                 tokio::time::sleep(l).await;
             }
@@ -253,13 +282,6 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
                 );
                 r
             }
-        }
-        ("GET", "/headers") => {
-            let mut s = String::new();
-            for (k, v) in req.headers() {
-                s.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
-            }
-            Response::new(full(s))
         }
         _ => status(StatusCode::NOT_FOUND, "not found\n"),
     };

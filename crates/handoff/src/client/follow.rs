@@ -68,6 +68,7 @@ pub fn follow_since(
     let mut shown = 0;
     let mut first = true;
     let started = Instant::now();
+    let mut report_wait: Option<Instant> = None;
     // While a step waits for health: what the checks say, every few
     // seconds, so a revision that never gets healthy says why at once,
     // not after `healthy_deadline` of silence.
@@ -125,7 +126,18 @@ pub fn follow_since(
         }
         shown = v.events.len();
         let retained = retained_settles && v.status == DeploymentStatus::Retained;
-        if retained || !v.status.is_active() {
+        // The daemon saves the final status a moment before the report it
+        // measures after it: wait (briefly) for the report so that it is
+        // printed, instead of ending on a status line alone.
+        let ended = !v.status.is_active();
+        if ended && v.report.is_none() && !retained {
+            let since = *report_wait.get_or_insert_with(Instant::now);
+            if since.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        if retained || ended {
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
