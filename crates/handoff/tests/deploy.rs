@@ -596,11 +596,18 @@ fn the_openapi_document_describes_real_routes() {
             if path == "/events" {
                 continue; // a stream: checked by its own test
             }
+            // A POST there hands the daemon over (tests/handover.rs): a GET
+            // shows the route exists (405, not "no such endpoint").
+            let handover = path == "/reload" || path == "/upgrade";
+            let verb = if handover {
+                "GET".to_string()
+            } else {
+                method.to_uppercase()
+            };
             let mut c = std::net::TcpStream::connect(env.admin).unwrap();
             write!(
                 c,
-                "{} {concrete} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
-                method.to_uppercase(),
+                "{verb} {concrete} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
                 token(env.dir.path())
             )
             .unwrap();
@@ -610,7 +617,11 @@ fn the_openapi_document_describes_real_routes() {
                 !out.contains("no such endpoint"),
                 "{method} {path} is documented but not routed: {out}"
             );
-            assert!(!out.starts_with("HTTP/1.1 405"), "{method} {path}: {out}");
+            assert_eq!(
+                out.starts_with("HTTP/1.1 405"),
+                handover,
+                "{verb} {path}: {out}"
+            );
         }
     }
     let (s, b) = admin_get(env.admin, env.dir.path(), "/nope").unwrap();
@@ -877,4 +888,41 @@ fn daemon_sigkill_at_a_random_step_under_load_recovers_and_measures_downtime() {
     );
     d2.signal(libc::SIGTERM);
     assert!(d2.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn an_instance_that_stays_unhealthy_after_being_healthy_is_replaced() {
+    // `sick*`: healthy for 5 s, then its checks fail while `GET /` works
+    // (a hung dependency). Supervision replaces it after healthy_deadline
+    // (8 s here), as one that never got healthy would be.
+    let env = setup(2, "");
+    let (ok, out) = env.cli(&["deploy", "web", "sick-v2", "--batch", "1"]);
+    assert!(ok, "{out}");
+    let before: Vec<Option<u64>> = env.get("/services")[0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64())
+        .collect();
+    poll(
+        "replaced for staying unhealthy",
+        Duration::from_secs(40),
+        || {
+            env.daemon
+                .stderr()
+                .contains("unhealthy for healthy_deadline 8s after it had been healthy")
+                .then_some(())
+        },
+    );
+    poll("a new process", Duration::from_secs(20), || {
+        let now: Vec<Option<u64>> = env.get("/services")[0]["instances"]
+            .as_array()?
+            .iter()
+            .map(|i| i["pid"].as_u64())
+            .collect();
+        now.iter()
+            .any(|p| p.is_some() && !before.contains(p))
+            .then_some(())
+    });
+    stop(env);
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod haproxy;
+pub mod hostbed;
 pub mod scenario;
 pub mod webdriver;
 
@@ -39,7 +42,12 @@ impl Proc {
         let mut child = Command::new(bin())
             .args(args)
             .current_dir(dir)
-            .env("HANDOFF_LOG", "info")
+            // HANDOFF_LOG=debug (or a filter) when running the tests shows
+            // more of the daemons they start.
+            .env(
+                "HANDOFF_LOG",
+                std::env::var("HANDOFF_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -39,27 +39,29 @@ pub fn setup_with(instances: u32, stay: &str, steps: &str, extra: &str) -> Env {
     )
 }
 
+/// `app.sh PORT REVISION` in `dir`: the revision's name picks the sample
+/// app's behaviour (`crash*`, `bad*`, `sick*`, `err*`, else healthy).
+pub fn write_app_script(dir: &std::path::Path) {
+    // The revision's name picks its behaviour.
+    std::fs::write(
+        dir.join("app.sh"),
+        format!(
+            "#!/bin/sh\ncase \"$2\" in\n  crash*) exec {b} sample-app --port \"$1\" --version \"$2\" --crash-after 2s ;;\n  bad*) exec {b} sample-app --port \"$1\" --version \"$2\" --fail-health ;;\n  sick*) exec {b} sample-app --port \"$1\" --version \"$2\" --fail-health-after 5s ;;\n  err*) exec {b} sample-app --port \"$1\" --version \"$2\" --error-rate 0.5 ;;\n  *) exec {b} sample-app --port \"$1\" --version \"$2\" ;;\nesac\n",
+            b = bin()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("app.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// A daemon with `instances` of `web` (the revision's name picks the
 /// sample app's behaviour: `crash*`, `bad*`, `err*`, else healthy) and
 /// `sections` (the service's sub-tables) as given.
 pub fn setup_sections(instances: u32, sections: &str) -> Env {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    // The revision's name picks its behaviour.
-    std::fs::write(
-        dir.path().join("app.sh"),
-        format!(
-            "#!/bin/sh\ncase \"$2\" in\n  crash*) exec {b} sample-app --port \"$1\" --version \"$2\" --crash-after 2s ;;\n  bad*) exec {b} sample-app --port \"$1\" --version \"$2\" --fail-health ;;\n  err*) exec {b} sample-app --port \"$1\" --version \"$2\" --error-rate 0.5 ;;\n  *) exec {b} sample-app --port \"$1\" --version \"$2\" ;;\nesac\n",
-            b = bin()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.path().join("app.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    write_app_script(dir.path());
     let cfg = dir.path().join("handoff.toml");
     std::fs::write(
         &cfg,
@@ -77,6 +79,35 @@ pub fn setup_sections(instances: u32, sections: &str) -> Env {
     poll("all v1 instances serving", Duration::from_secs(20), || {
         let (_, body) = admin_get(admin, dir.path(), "/services").ok()?;
         (body.matches("\"state\":\"healthy\"").count() == instances as usize).then_some(())
+    });
+    Env {
+        _guard: guard,
+        dir,
+        daemon,
+        web,
+        admin,
+    }
+}
+
+/// Starts the daemon of `dir/handoff.toml` and waits until `healthy`
+/// targets are healthy. `web`: where clients connect, or `None` to take it
+/// from the daemon's `listening service=web` line.
+pub fn start_daemon(
+    guard: std::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    web: Option<SocketAddr>,
+    healthy: usize,
+) -> Env {
+    let cfg = dir.path().join("handoff.toml");
+    let mut daemon = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir.path());
+    let web = web.unwrap_or_else(|| {
+        addr_of(&daemon.wait_line("listening service=web", Duration::from_secs(30)))
+    });
+    let admin = addr_of(&daemon.wait_line("admin", Duration::from_secs(30)));
+    daemon.wait_line("ready", Duration::from_secs(30));
+    poll("every instance healthy", Duration::from_secs(30), || {
+        let (_, body) = admin_get(admin, dir.path(), "/services").ok()?;
+        (body.matches("\"state\":\"healthy\"").count() == healthy).then_some(())
     });
     Env {
         _guard: guard,
