@@ -52,3 +52,8 @@ pub const MIN_REQUESTS: u64 = 20;
 /// one target always may be): a shared failure (a database down) must not
 /// turn every answer into handoff's own 503.
 pub const MAX_EJECTION_PERCENT: u32 = 50;
+
+/// Let's Encrypt's production directory (the example the docs give).
+pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Where HTTP-01 is answered (the CA connects to port 80).
+pub const ACME_HTTP_LISTEN: &str = "0.0.0.0:80";

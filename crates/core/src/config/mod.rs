@@ -81,6 +81,29 @@ pub struct Server {
     /// Bearer token of the admin API, if given in the config (else
     /// `HANDOFF_TOKEN`, else generated into `state_dir/token`).
     pub token: Option<String>,
+    /// Automatic certificates (`[server.acme]`), for services with
+    /// `tls.acme = true`.
+    pub acme: Option<Acme>,
+}
+
+/// An ACME (RFC 8555) directory to get certificates from, over HTTP-01.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The directory URL (https).
+    pub directory: String,
+    /// Contact for the account (expiry warnings from the CA).
+    pub email: Option<String>,
+    /// Extra trusted root(s), PEM, for a private directory.
+    pub ca: Option<PathBuf>,
+    /// Plain HTTP: answers HTTP-01 challenges, redirects the rest to HTTPS.
+    pub http_listen: SocketAddr,
+}
+
+/// Where an ACME service's certificate and key are kept:
+/// `STATE_DIR/acme/certs/SERVICE/{cert,key}.pem`.
+pub fn acme_files(state_dir: &Path, service: &str) -> (PathBuf, PathBuf) {
+    let dir = state_dir.join("acme").join("certs").join(service);
+    (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +194,9 @@ pub struct Tls {
     pub key: PathBuf,
     /// Send `Strict-Transport-Security: max-age=31536000`.
     pub hsts: bool,
+    /// The files are obtained and renewed by handoff over ACME (they live
+    /// in the state dir: [`acme_files`]).
+    pub acme: bool,
 }
 
 /// What routes a service's clients to its targets (`[services.X.balancer]`).

@@ -163,6 +163,15 @@ pub struct RawServer {
     pub port_range: Option<Leaf<String>>,
     pub releases_kept: Option<Leaf<i64>>,
     pub token: Option<Leaf<String>>,
+    pub acme: Option<Table<RawAcme>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAcme {
+    pub directory: Option<Leaf<String>>,
+    pub email: Option<Leaf<String>>,
+    pub ca: Option<Leaf<String>>,
+    pub http_listen: Option<Leaf<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +205,7 @@ pub struct RawTls {
     pub cert: Option<Leaf<String>>,
     pub key: Option<Leaf<String>>,
     pub hsts: Option<Leaf<bool>>,
+    pub acme: Option<Leaf<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,7 +303,9 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "port_range",
             "releases_kept",
             "token",
+            "acme",
         ],
+        ["server", "acme"] => &["directory", "email", "ca", "http_listen"],
         ["services", _] => &[
             "listen",
             "domains",
@@ -319,7 +331,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "tls",
         ],
         ["services", _, "balancer"] => &["kind", "socket", "backend"],
-        ["services", _, "tls"] => &["cert", "key", "hsts"],
+        ["services", _, "tls"] => &["cert", "key", "hsts", "acme"],
         ["services", _, "health"] => &[
             "enabled",
             "path",

@@ -1038,3 +1038,111 @@ domains = []
         "{said:#?}"
     );
 }
+
+#[test]
+fn acme_certificates_live_in_the_state_dir() {
+    let c = p(r#"
+[server]
+state_dir = "/var/lib/handoff"
+[server.acme]
+directory = "https://acme.example/dir"
+email = "ops@example.com"
+ca = "extra-root.pem"
+[services.app]
+listen = "0.0.0.0:443"
+domains = ["app.example.com"]
+targets = ["127.0.0.1:9001"]
+[services.app.tls]
+acme = true
+"#)
+    .unwrap();
+    let a = c.server.acme.clone().unwrap();
+    assert_eq!(a.directory, "https://acme.example/dir");
+    assert_eq!(a.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(a.ca, Some(PathBuf::from("/etc/handoff/extra-root.pem")));
+    assert_eq!(a.http_listen, "0.0.0.0:80".parse().unwrap());
+    let t = c.services["app"].tls.clone().unwrap();
+    assert!(t.acme);
+    assert_eq!(
+        t.cert,
+        Path::new("/var/lib/handoff/acme/certs/app/cert.pem")
+    );
+    assert_eq!(t.key, Path::new("/var/lib/handoff/acme/certs/app/key.pem"));
+}
+
+#[test]
+fn acme_mistakes_are_each_named() {
+    let said: Vec<String> = problems(
+        r#"
+[server.acme]
+directory = "http://acme.example/dir"
+email = "ops"
+http_listen = "127.0.0.1:8443"
+[services.a]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9001"]
+domains = ["*.a.example"]
+[services.a.tls]
+acme = true
+[services.b]
+listen = "127.0.0.1:9443"
+targets = ["127.0.0.1:9002"]
+[services.b.tls]
+acme = true
+cert = "b.pem"
+key = "b.key"
+"#,
+    )
+    .into_iter()
+    .map(|p| format!("{}: {}", p.key, p.message))
+    .collect();
+    let has = |s: &str| said.iter().any(|m| m.contains(s));
+    assert!(
+        has("server.acme.directory: 'http://acme.example/dir' is not an https URL"),
+        "{said:#?}"
+    );
+    assert!(
+        has("server.acme.email: 'ops' is not an email address"),
+        "{said:#?}"
+    );
+    // Without a valid [server.acme], acme = true has no CA to ask.
+    assert!(has("services.a.tls.acme: needs a CA to ask"), "{said:#?}");
+    assert!(
+        has("services.b.tls: has `acme = true` and `cert`/`key`"),
+        "{said:#?}"
+    );
+    let said: Vec<String> = problems(
+        r#"
+[server.acme]
+directory = "https://acme.example/dir"
+http_listen = "127.0.0.1:8443"
+[services.a]
+listen = "127.0.0.1:8443"
+targets = ["127.0.0.1:9001"]
+domains = ["*.a.example"]
+[services.a.tls]
+acme = true
+[services.c]
+listen = "127.0.0.1:9443"
+targets = ["127.0.0.1:9001"]
+[services.c.tls]
+acme = true
+"#,
+    )
+    .into_iter()
+    .map(|p| format!("{}: {}", p.key, p.message))
+    .collect();
+    let has = |s: &str| said.iter().any(|m| m.contains(s));
+    assert!(
+        has("services.a.domains: '*.a.example': HTTP-01 cannot prove a wildcard name"),
+        "{said:#?}"
+    );
+    assert!(
+        has("services.a.listen: 127.0.0.1:8443 is also server.acme.http_listen"),
+        "{said:#?}"
+    );
+    assert!(
+        has("services.c.domains: is needed with `tls.acme = true`"),
+        "{said:#?}"
+    );
+}

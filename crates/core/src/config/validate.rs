@@ -191,7 +191,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Problems> {
                 continue;
             }
         };
-        if let Some(svc) = service(&mut cx, &name, rs, base, &hosts) {
+        if let Some(svc) = service(&mut cx, &name, rs, base, &hosts, &server) {
+            if let (Some(a), Some(listen)) = (&server.acme, svc.listen) {
+                if listen == a.http_listen && listen.port() != 0 {
+                    cx.err(
+                        format!("{key}.listen"),
+                        format!("{listen} is also server.acme.http_listen (HTTP-01 answers and the redirect to HTTPS); pick another"),
+                    );
+                }
+            }
             // Port 0 (tests, "any free port") never conflicts.
             if let Some(listen) = svc.listen.filter(|l| l.port() != 0) {
                 if listen == server.admin {
@@ -310,7 +318,12 @@ fn socket_addr(cx: &mut Ctx, key: String, s: &str) -> Option<SocketAddr> {
     }
 }
 
-fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
+fn server(cx: &mut Ctx, mut r: RawServer, base: &Path) -> Server {
+    let raw_acme = r.acme.take();
+    let acme = raw_acme.is_some().then(|| {
+        let ra = cx.table("server.acme", raw_acme);
+        acme(cx, &ra, base)
+    });
     let admin = cx
         .take("server.admin", &r.admin)
         .and_then(|s| socket_addr(cx, "server.admin".into(), &s))
@@ -362,7 +375,59 @@ fn server(cx: &mut Ctx, r: RawServer, base: &Path) -> Server {
         port_range,
         releases_kept,
         token,
+        acme: acme.flatten(),
     }
+}
+
+/// `[server.acme]`: `directory` (https URL), `email`, `ca`, `http_listen`.
+fn acme(cx: &mut Ctx, r: &RawAcme, base: &Path) -> Option<Acme> {
+    let directory = cx.take("server.acme.directory", &r.directory);
+    let email = cx.take("server.acme.email", &r.email);
+    let ca = cx.take("server.acme.ca", &r.ca);
+    let http_listen = cx
+        .take("server.acme.http_listen", &r.http_listen)
+        .and_then(|s| socket_addr(cx, "server.acme.http_listen".into(), &s))
+        .unwrap_or_else(|| d::ACME_HTTP_LISTEN.parse().expect("default http_listen"));
+    let directory = match directory {
+        Some(u) if u.trim().starts_with("https://") => Some(u.trim().to_string()),
+        Some(u) => {
+            cx.err(
+                "server.acme.directory",
+                format!(
+                    "'{u}' is not an https URL; give the ACME directory, e.g. \"{}\"",
+                    d::ACME_DIRECTORY
+                ),
+            );
+            None
+        }
+        None => {
+            cx.err(
+                "server.acme",
+                format!(
+                    "missing `directory`: the CA's ACME directory URL, e.g. \"{}\"",
+                    d::ACME_DIRECTORY
+                ),
+            );
+            None
+        }
+    };
+    let email = email.map(|e| e.trim().to_string()).filter(|e| {
+        let ok = e.contains('@') && !e.contains([' ', ',', '<', '>']);
+        if !ok {
+            cx.err(
+                "server.acme.email",
+                format!("'{e}' is not an email address; the CA writes to it about expiring certificates"),
+            );
+        }
+        ok
+    });
+    let directory = directory?;
+    Some(Acme {
+        directory,
+        email,
+        ca: ca.map(|c| base.join(c.trim())),
+        http_listen,
+    })
 }
 
 fn service(
@@ -371,6 +436,7 @@ fn service(
     mut r: RawService,
     base: &Path,
     known: &Hosts,
+    server: &Server,
 ) -> Option<Service> {
     let k = |s: &str| format!("services.{name}.{s}");
     let rb = cx.table(k("balancer"), r.balancer.take());
@@ -412,7 +478,28 @@ fn service(
         );
     }
     let rt = cx.table(k("tls"), r.tls.take());
-    let tls = tls(cx, name, &rt, base, matches!(balancer, Balancer::Builtin));
+    let tls = tls(
+        cx,
+        name,
+        &rt,
+        base,
+        matches!(balancer, Balancer::Builtin),
+        server,
+    );
+    if tls.as_ref().is_some_and(|t| t.acme) {
+        // HTTP-01 proves one name at a time, by fetching a file from it.
+        if domains.is_empty() {
+            cx.err(
+                k("domains"),
+                "is needed with `tls.acme = true`: the names to get a certificate for, e.g. [\"app.example.com\"]",
+            );
+        } else if let Some(w) = domains.iter().find(|d| d.starts_with("*.")) {
+            cx.err(
+                k("domains"),
+                format!("'{w}': HTTP-01 cannot prove a wildcard name; list the names, or give a wildcard certificate as `tls.cert`/`tls.key`"),
+            );
+        }
+    }
     let placed = r.hosts.is_some();
     let managed_keys = r.command.is_some()
         || r.instances.is_some()
@@ -674,9 +761,16 @@ fn domains(cx: &mut Ctx, name: &str, list: &[String]) -> Vec<String> {
 
 /// `[services.NAME.tls]`: `cert` and `key` (paths from the config's
 /// directory), `hsts`. Only on handoff's own listener.
-fn tls(cx: &mut Ctx, name: &str, r: &RawTls, base: &Path, listens: bool) -> Option<Tls> {
+fn tls(
+    cx: &mut Ctx,
+    name: &str,
+    r: &RawTls,
+    base: &Path,
+    listens: bool,
+    server: &Server,
+) -> Option<Tls> {
     let k = |s: &str| format!("services.{name}.tls.{s}");
-    if r.cert.is_none() && r.key.is_none() && r.hsts.is_none() {
+    if r.cert.is_none() && r.key.is_none() && r.hsts.is_none() && r.acme.is_none() {
         return None;
     }
     if !listens {
@@ -689,11 +783,38 @@ fn tls(cx: &mut Ctx, name: &str, r: &RawTls, base: &Path, listens: bool) -> Opti
     let cert = cx.take(k("cert"), &r.cert);
     let key = cx.take(k("key"), &r.key);
     let hsts = cx.take(k("hsts"), &r.hsts).unwrap_or(false);
+    if cx.take(k("acme"), &r.acme).unwrap_or(false) {
+        if cert.is_some() || key.is_some() {
+            cx.err(
+                format!("services.{name}.tls"),
+                "has `acme = true` and `cert`/`key`: give files, or let handoff get the certificate, not both",
+            );
+            return None;
+        }
+        if server.acme.is_none() {
+            cx.err(
+                k("acme"),
+                format!(
+                    "needs a CA to ask: add [server.acme] with `directory` (e.g. \"{}\") and `email`",
+                    d::ACME_DIRECTORY
+                ),
+            );
+            return None;
+        }
+        let (cert, key) = acme_files(&server.state_dir, name);
+        return Some(Tls {
+            cert,
+            key,
+            hsts,
+            acme: true,
+        });
+    }
     match (cert, key) {
         (Some(c), Some(k)) => Some(Tls {
             cert: base.join(c.trim()),
             key: base.join(k.trim()),
             hsts,
+            acme: false,
         }),
         (c, _) => {
             cx.err(
