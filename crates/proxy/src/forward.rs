@@ -371,7 +371,10 @@ pub(crate) fn unrouted<B>(conn: &ClientConn, req: &Request<B>) -> Response<Proxy
     done_without_target(r, conn)
 }
 
-fn done_without_target(r: Response<ProxyBody>, conn: &ClientConn) -> Response<ProxyBody> {
+pub(crate) fn done_without_target(
+    r: Response<ProxyBody>,
+    conn: &ClientConn,
+) -> Response<ProxyBody> {
     conn.state
         .active
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

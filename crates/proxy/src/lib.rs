@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 mod forward;
 pub mod health;
+pub mod http01;
 mod io;
 pub mod metrics;
 pub mod route;
@@ -50,6 +51,7 @@ pub struct Proxy {
     services: BTreeMap<String, Arc<ServiceProxy>>,
     workers: usize,
     events: broadcast::Sender<TargetEvent>,
+    http01: Option<(std::net::SocketAddr, Arc<http01::Challenges>)>,
 }
 
 impl Proxy {
@@ -59,6 +61,7 @@ impl Proxy {
             services: BTreeMap::new(),
             workers: workers.max(1),
             events,
+            http01: None,
         }
     }
 
@@ -123,6 +126,20 @@ impl Proxy {
         inherited: BTreeMap<String, Vec<std::net::TcpListener>>,
     ) -> Result<ProxyServer, ControlError> {
         let svcs: Vec<_> = self.services.values().cloned().collect();
-        ProxyServer::start_with(&svcs, self.workers, shutdown_timeout, inherited)
+        ProxyServer::start_with(
+            &svcs,
+            self.workers,
+            shutdown_timeout,
+            inherited,
+            self.http01.clone(),
+        )
+    }
+
+    /// Also listen on `addr` in plain HTTP for ACME: HTTP-01 answers from
+    /// the returned map, redirects to HTTPS for the rest.
+    pub fn serve_http01(&mut self, addr: std::net::SocketAddr) -> Arc<http01::Challenges> {
+        let c = Arc::new(http01::Challenges::default());
+        self.http01 = Some((addr, c.clone()));
+        c
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::ControlError;
 use crate::forward::{self, ClientConn};
+use crate::http01::Challenges;
 use crate::io::{ClientIo, ConnState};
 use crate::route::Routes;
 use crate::service::ServiceProxy;
@@ -39,6 +40,10 @@ pub const LINGER: Duration = Duration::from_secs(1);
 
 /// How often certificate files are looked at for changes.
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// A listen address to serve: its services, and for the ACME listener
+/// the challenges it answers.
+type FrontSpec = (SocketAddr, Vec<Arc<ServiceProxy>>, Option<Arc<Challenges>>);
 
 /// The running data plane.
 pub struct ProxyServer {
@@ -69,7 +74,7 @@ impl ProxyServer {
         workers: usize,
         shutdown_timeout: Duration,
     ) -> Result<ProxyServer, ControlError> {
-        Self::start_with(services, workers, shutdown_timeout, BTreeMap::new())
+        Self::start_with(services, workers, shutdown_timeout, BTreeMap::new(), None)
     }
 
     /// [`Self::start`], taking over `inherited` listening sockets by
@@ -84,6 +89,7 @@ impl ProxyServer {
         workers: usize,
         shutdown_timeout: Duration,
         mut inherited: BTreeMap<String, Vec<std::net::TcpListener>>,
+        http01: Option<(SocketAddr, Arc<Challenges>)>,
     ) -> Result<ProxyServer, ControlError> {
         let mut per_worker: Vec<Vec<(Arc<Front>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -106,8 +112,24 @@ impl ProxyServer {
                 None => groups.push((listen, vec![svc.clone()])),
             }
         }
-        for (listen, group) in groups {
-            let name = group[0].name.to_string();
+        // The ACME listener routes (to redirect) among the HTTPS services.
+        let secure: Vec<Arc<ServiceProxy>> = services
+            .iter()
+            .filter(|s| s.tls.is_some() && s.listen.is_some())
+            .cloned()
+            .collect();
+        let mut fronts: Vec<FrontSpec> = groups.into_iter().map(|(a, g)| (a, g, None)).collect();
+        if let Some((addr, challenges)) = http01 {
+            if !secure.is_empty() {
+                fronts.push((addr, secure, Some(challenges)));
+            }
+        }
+        for (listen, group, http01) in fronts {
+            let name = if http01.is_some() {
+                crate::http01::SOCKET_NAME.to_string()
+            } else {
+                group[0].name.to_string()
+            };
             let err = |source| ControlError::Bind {
                 service: name.clone(),
                 addr: listen,
@@ -118,7 +140,11 @@ impl ProxyServer {
             // it may have changed).
             let mut own: Vec<std::net::TcpListener> = Vec::new();
             for (key, ls) in inherited.iter_mut() {
-                let ours = group.iter().any(|s| *s.name == **key);
+                let ours = if http01.is_some() {
+                    *key == name
+                } else {
+                    group.iter().any(|s| *s.name == **key)
+                };
                 let (take, keep): (Vec<_>, Vec<_>) =
                     std::mem::take(ls).into_iter().partition(|l| {
                         l.local_addr().is_ok_and(|a| {
@@ -144,14 +170,18 @@ impl ProxyServer {
                 }
             }
             let actual = own[0].local_addr().map_err(err)?;
-            for svc in &group {
-                addrs.insert(svc.name.to_string(), actual);
-                svc.set_bound(actual);
+            if http01.is_some() {
+                addrs.insert(name.clone(), actual);
+            } else {
+                for svc in &group {
+                    addrs.insert(svc.name.to_string(), actual);
+                    svc.set_bound(actual);
+                }
             }
             let routes = Arc::new(Routes::new(&group));
             // HTTPS when the address's services have certificates (the
             // config has them all or none).
-            let tls = if group.iter().any(|s| s.tls.is_some()) {
+            let tls = if http01.is_none() && group.iter().any(|s| s.tls.is_some()) {
                 let mut certs = Vec::new();
                 for s in group.iter().filter(|s| s.tls.is_some()) {
                     let t = s.tls.as_ref().expect("filtered");
@@ -170,7 +200,11 @@ impl ProxyServer {
             } else {
                 None
             };
-            let front = Arc::new(Front { routes, tls });
+            let front = Arc::new(Front {
+                routes,
+                tls,
+                http01,
+            });
             for (i, l) in own.into_iter().enumerate() {
                 l.set_nonblocking(true).map_err(err)?;
                 sockets.push((name.clone(), l.try_clone().map_err(err)?));
@@ -261,6 +295,8 @@ pub(crate) struct Front {
     pub routes: Arc<Routes>,
     /// HTTPS: the handshake first (SNI picks the service's certificate).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The ACME listener: challenges and redirects, nothing proxied.
+    pub http01: Option<Arc<Challenges>>,
 }
 
 async fn accept_loop(
@@ -350,11 +386,32 @@ async fn serve_conn<S>(
         tls,
     ));
     let routes = front.routes.clone();
+    let http01 = front.http01.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let h1 = req.version() <= hyper::Version::HTTP_11;
-        let picked = routes.pick(request_host(&req), req.uri().path()).cloned();
+        let plain = http01
+            .as_ref()
+            .map(|c| crate::http01::answer(c, &routes, &client, request_host(&req), &req));
+        let picked = match plain {
+            Some(_) => None,
+            None => routes.pick(request_host(&req), req.uri().path()).cloned(),
+        };
         let client = client.clone();
         async move {
+            if let Some(mut r) = plain {
+                if h1
+                    && client
+                        .state
+                        .closing
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    r.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                return Ok::<_, std::convert::Infallible>(r);
+            }
             let hsts = picked
                 .as_ref()
                 .is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.hsts));

@@ -67,6 +67,12 @@ impl ServiceProxy {
         self.cert.get().map(|c| c.current())
     }
 
+    /// Reads the certificate files again now if they changed (the ACME
+    /// manager after writing them, instead of waiting for the watcher).
+    pub fn reload_certificate(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        self.cert.get().and_then(|c| c.refresh())
+    }
+
     /// Another balancer routes this service (see `listen`).
     pub fn external(&self) -> bool {
         self.listen.is_none()

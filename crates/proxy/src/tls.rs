@@ -55,6 +55,8 @@ pub enum TlsError {
 pub struct Loaded {
     pub key: Arc<CertifiedKey>,
     /// Unix seconds.
+    pub not_before: u64,
+    /// Unix seconds.
     pub not_after: u64,
     /// Its DNS names (subjectAltName).
     pub names: Vec<String>,
@@ -128,6 +130,7 @@ pub fn load(cert: &Path, key: &Path, domains: &[String]) -> Result<Loaded, TlsEr
     }
     Ok(Loaded {
         key: Arc::new(certified),
+        not_before: info.not_before,
         not_after: info.not_after,
         names: info.names,
     })
