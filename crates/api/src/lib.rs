@@ -64,6 +64,8 @@ pub struct AdminState {
     pub daemon: Option<tokio::sync::mpsc::Sender<daemon::DaemonRequest>>,
     /// The config file the daemon runs.
     pub config_path: Arc<str>,
+    /// Automatic certificates, when a service has `tls.acme = true`.
+    pub acme: Option<handoff_acme::Manager>,
 }
 
 /// The API described for people and schema-driven tools (public, like
@@ -78,6 +80,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/deployments", get(history))
         .route("/services/{name}/revisions", get(revisions))
         .route("/services/{name}/plan", post(deployments::plan))
+        .route(
+            "/services/{name}/certificate/renew",
+            post(renew_certificate),
+        )
         .route("/services/{name}/{verb}", post(control))
         .route("/deployments", post(deploy))
         .route("/deployments/{id}", get(deployment))
@@ -132,6 +138,47 @@ async fn auth(
 /// Compares without an early exit, so timing does not reveal the token.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn acme_view(a: handoff_acme::Status) -> AcmeView {
+    let ms = |s: Option<u64>| s.map(|s| s as i64 * 1000);
+    AcmeView {
+        state: match a.state {
+            handoff_acme::State::Pending => "pending",
+            handoff_acme::State::Ordering => "ordering",
+            handoff_acme::State::Valid => "valid",
+            handoff_acme::State::Failed => "failed",
+        }
+        .into(),
+        renew_at_ms: ms(a.renew_at),
+        error: a.error,
+        next_attempt_ms: ms(a.next_attempt),
+        failures: a.failures,
+        issued: a.issued,
+    }
+}
+
+/// `POST /services/{name}/certificate/renew`: order a new certificate now.
+async fn renew_certificate(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    if !s.services.contains_key(&name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no service '{name}' in this daemon's config"),
+        );
+    }
+    match s.acme.as_ref().map(|m| m.renew(&name)) {
+        Some(true) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"service": name, "renewing": true})),
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::CONFLICT,
+            "not_acme",
+            format!("service '{name}' does not get its certificate over ACME (set `acme = true` in [services.{name}.tls] and add [server.acme])"),
+        ),
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -290,6 +337,7 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<ServiceView>> {
             certificate: p.certificate().map(|c| CertificateView {
                 names: c.names.clone(),
                 not_after_ms: c.not_after as i64 * 1000,
+                acme: s.acme.as_ref().and_then(|m| m.status(name)).map(acme_view),
             }),
             revision: d.map(|d| d.current_revision()),
             deployment: d

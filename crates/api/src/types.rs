@@ -97,6 +97,26 @@ pub struct CertificateView {
     pub names: Vec<String>,
     /// When it expires (unix ms).
     pub not_after_ms: i64,
+    /// Obtained by handoff over ACME: where that stands.
+    #[serde(default)]
+    pub acme: Option<AcmeView>,
+}
+
+/// An ACME service's certificate: `pending` (a self-signed stand-in is
+/// served until the first issuance), `ordering`, `valid` or `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcmeView {
+    pub state: String,
+    /// When it will be renewed (unix ms).
+    pub renew_at_ms: Option<i64>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// The next attempt after a failure (unix ms).
+    pub next_attempt_ms: Option<i64>,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Certificates obtained since the daemon started.
+    pub issued: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

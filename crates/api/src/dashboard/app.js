@@ -269,12 +269,35 @@ function render() {
   }
 }
 
+// HTTPS: the certificate's names and days left; with ACME, where its
+// renewal stands (a failure says why and when it is tried again).
+function updateCert(node, c) {
+  node.hidden = !c;
+  if (!c) return;
+  const days = Math.floor((c.not_after_ms - Date.now()) / 86400000);
+  let text = `🔒 ${c.names.join(", ")} · expires in ${days} day${days === 1 ? "" : "s"}`;
+  let state = days < 14 ? "warn" : "ok";
+  const a = c.acme;
+  if (a) {
+    if (a.state === "pending") { text = "🔒 ACME: waiting for the first certificate (a self-signed stand-in is served)"; state = "warn"; }
+    else if (a.state === "ordering") text += " · ACME: ordering a new one";
+    else if (a.state === "failed") {
+      const next = a.next_attempt_ms ? `, next try at ${new Date(a.next_attempt_ms).toLocaleTimeString()}` : "";
+      text += ` · ACME renewal failed ${a.failures}×: ${a.error || "no reason given"}${next}`;
+      state = "bad";
+    } else if (a.renew_at_ms) text += ` · ACME renews ${new Date(a.renew_at_ms).toLocaleString()}`;
+  }
+  node.textContent = text;
+  node.dataset.state = state;
+}
+
 function buildService(s) {
   const managed = s.revision !== null && s.revision !== undefined;
   const sec = el("section", { class: "service", id: `svc-${s.name}`, "data-service": s.name, "aria-label": `service ${s.name}` });
   sec.append(el("div", { class: "service-head" },
     el("h2", { text: s.name }),
-    el("span", { class: "meta", "data-role": "meta" })));
+    el("span", { class: "meta", "data-role": "meta" }),
+    el("span", { class: "cert", "data-role": "cert", "aria-label": "certificate" })));
   // A service on hosts: one chip per host (empty, and hidden, otherwise).
   sec.append(el("div", { class: "hosts", "data-role": "hosts", "aria-label": "hosts" }));
   const left = el("div", {}, svgPicture(), el("div", { class: "legend", "data-role": "legend", "aria-label": "revision colours" }),
@@ -312,6 +335,7 @@ function updateService(sec, s) {
   const want = s.desired !== null && s.desired !== undefined ? ` of ${s.desired}` : "";
   $("[data-role=meta]", sec).textContent =
     (listen ? `listens on ${listen}` : `behind ${s.balancer}`) + (s.revision ? ` · serving ${s.revision}` : "") + ` · ${inService(s)}${want} in service`;
+  updateCert($("[data-role=cert]", sec), s.certificate);
   const pic = $("svg.picture", sec);
   const groupsG = $("[data-role=groups]", pic);
   const linksG = $("[data-role=links]", pic);
