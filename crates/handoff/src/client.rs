@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use handoff_api::types::*;
 use serde::de::DeserializeOwned;
 
+pub mod certificate;
 mod follow;
 pub use follow::{deploy, follow, follow_since, print_report};
 
@@ -239,9 +240,13 @@ pub fn status(c: &Client, service: Option<&str>, json: bool) -> anyhow::Result<(
         if let Some(c) = &s.certificate {
             let days = (c.not_after_ms - now_ms()) / 86_400_000;
             println!(
-                "  certificate {} expires {} ({days} days)",
+                "  certificate {} expires {} ({days} days){}",
                 c.names.join(", "),
-                &clock_date(c.not_after_ms)
+                &clock_date(c.not_after_ms),
+                c.acme
+                    .as_ref()
+                    .map(|a| format!("; {}", certificate::describe(a)))
+                    .unwrap_or_default()
             );
         }
         // Groups are blue/green vocabulary: a service with one group (in

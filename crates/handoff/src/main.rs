@@ -182,6 +182,12 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Certificates the daemon gets over ACME: `renew SERVICE` orders a
+    /// new one now and waits until it is served (or the attempt fails).
+    Certificate {
+        #[command(subcommand)]
+        cmd: CertificateCmd,
+    },
     /// The hosts of a config, over ssh and without a daemon: `check` that
     /// they are ready, `trust` to record a host key.
     Hosts {
@@ -195,6 +201,20 @@ enum Cmd {
     SampleApp(sample_app::SampleApp),
     /// Print shell completions, e.g. `handoff completions bash > /etc/bash_completion.d/handoff`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CertificateCmd {
+    /// Order a new certificate for SERVICE now (`tls.acme = true`); the
+    /// current one is served until the new one arrives.
+    Renew {
+        service: String,
+        /// How long to wait for the new certificate, in seconds.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,6 +297,17 @@ fn main() -> ExitCode {
             None => client::all_logs(&c.client(), &service, lines),
         },
         Cmd::Check { config } => check(&config),
+        Cmd::Certificate {
+            cmd: CertificateCmd::Renew { service, wait, c },
+        } => match client::certificate::renew(
+            &c.client(),
+            &service,
+            std::time::Duration::from_secs(wait),
+        ) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Cmd::Hosts { cmd } => match hosts::run(cmd) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -466,8 +497,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = handoff_core::config::load(path)?;
     // Certificates are read and checked as the daemon would at start.
     let mut bad = Vec::new();
+    // ACME certificates are handoff's to get (a stand-in until then).
     for s in cfg.services.values() {
-        if let Some(t) = &s.tls {
+        if let Some(t) = s.tls.as_ref().filter(|t| !t.acme) {
             if let Err(e) = handoff_proxy::tls::load(&t.cert, &t.key, &s.domains) {
                 bad.push(format!("services.{}.tls: {e}", s.name));
             }

@@ -193,6 +193,9 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
     for svc in cfg.services.values() {
         proxy.add_service(svc);
     }
+    // Before any listener: an ACME service needs files to serve (a
+    // stand-in until the CA's certificate comes).
+    let acme = acme_manager(&cfg, &mut proxy)?;
     let admin_std = match admin_std.filter(|l| l.local_addr().is_ok_and(|a| a == cfg.server.admin || cfg.server.admin.port() == 0)) {
         Some(l) => l,
         None => std::net::TcpListener::bind(cfg.server.admin).with_context(|| {
@@ -330,6 +333,7 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
         stopping: stopping_rx,
         daemon: Some(daemon_tx),
         config_path: cfg.path.display().to_string().into(),
+        acme: acme.clone(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(handoff_api::serve(admin, state, async {
@@ -357,6 +361,9 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
         }
     }
     handover::notify_ready();
+    if let Some(m) = &acme {
+        m.start(stopping.subscribe());
+    }
     // Ready means "listening", not "serving": instances that could not
     // start are said next to it, not only among the log lines.
     for f in &fleets {
@@ -508,6 +515,61 @@ const TAKEOVER_HEALTH_WITHIN: std::time::Duration = std::time::Duration::from_se
 
 /// Returns once no target of any service waits for its first health
 /// verdict (or after `limit`).
+/// The certificate manager for services with `tls.acme = true`, with
+/// the plain-HTTP listener that answers its challenges.
+fn acme_manager(
+    cfg: &config::Config,
+    proxy: &mut Proxy,
+) -> anyhow::Result<Option<handoff_acme::Manager>> {
+    let Some(acme) = &cfg.server.acme else {
+        return Ok(None);
+    };
+    let wanted: Vec<handoff_acme::Wanted> = cfg
+        .services
+        .values()
+        .filter_map(|s| {
+            let t = s.tls.as_ref().filter(|t| t.acme)?;
+            Some(handoff_acme::Wanted {
+                service: s.name.clone(),
+                domains: s.domains.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            })
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let challenges = proxy.serve_http01(acme.http_listen);
+    let services: Vec<_> = proxy.services().cloned().collect();
+    let on_issued: handoff_acme::OnIssued = Box::new(move |name| {
+        let Some(s) = services.iter().find(|s| *s.name == *name) else {
+            return;
+        };
+        match s.reload_certificate() {
+            Some(Ok(())) => tracing::info!(service = %name, "new certificate in use"),
+            Some(Err(e)) => {
+                tracing::error!(service = %name, error = %e, "the issued certificate is refused; the previous one stays in use")
+            }
+            None => {}
+        }
+    });
+    let m = handoff_acme::Manager::new(
+        acme.clone(),
+        &cfg.server.state_dir,
+        wanted,
+        challenges,
+        on_issued,
+    );
+    m.prepare().with_context(|| {
+        format!(
+            "cannot prepare the ACME certificates in {}",
+            cfg.server.state_dir.display()
+        )
+    })?;
+    Ok(Some(m))
+}
+
 async fn settled(proxy: &Proxy, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -109,7 +109,7 @@ pub async fn give(g: Giving<'_>, command: DaemonCommand) -> Result<Handover, Ref
     // Certificates as the new daemon will read them: a bad one refused
     // here, before anything starts.
     for svc in next.services.values() {
-        if let Some(t) = &svc.tls {
+        if let Some(t) = svc.tls.as_ref().filter(|t| !t.acme) {
             if let Err(e) = handoff_proxy::tls::load(&t.cert, &t.key, &svc.domains) {
                 return Err(refuse(
                     StatusCode::BAD_REQUEST,
