@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::https::https;
 use common::scenario::*;
 use common::*;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// A self-signed certificate for `names` into `DIR/FILE.pem` and `.key`;
 /// its DER.
@@ -38,105 +36,6 @@ fn write_cert(dir: &Path, file: &str, names: &[&str]) -> Vec<u8> {
     )
     .unwrap();
     cert.der().to_vec()
-}
-
-/// Accepts any certificate (they are self-signed) and records it: the test
-/// compares it with the one it wrote.
-#[derive(Debug)]
-struct Record(Mutex<Option<Vec<u8>>>);
-
-impl ServerCertVerifier for Record {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.0.lock().unwrap() = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-struct Answer {
-    code: u16,
-    body: String,
-    cert: Vec<u8>,
-    alpn: Option<Vec<u8>>,
-    headers: String,
-}
-
-/// One HTTPS request on a fresh connection with SNI `host`; with `alpn`
-/// h2 only the handshake is checked (no request is sent).
-fn https(addr: SocketAddr, host: &str, path: &str, alpn: &[&[u8]]) -> std::io::Result<Answer> {
-    let record = Arc::new(Record(Mutex::new(None)));
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(record.clone())
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = ServerName::try_from(host.to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(std::io::Error::other)?;
-    let sock = TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let h2 = alpn == [b"h2".as_slice()];
-    let mut out = String::new();
-    if h2 {
-        tls.conn.complete_io(&mut tls.sock)?;
-    } else {
-        write!(
-            tls,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        match tls.read_to_string(&mut out) {
-            Ok(_) => {}
-            // A close without close_notify after a whole answer is fine.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && out.contains("\r\n\r\n") => {
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let code = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (headers, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
-    let cert = record.0.lock().unwrap().clone().unwrap_or_default();
-    Ok(Answer {
-        code,
-        body: body.to_string(),
-        headers: headers.to_ascii_lowercase(),
-        cert,
-        alpn: tls.conn.alpn_protocol().map(|p| p.to_vec()),
-    })
 }
 
 fn version(body: &str) -> String {
@@ -205,6 +104,24 @@ fn three_https_services_on_one_address_deploy_and_renew_under_load() {
             host == "app.test"
         );
     }
+    // The same seen by the usual tools: `openssl s_client -servername`
+    // gets each name's certificate, curl speaks HTTP/2 by ALPN.
+    for (host, file) in [
+        ("app.test", "app.pem"),
+        ("api.test", "api.pem"),
+        ("x.tenants.test", "tenants.pem"),
+    ] {
+        let shown = common::https::s_client(addr, host);
+        let written = std::fs::read_to_string(env.dir.path().join(file)).unwrap();
+        assert_eq!(
+            common::https::first_pem(&shown),
+            common::https::first_pem(&written),
+            "openssl s_client -servername {host}: another certificate:\n{shown}"
+        );
+    }
+    let (spoke, body) = common::https::curl_h2(addr, "api.test", "/");
+    assert_eq!(spoke, "2", "curl --http2 to api.test: {body}");
+    assert!(body.contains("\"version\":\"api1\""), "{body}");
     // The instances hear that the client spoke HTTPS.
     let a = https(addr, "api.test", "/headers", &[b"http/1.1"]).unwrap();
     assert!(a.body.contains("x-forwarded-proto: https"), "{}", a.body);

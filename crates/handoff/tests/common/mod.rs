@@ -6,6 +6,7 @@
 pub mod fleet;
 pub mod haproxy;
 pub mod hostbed;
+pub mod https;
 pub mod scenario;
 pub mod webdriver;
 
