@@ -89,6 +89,9 @@ fn problem(url: &str, r: &Reply) -> AcmeError {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(&r.body).chars().take(300).collect()),
+        retry_after: r
+            .header("retry-after")
+            .and_then(|s| s.trim().parse::<u64>().ok()),
     }
 }
 
@@ -212,8 +215,16 @@ impl Client {
         let order = self.poll_order(&order_url, &["pending"], "ready").await?;
         // A fresh key per certificate: a renewal never reuses one.
         let key = rcgen::KeyPair::generate().map_err(|_| AcmeError::Crypto("a certificate key"))?;
-        let params = rcgen::CertificateParams::new(domains.to_vec())
+        let mut params = rcgen::CertificateParams::new(domains.to_vec())
             .map_err(|e| AcmeError::Csr(e.to_string()))?;
+        // rcgen's default subject ("rcgen self signed cert") would be read
+        // by the CA as one more name to prove: the first domain, or none.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(first) = domains.first().filter(|d| d.len() <= 64) {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, first.clone());
+        }
         let csr = params
             .serialize_request(&key)
             .map_err(|e| AcmeError::Csr(e.to_string()))?;
@@ -271,9 +282,9 @@ impl Client {
         })?;
         let answer = format!("{token}.{}", self.key.thumbprint());
         responder.publish(&token, &answer);
-        let result = self.prove(url, &ch.url.clone(), &domain).await;
-        responder.withdraw(&token);
-        result
+        // Withdrawn however this ends, a dropped (stopped) order included.
+        let _published = Published { responder, token };
+        self.prove(url, &ch.url.clone(), &domain).await
     }
 
     async fn prove(
@@ -341,6 +352,17 @@ impl Client {
             }
             tokio::time::sleep(retry_after(&r)).await;
         }
+    }
+}
+
+struct Published<'a> {
+    responder: &'a dyn Responder,
+    token: String,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.responder.withdraw(&self.token);
     }
 }
 

@@ -10,17 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 
 use crate::AcmeError;
 
-/// Where Debian, Fedora and Alpine keep the system's trusted roots.
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
+/// The largest answer read (a certificate chain is a few KiB).
+const MAX_BODY: usize = 1 << 20;
 
 /// A request's time limit, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,32 +41,13 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(extra_ca: Option<&Path>) -> Result<Transport, AcmeError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for bundle in SYSTEM_BUNDLES {
-            if let Ok(pem) = std::fs::read(bundle) {
-                for c in CertificateDer::pem_slice_iter(&pem).flatten() {
-                    let _ = roots.add(c);
-                }
-                break;
-            }
-        }
+        // The system's roots (a public CA), plus `ca` (a private one).
+        let mut roots = handoff_proxy::upstream::system_roots()
+            .unwrap_or_else(|_| rustls::RootCertStore::empty());
         if let Some(path) = extra_ca {
-            let pem = std::fs::read(path).map_err(|source| AcmeError::State {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let mut added = 0;
-            for c in CertificateDer::pem_slice_iter(&pem).flatten() {
-                if roots.add(c).is_ok() {
-                    added += 1;
-                }
-            }
-            if added == 0 {
-                return Err(AcmeError::Trust(format!(
-                    "{}: no usable PEM certificate in it ([server.acme] ca)",
-                    path.display()
-                )));
-            }
+            let extra = handoff_proxy::upstream::file_roots(path)
+                .map_err(|e| AcmeError::Trust(format!("[server.acme] ca: {e}")))?;
+            roots.extend(extra.roots);
         }
         if roots.is_empty() {
             return Err(AcmeError::Trust(
@@ -166,8 +142,8 @@ impl Transport {
             .map_err(|e| fail(format!("HTTP: {e}")))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
+        // A directory's answers are small; a huge one is a broken server.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
             .map_err(|e| fail(format!("reading the answer: {e}")))?

@@ -24,7 +24,7 @@ mod http;
 mod jws;
 mod manager;
 
-pub use manager::{Manager, OnIssued, State, Status, Wanted};
+pub use manager::{Manager, OnIssued, Renew, State, Status, Wanted};
 
 use std::path::PathBuf;
 
@@ -63,7 +63,11 @@ pub enum AcmeError {
         status: u16,
         kind: String,
         detail: String,
+        /// Seconds the CA asks to wait (`Retry-After`), e.g. a rate limit.
+        retry_after: Option<u64>,
     },
+    #[error("the CA issued a certificate that cannot be served: {0}")]
+    Unusable(String),
     #[error(
         "the CA offers no http-01 challenge for {domain}; handoff proves names over HTTP-01 only"
     )]

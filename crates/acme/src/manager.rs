@@ -36,6 +36,22 @@ impl Wanted {
     fn marker(&self) -> PathBuf {
         self.cert.with_file_name("placeholder")
     }
+
+    /// The directory URL the certificate came from (a switch from a
+    /// staging CA to a production one renews at once).
+    fn issuer_file(&self) -> PathBuf {
+        self.cert.with_file_name("directory")
+    }
+}
+
+/// What [`Manager::renew`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renew {
+    Started,
+    /// An order for it is running now; its outcome will show.
+    Busy,
+    /// Not a service with `tls.acme = true`.
+    NotAcme,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,6 +102,8 @@ struct Inner {
     responder: Arc<dyn Responder>,
     services: Vec<One>,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The running tasks' stop switch (none while stopped).
+    running: Mutex<Option<watch::Sender<bool>>>,
 }
 
 /// See the crate docs.
@@ -105,9 +123,20 @@ enum Look {
     Until { not_after: u64, renew_at: u64 },
 }
 
-fn look(w: &Wanted) -> Look {
+fn look(w: &Wanted, directory: &str) -> Look {
     if w.marker().exists() {
         return Look::Due("no certificate from the CA yet".into());
+    }
+    let from = std::fs::read_to_string(w.issuer_file()).unwrap_or_default();
+    if from.trim() != directory {
+        return Look::Due(format!(
+            "it came from another directory ({}), not {directory}",
+            if from.trim().is_empty() {
+                "unknown"
+            } else {
+                from.trim()
+            }
+        ));
     }
     match handoff_proxy::tls::load(&w.cert, &w.key, &w.domains) {
         Err(e) => Look::Due(e.to_string()),
@@ -160,20 +189,21 @@ impl Manager {
                 responder,
                 services,
                 client: tokio::sync::Mutex::new(None),
+                running: Mutex::new(None),
             }),
         }
     }
 
     /// Before the listeners start: every service gets files the proxy can
-    /// load. One without a usable certificate (first start, expired while
-    /// the daemon was down, `domains` changed) gets a self-signed stand-in
-    /// until the CA's arrives.
+    /// load. One with nothing usable (first start, or expired while the
+    /// daemon was down) gets a self-signed stand-in until the CA's arrives.
+    /// A valid certificate for other names (`domains` changed) stays
+    /// served until its successor is issued: the names it covers keep
+    /// working meanwhile.
     pub fn prepare(&self) -> Result<(), AcmeError> {
         for one in &self.inner.services {
             let w = &one.wanted;
-            let usable = !w.marker().exists()
-                && handoff_proxy::tls::load(&w.cert, &w.key, &w.domains).is_ok();
-            if usable {
+            if handoff_proxy::tls::load(&w.cert, &w.key, &[]).is_ok() {
                 continue;
             }
             let key =
@@ -203,10 +233,32 @@ impl Manager {
         Ok(())
     }
 
-    /// Starts one task per service on the current runtime, until `stop`.
-    pub fn start(&self, stop: watch::Receiver<bool>) {
+    /// Starts one task per service on the current runtime, until
+    /// [`Self::stop`].
+    pub fn start(&self) {
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.is_some() {
+            return;
+        }
+        let (tx, rx) = watch::channel(false);
         for i in 0..self.inner.services.len() {
-            tokio::spawn(run(self.inner.clone(), i, stop.clone()));
+            tokio::spawn(run(self.inner.clone(), i, rx.clone()));
+        }
+        *running = Some(tx);
+    }
+
+    /// Stops the tasks; an order under way is dropped (its challenges
+    /// withdrawn). Before a hand-over: the next daemon orders what is
+    /// still due, and two daemons never answer one CA at once.
+    pub fn stop(&self) {
+        if let Some(tx) = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = tx.send(true);
         }
     }
 
@@ -219,19 +271,22 @@ impl Manager {
     }
 
     /// Orders a new certificate for `service` now (after a key compromise,
-    /// a changed CA, or to test renewal). False: not an ACME service.
-    pub fn renew(&self, service: &str) -> bool {
+    /// a changed CA, or to test renewal).
+    pub fn renew(&self, service: &str) -> Renew {
         let Some(o) = self
             .inner
             .services
             .iter()
             .find(|o| o.wanted.service == service)
         else {
-            return false;
+            return Renew::NotAcme;
         };
+        if o.status.lock().unwrap_or_else(|e| e.into_inner()).state == State::Ordering {
+            return Renew::Busy;
+        }
         o.force.store(true, Ordering::SeqCst);
         o.kick.notify_one();
-        true
+        Renew::Started
     }
 }
 
@@ -245,7 +300,7 @@ async fn run(inner: Arc<Inner>, i: usize, mut stop: watch::Receiver<bool>) {
         let why = if one.force.swap(false, Ordering::SeqCst) {
             "asked for".to_string()
         } else {
-            match look(w) {
+            match look(w, &inner.acme.directory) {
                 Look::Due(why) => why,
                 Look::Until {
                     not_after,
@@ -291,9 +346,17 @@ async fn run(inner: Arc<Inner>, i: usize, mut stop: watch::Receiver<bool>) {
                     s.failures += 1;
                     s.failures
                 };
-                let backoff = BACKOFF_FIRST
+                let mut backoff = BACKOFF_FIRST
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(BACKOFF_MAX);
+                // A CA that says when to come back (rate limits) is obeyed.
+                if let AcmeError::Refused {
+                    retry_after: Some(s),
+                    ..
+                } = &e
+                {
+                    backoff = backoff.max(Duration::from_secs(*s));
+                }
                 {
                     let mut s = one.status.lock().unwrap_or_else(|e| e.into_inner());
                     s.state = State::Failed;
@@ -338,10 +401,26 @@ async fn obtain(inner: &Inner, w: &Wanted) -> Result<(), AcmeError> {
         let path = path.to_path_buf();
         move |source| AcmeError::State { path, source }
     };
+    // Checked as the proxy will load it, before it replaces anything: a
+    // certificate that cannot serve is a failure (backed off), not an
+    // issuance to repeat at once.
+    let (new_cert, new_key) = (
+        w.cert.with_extension("pem.new"),
+        w.key.with_extension("pem.new"),
+    );
+    files::write_private(&new_key, issued.key_pem.as_bytes()).map_err(io(&new_key))?;
+    files::write_private(&new_cert, issued.chain_pem.as_bytes()).map_err(io(&new_cert))?;
+    if let Err(e) = handoff_proxy::tls::load(&new_cert, &new_key, &w.domains) {
+        let _ = std::fs::remove_file(&new_cert);
+        let _ = std::fs::remove_file(&new_key);
+        return Err(AcmeError::Unusable(e.to_string()));
+    }
     // Key first: the watcher re-reads when either file changes, and the
     // chain is the one that makes the pair whole again.
-    files::write_private(&w.key, issued.key_pem.as_bytes()).map_err(io(&w.key))?;
-    files::write_private(&w.cert, issued.chain_pem.as_bytes()).map_err(io(&w.cert))?;
+    std::fs::rename(&new_key, &w.key).map_err(io(&w.key))?;
+    std::fs::rename(&new_cert, &w.cert).map_err(io(&w.cert))?;
+    files::write_private(&w.issuer_file(), inner.acme.directory.as_bytes())
+        .map_err(io(&w.issuer_file()))?;
     let _ = std::fs::remove_file(w.marker());
     Ok(())
 }

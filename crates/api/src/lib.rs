@@ -168,11 +168,16 @@ async fn renew_certificate(State(s): State<AdminState>, Path(name): Path<String>
         );
     }
     match s.acme.as_ref().map(|m| m.renew(&name)) {
-        Some(true) => (
+        Some(handoff_acme::Renew::Started) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({"service": name, "renewing": true})),
         )
             .into_response(),
+        Some(handoff_acme::Renew::Busy) => error(
+            StatusCode::CONFLICT,
+            "busy",
+            format!("a certificate for service '{name}' is being ordered now; follow it with `handoff status {name}`"),
+        ),
         _ => error(
             StatusCode::CONFLICT,
             "not_acme",
