@@ -330,6 +330,19 @@ pub struct ProxySettings {
     /// Idle keep-alive time of client connections.
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// HTTPS to the targets (`upstream_tls = true`), for apps that speak
+    /// only TLS; health checks go over it too.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// How handoff verifies a target's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Trusted root(s), PEM (`upstream_ca`); none: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name the certificate must carry, also sent as SNI
+    /// (`upstream_name`); none: the target's IP address.
+    pub name: Option<String>,
 }
 
 /// A count (`"2"`) or a share of the fleet (`"50%"`).

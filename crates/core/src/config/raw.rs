@@ -244,6 +244,9 @@ pub struct RawProxy {
     pub header_timeout: Option<Leaf<String>>,
     pub idle_timeout: Option<Leaf<String>>,
     pub max_header_bytes: Option<Leaf<i64>>,
+    pub upstream_tls: Option<Leaf<bool>>,
+    pub upstream_ca: Option<Leaf<String>>,
+    pub upstream_name: Option<Leaf<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,6 +357,9 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "header_timeout",
             "idle_timeout",
             "max_header_bytes",
+            "upstream_tls",
+            "upstream_ca",
+            "upstream_name",
         ],
         ["services", _, "in_place"] => &["batch", "min_healthy", "headroom", "instance_capacity"],
         ["services", _, "blue_green"] => &["traffic_steps", "bake", "retention"],

@@ -164,8 +164,47 @@ pub(super) fn health(cx: &mut Ctx, name: &str, r: RawHealth) -> Health {
     }
 }
 
-pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
+pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy, base: &Path) -> ProxySettings {
     let k = |s: &str| format!("services.{name}.proxy.{s}");
+    let tls = cx.take(k("upstream_tls"), &r.upstream_tls).unwrap_or(false);
+    let ca = cx.take(k("upstream_ca"), &r.upstream_ca);
+    let sni = cx.take(k("upstream_name"), &r.upstream_name);
+    let upstream_tls = if tls {
+        let ca = ca.map(|c| base.join(c.trim())).filter(|p| {
+            let there = p.is_file();
+            if !there {
+                cx.err(
+                    k("upstream_ca"),
+                    format!("{} does not exist; give the PEM root that issued the instances' certificates", p.display()),
+                );
+            }
+            there
+        });
+        let sni = sni.map(|n| n.trim().to_ascii_lowercase()).filter(|n| {
+            let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !ok {
+                cx.err(
+                    k("upstream_name"),
+                    format!("'{n}' is not a host name; give the name the instances' certificates carry, e.g. \"localhost\""),
+                );
+            }
+            ok
+        });
+        Some(UpstreamTls { ca, name: sni })
+    } else {
+        for (key, set) in [
+            ("upstream_ca", ca.is_some()),
+            ("upstream_name", sni.is_some()),
+        ] {
+            if set {
+                cx.err(
+                    k(key),
+                    "is for HTTPS to the instances: set `upstream_tls = true` too",
+                );
+            }
+        }
+        None
+    };
     let balance = match cx.take(k("balance"), &r.balance).as_deref() {
         None | Some("least-outstanding") => Balance::LeastOutstanding,
         Some("round-robin") => Balance::RoundRobin,
@@ -203,6 +242,7 @@ pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy) -> ProxySettings {
         ),
         idle_timeout: cx.duration(k("idle_timeout"), r.idle_timeout.as_ref(), d::IDLE_TIMEOUT),
         max_header_bytes,
+        upstream_tls,
     }
 }
 

@@ -498,6 +498,14 @@ fn service(
                 k("domains"),
                 format!("'{w}': HTTP-01 cannot prove a wildcard name; list the names, or give a wildcard certificate as `tls.cert`/`tls.key`"),
             );
+        } else if let Some(ip) = domains
+            .iter()
+            .find(|d| d.parse::<std::net::IpAddr>().is_ok())
+        {
+            cx.err(
+                k("domains"),
+                format!("'{ip}' is an IP address: ACME certificates here are for names; give the certificate as `tls.cert`/`tls.key`"),
+            );
         }
     }
     let placed = r.hosts.is_some();
@@ -576,7 +584,13 @@ fn service(
         timeout: cx.duration(k("drain.timeout"), rd.timeout.as_ref(), d::DRAIN_TIMEOUT),
     };
     let rp = cx.table(k("proxy"), r.proxy);
-    let proxy = proxy(cx, name, rp);
+    let proxy = proxy(cx, name, rp, base);
+    if proxy.upstream_tls.is_some() && matches!(balancer, Balancer::Haproxy { .. }) {
+        cx.err(
+            k("proxy.upstream_tls"),
+            "is for handoff's own proxy; behind HAProxy, give the backend's servers `ssl verify required ca-file FILE` (default-server) in haproxy.cfg",
+        );
+    }
     let ri = cx.table(k("in_place"), r.in_place);
     let in_place = in_place(cx, name, &ri);
     // The floor is checked against a usable instance count only.
