@@ -34,7 +34,7 @@ async fn rig() -> Rig {
     let cfg = handoff_core::config::parse(Path::new("/tmp/handoff.toml"), text).unwrap();
     let svc = cfg.services["web"].clone();
     let mut proxy = Proxy::new(1);
-    let sp = proxy.add_service(&svc);
+    let sp = proxy.add_service(&svc).unwrap();
     let rt = Arc::new(FakeRuntime::default());
     let store = Arc::new(Store::memory().unwrap());
     let opts = FleetOptions {

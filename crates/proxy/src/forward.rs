@@ -220,8 +220,7 @@ async fn connection(
         return Ok((c, true));
     }
     let connect = async {
-        let s = tokio::net::TcpStream::connect(t.addr).await?;
-        s.set_nodelay(true)?;
+        let s = crate::upstream::dial(t.addr, svc.upstream.as_deref()).await?;
         let (send, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, ReqBody>(TokioIo::new(s))
             .await

@@ -184,7 +184,7 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
             }
             continue;
         }
-        let ok = probe(t.addr, &cfg).await;
+        let ok = probe(t.addr, &cfg, svc.upstream.as_deref()).await;
         let said = outcome(&cfg.path, t.addr, &ok);
         t.note_check(said, ok.is_ok());
         if startup {
@@ -236,16 +236,21 @@ async fn run(svc: Arc<ServiceProxy>, t: Arc<Target>) {
 /// `GET path` within the timeout; its status. A fresh connection also
 /// proves the target still accepts new connections, which a pooled one
 /// would not.
-pub async fn probe(addr: SocketAddr, cfg: &Health) -> Result<u16, Probe> {
+pub async fn probe(
+    addr: SocketAddr,
+    cfg: &Health,
+    tls: Option<&crate::upstream::UpstreamTls>,
+) -> Result<u16, Probe> {
     let fut = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        let stream = crate::upstream::dial(addr, tls).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 Probe::Refused(addr)
+            } else if e.to_string().starts_with("TLS to") {
+                Probe::Failed(e.to_string())
             } else {
                 Probe::Failed(format!("connect {addr}: {e}"))
             }
         })?;
-        let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Probe::Failed(format!("handshake: {e}")))?;
@@ -363,7 +368,7 @@ mod tests {
             timeout,
             ..cfg(1, 1)
         };
-        outcome(&c.path, addr, &probe(addr, &c).await)
+        outcome(&c.path, addr, &probe(addr, &c, None).await)
     }
 
     #[tokio::test]

@@ -99,10 +99,10 @@ pub(crate) fn answer<B>(
         );
         return forward::done_without_target(r, conn);
     };
-    let Some(host) = host.map(strip_port).filter(|h| !h.is_empty()) else {
+    let Some(host) = host.map(strip_port).filter(|h| plausible_host(h)) else {
         let r = text(
             StatusCode::BAD_REQUEST,
-            "400 Bad Request: no Host header; this address only redirects to HTTPS\n".into(),
+            "400 Bad Request: no usable Host header; this address only redirects to HTTPS\n".into(),
         );
         return forward::done_without_target(r, conn);
     };
@@ -131,6 +131,18 @@ pub(crate) fn answer<B>(
     forward::done_without_target(r, conn)
 }
 
+/// A name or an IP literal: nothing that could make the `Location` point
+/// elsewhere (`@`, `/`, `\\`) or break it.
+fn plausible_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
 /// `example.com:80` → `example.com`; `[::1]:80` → `[::1]`.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -153,6 +165,16 @@ mod tests {
         assert_eq!(strip_port("a.example"), "a.example");
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn only_plain_hosts_are_redirected_to() {
+        assert!(plausible_host("app.example.com"));
+        assert!(plausible_host("[::1]"));
+        assert!(plausible_host("10.0.0.1"));
+        for bad in ["", "evil.com/x", "a@evil.com", "a\\b", "[nope]", "a b"] {
+            assert!(!plausible_host(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod service;
 pub mod table;
 pub mod target;
 pub mod tls;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,8 +66,18 @@ impl Proxy {
         }
     }
 
-    /// Adds a service with an empty `default` group.
-    pub fn add_service(&mut self, cfg: &Service) -> Arc<ServiceProxy> {
+    /// Adds a service with an empty `default` group. Fails only when its
+    /// `upstream_tls` roots cannot be read.
+    pub fn add_service(&mut self, cfg: &Service) -> Result<Arc<ServiceProxy>, ControlError> {
+        let upstream = match &cfg.proxy.upstream_tls {
+            Some(u) => Some(Arc::new(upstream::UpstreamTls::new(u).map_err(
+                |source| ControlError::Tls {
+                    service: cfg.name.clone(),
+                    source,
+                },
+            )?)),
+            None => None,
+        };
         let mut s = ServiceProxy::new(
             &cfg.name,
             cfg.listen,
@@ -79,9 +90,10 @@ impl Proxy {
             p.domains = cfg.domains.clone();
             p.path_prefix = cfg.path_prefix.clone();
             p.tls = cfg.tls.clone();
+            p.upstream = upstream;
         }
         self.services.insert(cfg.name.clone(), s.clone());
-        s
+        Ok(s)
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceProxy>> {

@@ -175,7 +175,9 @@ mod tests {
             text.push_str(&format!("path_prefix = {p:?}\n"));
         }
         let cfg = handoff_core::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
-        crate::Proxy::new(1).add_service(&cfg.services[name])
+        crate::Proxy::new(1)
+            .add_service(&cfg.services[name])
+            .unwrap()
     }
 
     fn name(r: &Routes, host: &str, path: &str) -> Option<String> {

@@ -185,12 +185,12 @@ impl ProxyServer {
                 let mut certs = Vec::new();
                 for s in group.iter().filter(|s| s.tls.is_some()) {
                     let t = s.tls.as_ref().expect("filtered");
-                    let c = Cert::new(&s.name, &s.domains, &t.cert, &t.key).map_err(|source| {
-                        ControlError::Tls {
+                    let c = Cert::new(&s.name, &s.domains, &t.cert, &t.key, !t.acme).map_err(
+                        |source| ControlError::Tls {
                             service: s.name.to_string(),
                             source,
-                        }
-                    })?;
+                        },
+                    )?;
                     let c = Arc::new(c);
                     let _ = s.cert.set(c.clone());
                     certs.push(c);

@@ -37,6 +37,8 @@ pub struct ServiceProxy {
     pub path_prefix: Option<String>,
     /// HTTPS on `listen`, with this certificate (see [`crate::tls`]).
     pub tls: Option<handoff_core::config::Tls>,
+    /// TLS to the targets (`upstream_tls`), for requests and health checks.
+    pub upstream: Option<Arc<crate::upstream::UpstreamTls>>,
     /// The certificate in use, once the listener runs (kept current).
     pub(crate) cert: std::sync::OnceLock<Arc<crate::tls::Cert>>,
     /// The address the listener got (port 0 resolved), once started.
@@ -106,6 +108,7 @@ impl ServiceProxy {
             domains: Vec::new(),
             path_prefix: None,
             tls: None,
+            upstream: None,
             cert: std::sync::OnceLock::new(),
             bound: std::sync::OnceLock::new(),
             settings,

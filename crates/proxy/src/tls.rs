@@ -42,6 +42,8 @@ pub enum TlsError {
     Expired { path: PathBuf, not_after: u64 },
     #[error("{}: not valid before {} (UTC); check the clock or the certificate", path.display(), fmt_time(*not_before))]
     NotYetValid { path: PathBuf, not_before: u64 },
+    #[error("no roots to verify with: {why}")]
+    NoRoots { why: String },
     #[error("{}: its names ({}) do not cover `{domain}` of the service; use a certificate issued for it", path.display(), names.join(", "))]
     NameMismatch {
         path: PathBuf,
@@ -159,6 +161,9 @@ pub struct Cert {
     pub domains: Vec<String>,
     cert: PathBuf,
     key: PathBuf,
+    /// Refuse files whose names miss a domain. Off for ACME: a certificate
+    /// for the old names serves them until its successor is issued.
+    check_names: bool,
     current: ArcSwap<Loaded>,
     stamp: std::sync::Mutex<Stamp>,
 }
@@ -177,14 +182,16 @@ impl Cert {
         domains: &[String],
         cert: &Path,
         key: &Path,
+        check_names: bool,
     ) -> Result<Cert, TlsError> {
         let s = stamp(cert, key);
-        let loaded = load(cert, key, domains)?;
+        let loaded = load(cert, key, if check_names { domains } else { &[] })?;
         Ok(Cert {
             service: service.to_string(),
             domains: domains.to_vec(),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            check_names,
             current: ArcSwap::from_pointee(loaded),
             stamp: std::sync::Mutex::new(s),
         })
@@ -203,7 +210,8 @@ impl Cert {
             return None;
         }
         *last = now;
-        Some(load(&self.cert, &self.key, &self.domains).map(|l| self.current.store(Arc::new(l))))
+        let names: &[String] = if self.check_names { &self.domains } else { &[] };
+        Some(load(&self.cert, &self.key, names).map(|l| self.current.store(Arc::new(l))))
     }
 }
 
@@ -544,7 +552,7 @@ mod tests {
         let cert = |svc: &str, domains: &[&str]| {
             let (c, k) = write_cert(&dir, svc, domains, false);
             let ds: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-            Arc::new(Cert::new(svc, &ds, &c, &k).unwrap())
+            Arc::new(Cert::new(svc, &ds, &c, &k, true).unwrap())
         };
         let r = Resolver::new(vec![
             cert("app", &["app.test"]),
@@ -562,7 +570,7 @@ mod tests {
     fn a_changed_file_is_picked_up_and_a_bad_one_refused() {
         let dir = tempfile_dir();
         let (c, k) = write_cert(&dir, "app", &["app.test"], false);
-        let cert = Cert::new("app", &["app.test".into()], &c, &k).unwrap();
+        let cert = Cert::new("app", &["app.test".into()], &c, &k, true).unwrap();
         let first = cert.current().key.cert[0].clone();
         assert!(cert.refresh().is_none(), "nothing changed");
         write_cert(&dir, "app", &["app.test"], false);

@@ -231,6 +231,7 @@ pub fn service_cfg(balance: Balance, health: Health) -> Service {
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
+            upstream_tls: None,
         },
         strategy: Strategy::InPlace,
         in_place: InPlace {
@@ -263,7 +264,7 @@ pub struct TestProxy {
 impl TestProxy {
     pub async fn start(cfg: Service) -> TestProxy {
         let mut proxy = Proxy::new(2);
-        let svc = proxy.add_service(&cfg);
+        let svc = proxy.add_service(&cfg).unwrap();
         let server = proxy.start(Duration::from_secs(5)).unwrap();
         let addr = server.addrs["web"];
         TestProxy {
