@@ -55,6 +55,42 @@ pub struct SampleApp {
     /// Added latency on `GET /`.
     #[arg(long, value_parser = duration)]
     pub latency: Option<Duration>,
+    /// Speak HTTPS only, with this PEM certificate chain (and `--tls-key`):
+    /// an app behind `upstream_tls`.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// The HTTPS side of `--tls-cert`/`--tls-key` (HTTP/1.1 only).
+fn tls_acceptor(cfg: &SampleApp) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    let loaded = handoff_proxy::tls::load(cert, key, &[])
+        .map_err(|e| anyhow::anyhow!("sample-app --tls-cert/--tls-key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(One(loaded.key.clone())));
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(c))))
+}
+
+/// The one certificate, whatever the client's SNI.
+#[derive(Debug)]
+struct One(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for One {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -96,6 +132,7 @@ async fn serve(cfg: SampleApp) -> anyhow::Result<()> {
     if let Some(d) = cfg.startup_delay {
         tokio::time::sleep(d).await;
     }
+    let tls = tls_acceptor(&cfg)?;
     let at = std::net::SocketAddr::new(cfg.address, cfg.port);
     let listener = tokio::net::TcpListener::bind(at)
         .await
@@ -135,20 +172,17 @@ async fn serve(cfg: SampleApp) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let alive = alive.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(
-                    TokioIo::new(stream),
-                    hyper::service::service_fn(move |req| handle(app.clone(), req)),
-                )
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_conn(stream, app, stop).await,
+                Some(tls) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await
+                    {
+                        serve_conn(s, app, stop).await;
+                    }
                 }
             }
             drop(alive);
@@ -160,6 +194,26 @@ async fn serve(cfg: SampleApp) -> anyhow::Result<()> {
     drop(alive);
     let _ = tokio::time::timeout(Duration::from_secs(30), all_done.recv()).await;
     Ok(())
+}
+
+async fn serve_conn<S>(stream: S, app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |req| handle(app.clone(), req)),
+        )
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {

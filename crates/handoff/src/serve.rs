@@ -169,6 +169,13 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
         .services
         .values()
         .any(|s| matches!(s.backend, Backend::Managed(_)));
+    // ACME certificates (and their plain listener, which two daemons must
+    // not share) are state one daemon owns, like instances.
+    let owns_state = needs_state
+        || cfg
+            .services
+            .values()
+            .any(|s| s.tls.as_ref().is_some_and(|t| t.acme));
     // Listening sockets of the daemon this one takes over from, or from
     // systemd's socket activation; the rest is bound here.
     let mut taking = if opts.takeover {
@@ -184,14 +191,14 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
     if let Some(t) = &taking {
         t.released()?;
     }
-    let lock = if needs_state {
+    let lock = if owns_state {
         Some(lock_state_dir(&cfg.server.state_dir)?)
     } else {
         None
     };
     let mut proxy = Proxy::new(cfg.server.workers);
     for svc in cfg.services.values() {
-        proxy.add_service(svc);
+        proxy.add_service(svc)?;
     }
     // Before any listener: an ACME service needs files to serve (a
     // stand-in until the CA's certificate comes).
@@ -362,7 +369,7 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
     }
     handover::notify_ready();
     if let Some(m) = &acme {
-        m.start(stopping.subscribe());
+        m.start();
     }
     // Ready means "listening", not "serving": instances that could not
     // start are said next to it, not only among the log lines.
@@ -422,6 +429,10 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
                 continue;
             }
         }
+        // The next daemon orders what is due; two never answer one CA.
+        if let Some(m) = &acme {
+            m.stop();
+        }
         let what = if command == DaemonCommand::Reload {
             "reload"
         } else {
@@ -449,7 +460,13 @@ async fn serve(cfg: config::Config, mut opts: Options) -> anyhow::Result<()> {
         if done {
             break true;
         }
+        if let Some(m) = &acme {
+            m.start();
+        }
     };
+    if let Some(m) = &acme {
+        m.stop();
+    }
     if handed_over {
         // A second reload or upgrade sent meanwhile (the same command
         // twice, or at once) is for the new daemon now: said so, not lost.
