@@ -76,7 +76,8 @@ fn start_ca(dir: &Path, http01_port: u16) -> Ca {
     std::fs::write(dir.join("pebble.pem"), leaf.pem()).unwrap();
     std::fs::write(dir.join("pebble.key"), leaf_key.serialize_pem()).unwrap();
 
-    let (dns, listen, management) = (free_port(), free_port(), free_port());
+    let (dns, listen, management, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
     let dns_proc = Command::new("pebble-challtestsrv")
         .args([
             "-defaultIPv4",
@@ -92,10 +93,10 @@ fn start_ca(dir: &Path, http01_port: u16) -> Ca {
             "-tlsalpn01",
             "",
             "-management",
-            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{dns_mgmt}"),
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log("challtestsrv.log"))
+        .stderr(log("challtestsrv.err"))
         .spawn()
         .unwrap();
     let dns_proc = Bg(dns_proc);
@@ -122,16 +123,23 @@ fn start_ca(dir: &Path, http01_port: u16) -> Ca {
         // default, so the client's badNonce retry is exercised.
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "15")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log("pebble.log"))
+        .stderr(log("pebble.err"))
         .spawn()
         .unwrap();
     let pebble = Bg(pebble);
-    poll("pebble listening", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", listen))
-            .ok()
-            .map(|_| ())
-    });
+    // Both up before handoff's first order (a failed one backs off 60 s).
+    for (what, port) in [("pebble", listen), ("pebble-challtestsrv", dns_mgmt)] {
+        poll(
+            &format!("{what} listening"),
+            Duration::from_secs(20),
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        );
+    }
     Ca {
         _dns: dns_proc,
         _pebble: pebble,
@@ -163,6 +171,87 @@ fn plain_get(addr: SocketAddr, host: &str, path: &str) -> String {
     out
 }
 
+/// Pebble's and its DNS's output, for a failure message.
+fn ca_logs(dir: &Path) -> String {
+    [
+        "pebble.log",
+        "pebble.err",
+        "challtestsrv.log",
+        "challtestsrv.err",
+    ]
+    .iter()
+    .map(|f| {
+        format!(
+            "--- {f}\n{}",
+            std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+        )
+    })
+    .collect()
+}
+
+/// [`poll`], but a timeout shows what the daemon and the CA said.
+fn poll_acme<T>(
+    what: &str,
+    limit: Duration,
+    dir: &Path,
+    daemon: &Proc,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n--- handoff\n{}\n{}",
+                daemon.stderr(),
+                ca_logs(dir)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn config(ca: &Ca, http01: u16, https_port: u16, app: SocketAddr, domains: &str) -> String {
+    format!(
+        "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
+         [server.acme]\ndirectory = \"{}\"\nemail = \"ops@example.com\"\nca = \"ca.pem\"\n\
+         http_listen = \"127.0.0.1:{http01}\"\n\
+         [services.app]\nlisten = \"127.0.0.1:{https_port}\"\ndomains = [{domains}]\n\
+         targets = [\"{app}\"]\n[services.app.tls]\nacme = true\nhsts = true\n",
+        ca.directory
+    )
+}
+
+/// Verifies the chain served for `host` against `root` with openssl
+/// (`-verify_hostname`): its output.
+fn verify(addr: SocketAddr, host: &str, root: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            host,
+            "-verify_hostname",
+            host,
+            "-verify_return_error",
+            "-CAfile",
+            root.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && shown.contains("Verify return code: 0 (ok)"),
+        "the chain served for {host} does not verify: {shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shown
+}
+
 #[test]
 fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
     if !have("pebble") || !have("pebble-challtestsrv") {
@@ -174,42 +263,42 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (app, app_addr) = sample_app("v1", &[], dir.path());
+    let d = dir.path();
+    let (app, app_addr) = sample_app("v1", &[], d);
     let (http01, https_port) = (free_port(), free_port());
-    let ca = start_ca(dir.path(), http01);
-    let cfg = dir.path().join("handoff.toml");
+    let ca = start_ca(d, http01);
+    let cfg = d.join("handoff.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "[server]\nadmin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
-             [server.acme]\ndirectory = \"{}\"\nemail = \"ops@example.com\"\nca = \"ca.pem\"\n\
-             http_listen = \"127.0.0.1:{http01}\"\n\
-             [services.app]\nlisten = \"127.0.0.1:{https_port}\"\ndomains = [\"app.test\"]\n\
-             targets = [\"{app_addr}\"]\n[services.app.tls]\nacme = true\nhsts = true\n",
-            ca.directory
-        ),
+        config(&ca, http01, https_port, app_addr, "\"app.test\""),
     )
     .unwrap();
-    let start = |dir: &Path| {
-        let mut d = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], dir);
-        let admin = addr_of(&d.wait_line("admin", Duration::from_secs(30)));
-        d.wait_line("ready", Duration::from_secs(30));
-        (d, admin)
+    let start = || {
+        let mut p = Proc::spawn(&["serve", "-c", cfg.to_str().unwrap()], d);
+        let admin = addr_of(&p.wait_line("admin", Duration::from_secs(30)));
+        p.wait_line("ready", Duration::from_secs(30));
+        (p, admin)
     };
-    let (mut daemon, admin) = start(dir.path());
+    let (mut daemon, admin) = start();
     let addr: SocketAddr = format!("127.0.0.1:{https_port}").parse().unwrap();
 
     // Issued, and served: the chain verifies against Pebble's root, for
-    // the service's name (openssl checks it all).
-    poll("the first certificate", Duration::from_secs(60), || {
-        let a = acme_state(admin, dir.path())?;
-        (a["state"] == "valid" && a["issued"].as_u64()? >= 1).then_some(())
-    });
+    // the service's name.
+    poll_acme(
+        "the first certificate",
+        Duration::from_secs(60),
+        d,
+        &daemon,
+        || {
+            let a = acme_state(admin, d)?;
+            (a["state"] == "valid" && a["issued"].as_u64()? >= 1).then_some(())
+        },
+    );
     let root = Command::new("curl")
         .args([
             "-sf",
             "--cacert",
-            dir.path().join("ca.pem").to_str().unwrap(),
+            d.join("ca.pem").to_str().unwrap(),
             &format!("https://127.0.0.1:{}/roots/0", ca.management),
         ])
         .output()
@@ -218,29 +307,9 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
         root.status.success(),
         "Pebble's root from its management API"
     );
-    std::fs::write(dir.path().join("pebble-root.pem"), &root.stdout).unwrap();
-    let verified = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "app.test",
-            "-verify_hostname",
-            "app.test",
-            "-verify_return_error",
-            "-CAfile",
-            dir.path().join("pebble-root.pem").to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&verified.stdout);
-    assert!(
-        verified.status.success() && shown.contains("Verify return code: 0 (ok)"),
-        "the served chain does not verify for app.test: {shown}{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    let root_pem = d.join("pebble-root.pem");
+    std::fs::write(&root_pem, &root.stdout).unwrap();
+    let shown = verify(addr, "app.test", &root_pem);
     assert!(shown.contains("Pebble Intermediate CA"), "{shown}");
     let a = poll(
         "the app answering over HTTPS",
@@ -258,11 +327,8 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
     );
 
     // The plain listener: challenges only while open, the rest redirected.
-    let r = plain_get(
-        format!("127.0.0.1:{http01}").parse().unwrap(),
-        "app.test",
-        "/a/b?c=1",
-    );
+    let plain: SocketAddr = format!("127.0.0.1:{http01}").parse().unwrap();
+    let r = plain_get(plain, "app.test", "/a/b?c=1");
     assert!(r.starts_with("HTTP/1.1 308"), "{r}");
     assert!(
         r.to_ascii_lowercase()
@@ -270,19 +336,62 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
         "{r}"
     );
     let r = plain_get(
-        format!("127.0.0.1:{http01}").parse().unwrap(),
+        plain,
         "app.test",
         "/.well-known/acme-challenge/nothing-open",
     );
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    // A Host that could point the redirect elsewhere is never redirected.
+    let r = plain_get(plain, "evil.test/@x", "/");
+    assert!(!r.starts_with("HTTP/1.1 308"), "{r}");
+
+    // A restart with a name added: the certificate in the state dir keeps
+    // serving app.test (no stand-in), and one for both names is ordered
+    // at once.
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(30)).success());
+    std::fs::write(
+        &cfg,
+        config(
+            &ca,
+            http01,
+            https_port,
+            app_addr,
+            "\"app.test\", \"www.app.test\"",
+        ),
+    )
+    .unwrap();
+    let (mut daemon, admin) = start();
+    assert!(
+        !daemon.stderr().contains("stand-in"),
+        "a valid certificate was replaced by a stand-in: {}",
+        daemon.stderr()
+    );
+    poll_acme(
+        "a certificate for both names",
+        Duration::from_secs(60),
+        d,
+        &daemon,
+        || {
+            let a = acme_state(admin, d)?;
+            (a["state"] == "valid" && a["issued"].as_u64()? >= 1).then_some(())
+        },
+    );
+    verify(addr, "www.app.test", &root_pem);
+    poll("the app healthy again", Duration::from_secs(20), || {
+        https(addr, "www.app.test", "/", &[b"http/1.1"])
+            .ok()
+            .filter(|a| a.code == 200)
+    });
 
     // HTTPS load through a forced renewal and an automatic one.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let certs = Arc::new(Mutex::new(BTreeSet::<Vec<u8>>::new()));
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
+    let threads: Vec<_> = ["app.test", "www.app.test"]
+        .into_iter()
+        .map(|host| {
             let (stop, failures, certs, served) = (
                 stop.clone(),
                 failures.clone(),
@@ -290,23 +399,22 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
                 served.clone(),
             );
             std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(120);
+                let deadline = Instant::now() + Duration::from_secs(150);
                 for _ in 0..200_000 {
                     if stop.load(Relaxed) || Instant::now() > deadline {
                         return;
                     }
-                    match https(addr, "app.test", "/", &[b"http/1.1"]) {
+                    match https(addr, host, "/", &[b"http/1.1"]) {
                         Ok(a) if a.code == 200 => {
                             served.fetch_add(1, Relaxed);
                             certs.lock().unwrap().insert(a.cert);
                         }
-                        Ok(a) => {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", a.code, a.body.trim()))
-                        }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        Ok(a) => failures.lock().unwrap().push(format!(
+                            "{host}: {} {}",
+                            a.code,
+                            a.body.trim()
+                        )),
+                        Err(e) => failures.lock().unwrap().push(format!("{host}: {e}")),
                     }
                 }
             })
@@ -315,20 +423,22 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
     poll("HTTPS load running", Duration::from_secs(20), || {
         (served.load(Relaxed) > 20).then_some(())
     });
-    let first = https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert;
-    let (ok, out) = cli(admin, dir.path(), &["certificate", "renew", "app"]);
+    let before = https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert;
+    let (ok, out) = cli(admin, d, &["certificate", "renew", "app"]);
     assert!(ok && out.contains("renewed: app now presents"), "{out}");
     // Served at once: the CLI says so only after the proxy swapped it.
-    let second = https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert;
-    assert_ne!(first, second, "the renewed certificate is not served");
-    let (_, st) = cli(admin, dir.path(), &["status", "app"]);
+    let after = https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert;
+    assert_ne!(before, after, "the renewed certificate is not served");
+    let (_, st) = cli(admin, d, &["status", "app"]);
     assert!(st.contains("acme: valid, renews in"), "{st}");
     // Two thirds of 30 s later, without being asked.
-    poll(
+    poll_acme(
         "an automatic renewal",
         Duration::from_secs(VALIDITY_S * 2),
+        d,
+        &daemon,
         || {
-            let a = acme_state(admin, dir.path())?;
+            let a = acme_state(admin, d)?;
             (a["issued"].as_u64()? >= 3).then_some(())
         },
     );
@@ -354,37 +464,40 @@ fn a_certificate_from_pebble_is_served_and_renewed_under_load() {
     );
 
     // The CA goes away: a renewal fails, says why, keeps the certificate
-    // served, and backs off.
+    // served, and backs off. Done between two automatic renewals, so that
+    // only the one asked for fails here.
+    let failures_before = poll("a quiet moment", Duration::from_secs(VALIDITY_S), || {
+        let a = acme_state(admin, d)?;
+        let quiet = a["state"] == "valid" && a["renew_at_ms"].as_i64()? > client_now_ms() + 8_000;
+        quiet.then(|| a["failures"].as_u64().unwrap_or(0))
+    });
     let last = https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert;
     drop(ca);
-    let (ok, out) = cli(admin, dir.path(), &["certificate", "renew", "app"]);
+    let (ok, out) = cli(admin, d, &["certificate", "renew", "app"]);
     assert!(!ok && out.contains("FAILED"), "{out}");
     assert!(
         out.contains("cannot connect") && out.contains("current certificate stays"),
         "{out}"
     );
-    let a = acme_state(admin, dir.path()).unwrap();
+    let a = acme_state(admin, d).unwrap();
     assert_eq!(a["state"], "failed", "{a}");
+    let n = failures_before + 1;
+    assert_eq!(a["failures"].as_u64(), Some(n), "{a}");
     let wait = a["next_attempt_ms"].as_i64().unwrap() - client_now_ms();
+    let backoff = 60_000 * (1i64 << (n - 1));
     assert!(
-        (30_000..=61_000).contains(&wait),
-        "the first retry comes after about a minute, not {wait} ms"
+        (backoff - 30_000..=backoff + 1_000).contains(&wait),
+        "after {n} failure(s) the next try comes after {backoff} ms, not {wait} ms"
     );
     assert_eq!(
         https(addr, "app.test", "/", &[b"http/1.1"]).unwrap().cert,
         last
     );
-    let (_, st) = cli(admin, dir.path(), &["status", "app"]);
-    assert!(st.contains("acme: FAILED 1 time(s)"), "{st}");
+    let (_, st) = cli(admin, d, &["status", "app"]);
+    assert!(st.contains(&format!("acme: FAILED {n} time(s)")), "{st}");
+    let kept = std::fs::read_to_string(d.join("state/acme/certs/app/cert.pem")).unwrap();
+    assert_eq!(first_pem(&s_client(addr, "app.test")), first_pem(&kept));
 
-    // A restart serves the certificate from the state dir, not a stand-in.
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(Duration::from_secs(30)).success());
-    let (mut daemon, _) = start(dir.path());
-    let again = s_client(addr, "app.test");
-    let kept = std::fs::read_to_string(dir.path().join("state/acme/certs/app/cert.pem")).unwrap();
-    assert_eq!(first_pem(&again), first_pem(&kept), "{again}");
-    assert!(again.contains("Pebble Intermediate CA"), "{again}");
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(30)).success());
     drop(app);
