@@ -517,3 +517,63 @@ fn systemd_socket_activation_keeps_a_connection_made_before_the_daemon_started()
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn upgrade_onto_another_binary_and_the_refusals_that_keep_the_daemon() {
+    become_subreaper();
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    write_app_script(dir.path());
+    let cfg = dir.path().join("handoff.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            dir.path(),
+            "[services.web.blue_green]\ntraffic_steps = []\nretention = \"60s\"\n",
+        ),
+    )
+    .unwrap();
+    let mut env = start_daemon(guard, dir, None, 2);
+    let first = daemon_pid(&env);
+    let l = load(env.web, 3);
+    l.wait_for_requests(30);
+    // A binary that is not there: refused before anything starts.
+    let (ok, out) = env.cli(&["upgrade", "--binary", "/nonexistent/handoff"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("/nonexistent/handoff"), "{out}");
+    assert_eq!(daemon_pid(&env), first);
+    // While blue is retained, a hand-over waits for a time between
+    // deployments: refused (409), saying what to do.
+    let (ok, out) = env.cli(&["deploy", "web", "v2", "--strategy", "blue-green"]);
+    assert!(ok && out.contains("blue retained until"), "{out}");
+    let (ok, out) = env.cli(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("between deployments") && out.contains("promote or roll back"),
+        "{out}"
+    );
+    assert_eq!(daemon_pid(&env), first);
+    // Deploys are not left held by the refusal.
+    let (ok, out) = env.cli(&["promote", "web"]);
+    assert!(ok, "{out}");
+    poll("blue released", Duration::from_secs(30), || {
+        let (_, st) = env.cli(&["status", "web"]);
+        (!st.contains("deploying")).then_some(())
+    });
+    // Onto a copy of the binary (an installed new version).
+    let next = env.dir.path().join("handoff-next");
+    std::fs::copy(bin(), &next).unwrap();
+    let (ok, out) = env.cli(&["upgrade", "--binary", next.to_str().unwrap()]);
+    assert!(ok && out.contains("upgraded: pid"), "{out}");
+    let second = poll("the new daemon", Duration::from_secs(60), || {
+        Some(daemon_pid(&env)).filter(|p| *p != first)
+    });
+    assert!(env.daemon.wait_exit(Duration::from_secs(30)).success());
+    let exe = std::fs::read_link(format!("/proc/{second}/exe")).unwrap();
+    assert_eq!(exe, next, "the new daemon runs the given binary");
+    let seen = l.finish();
+    assert!(seen.iter().any(|(v, _)| v == "v2"), "v2 served");
+    // SAFETY: kill(2) on the daemon's pid.
+    unsafe { libc::kill(second as i32, libc::SIGTERM) };
+    reap(second, Duration::from_secs(30));
+}
