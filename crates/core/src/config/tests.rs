@@ -1047,7 +1047,6 @@ state_dir = "/var/lib/handoff"
 [server.acme]
 directory = "https://acme.example/dir"
 email = "ops@example.com"
-ca = "extra-root.pem"
 [services.app]
 listen = "0.0.0.0:443"
 domains = ["app.example.com"]
@@ -1059,7 +1058,7 @@ acme = true
     let a = c.server.acme.clone().unwrap();
     assert_eq!(a.directory, "https://acme.example/dir");
     assert_eq!(a.email.as_deref(), Some("ops@example.com"));
-    assert_eq!(a.ca, Some(PathBuf::from("/etc/handoff/extra-root.pem")));
+    assert_eq!(a.ca, None);
     assert_eq!(a.http_listen, "0.0.0.0:80".parse().unwrap());
     let t = c.services["app"].tls.clone().unwrap();
     assert!(t.acme);
@@ -1116,6 +1115,7 @@ key = "b.key"
 [server.acme]
 directory = "https://acme.example/dir"
 http_listen = "127.0.0.1:8443"
+ca = "nope.pem"
 [services.a]
 listen = "127.0.0.1:8443"
 targets = ["127.0.0.1:9001"]
@@ -1143,6 +1143,10 @@ acme = true
     );
     assert!(
         has("services.c.domains: is needed with `tls.acme = true`"),
+        "{said:#?}"
+    );
+    assert!(
+        has("server.acme.ca: /etc/handoff/nope.pem does not exist"),
         "{said:#?}"
     );
 }

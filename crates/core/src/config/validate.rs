@@ -421,11 +421,21 @@ fn acme(cx: &mut Ctx, r: &RawAcme, base: &Path) -> Option<Acme> {
         }
         ok
     });
+    let ca = ca.map(|c| base.join(c.trim()));
+    if let Some(c) = ca.as_ref().filter(|c| !c.is_file()) {
+        cx.err(
+            "server.acme.ca",
+            format!(
+                "{} does not exist; give the PEM root of your private ACME directory",
+                c.display()
+            ),
+        );
+    }
     let directory = directory?;
     Some(Acme {
         directory,
         email,
-        ca: ca.map(|c| base.join(c.trim())),
+        ca,
         http_listen,
     })
 }
