@@ -63,7 +63,7 @@ impl ClientConn {
 }
 
 /// At most this many targets are tried for one request.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 pub(crate) async fn handle(
     svc: Arc<ServiceProxy>,
@@ -184,6 +184,12 @@ pub(crate) async fn handle(
             }
         }
     }
+    let why = failed(&svc, last);
+    Ok(done_without_target(answer(&svc, last, &why), &conn))
+}
+
+/// Counts a request that got no answer from any target, and says why.
+pub(crate) fn failed(svc: &ServiceProxy, last: Failure) -> String {
     let stat = match last {
         Failure::NoHealthyTarget => &svc.stats.no_healthy_target,
         Failure::Connect => &svc.stats.connect_failed,
@@ -192,7 +198,7 @@ pub(crate) async fn handle(
         Failure::BadRequest => &svc.stats.bad_request,
     };
     stat.fetch_add(1, Relaxed);
-    let why = match last {
+    match last {
         Failure::NoHealthyTarget => format!("service '{}' has no healthy target", svc.name),
         Failure::Connect => format!("could not connect to any target of service '{}'", svc.name),
         Failure::Timeout => format!(
@@ -205,8 +211,16 @@ pub(crate) async fn handle(
             svc.name
         ),
         Failure::BadRequest => "malformed request body".to_string(),
-    };
-    Ok(done_without_target(answer(&svc, last, &why), &conn))
+    }
+}
+
+/// The body of an answer handoff gives itself.
+pub(crate) fn answer_text(status: StatusCode, why: &str) -> String {
+    format!(
+        "{} {}: {why}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
 }
 
 /// Takes a pooled connection or opens one. `Err` means connect failed; the
@@ -325,11 +339,7 @@ async fn tunnel(
 /// An answer handoff gives itself: a short, clear, one-line body.
 fn answer(svc: &ServiceProxy, f: Failure, why: &str) -> Response<ProxyBody> {
     let status = f.status();
-    let mut r = Response::new(ProxyBody::text(format!(
-        "{} {}: {why}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )));
+    let mut r = Response::new(ProxyBody::text(answer_text(status, why)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(

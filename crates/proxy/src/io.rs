@@ -55,7 +55,7 @@ impl ConnState {
     }
 }
 
-const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 52\r\n\r\nhandoff: the request head did not arrive in time\r\n\r\n";
+pub(crate) const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 52\r\n\r\nhandoff: the request head did not arrive in time\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Timer {

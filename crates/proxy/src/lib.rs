@@ -21,7 +21,9 @@
 mod body;
 pub mod error;
 pub mod events;
+mod fast;
 mod forward;
+mod h1;
 pub mod health;
 pub mod http01;
 mod io;

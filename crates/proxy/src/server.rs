@@ -27,6 +27,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::ControlError;
+use crate::fast::{self, Handover};
 use crate::forward::{self, ClientConn};
 use crate::http01::Challenges;
 use crate::io::{ClientIo, ConnState};
@@ -332,14 +333,26 @@ async fn accept_loop(
         let (front, builder, stop, alive) =
             (front.clone(), builder.clone(), stop.clone(), alive.clone());
         tokio::spawn(async move {
+            // The ACME listener answers challenges only: hyper's path.
+            let fast = front.http01.is_none() && front.routes.first().settings.fast_path;
             let Some(tls) = front.tls.clone() else {
-                serve_conn(stream, peer, false, front, builder, worker, stop, alive).await;
+                if fast {
+                    let hand = Handover { builder, alive };
+                    fast::serve(stream, peer, false, front, worker, stop, hand).await;
+                } else {
+                    serve_conn(stream, peer, false, front, builder, worker, stop, alive).await;
+                }
                 return;
             };
             // The handshake gets the header timeout: a client that opens a
             // connection and says nothing holds it no longer than that.
             let limit = front.routes.first().settings.header_timeout;
             match tokio::time::timeout(limit, tls.accept(stream)).await {
+                // HTTP/2 (by ALPN) is hyper's.
+                Ok(Ok(s)) if fast && s.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                    let hand = Handover { builder, alive };
+                    fast::serve(s, peer, true, front, worker, stop, hand).await;
+                }
                 Ok(Ok(s)) => serve_conn(s, peer, true, front, builder, worker, stop, alive).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -351,7 +364,7 @@ async fn accept_loop(
 /// Serves one client connection (plain or TLS) until it ends, or until a
 /// stop: see the module docs for how it ends then.
 #[allow(clippy::too_many_arguments)]
-async fn serve_conn<S>(
+pub(crate) async fn serve_conn<S>(
     stream: S,
     peer: SocketAddr,
     tls: bool,

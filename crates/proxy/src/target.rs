@@ -18,6 +18,7 @@ use crate::body::ReqBody;
 use crate::events::TargetEvent;
 use crate::health::LastCheck;
 use crate::metrics::TargetStats;
+use crate::upstream::Upstream;
 
 /// Unique for the life of the process; never reused.
 pub type TargetId = u64;
@@ -86,12 +87,19 @@ pub struct Target {
     /// Idle upstream connections, one shard per proxy worker so that a worker
     /// only touches connections whose tasks live on its own runtime.
     pools: Box<[Mutex<Vec<Idle>>]>,
+    /// The fast path's idle connections: bare sockets, no buffer held.
+    raw_pools: Box<[Mutex<Vec<IdleRaw>>]>,
     pub stats: TargetStats,
     events: broadcast::Sender<TargetEvent>,
 }
 
 struct Idle {
     conn: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+struct IdleRaw {
+    conn: Upstream,
     since: Instant,
 }
 
@@ -145,6 +153,9 @@ impl Target {
             lost: std::sync::atomic::AtomicBool::new(false),
             gone: Notify::new(),
             pools: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            raw_pools: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             stats: TargetStats::default(),
@@ -294,6 +305,9 @@ impl Target {
         for p in self.pools.iter() {
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
+        for p in self.raw_pools.iter() {
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// Its host answers again (see `abandon`).
@@ -406,6 +420,10 @@ impl Target {
             let idle = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
             drop(idle);
         }
+        for shard in self.raw_pools.iter() {
+            let idle = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(idle);
+        }
     }
 
     /// Takes a live idle connection made by this worker, newest first.
@@ -437,12 +455,44 @@ impl Target {
         }
     }
 
+    /// Takes a live idle fast-path connection made by this worker, newest
+    /// first. One the target closed meanwhile is dropped here, before a
+    /// request is written into it.
+    pub(crate) fn checkout_raw(&self, worker: usize) -> Option<Upstream> {
+        let shard = self.raw_pools.get(worker)?;
+        let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut i) = idle.pop() {
+            if i.since.elapsed() < POOL_IDLE_MAX && i.conn.alive() {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    /// [`Self::checkin`] for the fast path.
+    pub(crate) fn checkin_raw(&self, worker: usize, conn: Upstream) {
+        if !self.state().is_registered() {
+            return;
+        }
+        if let Some(shard) = self.raw_pools.get(worker) {
+            let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL_MAX_PER_WORKER {
+                idle.push(IdleRaw {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
     /// Idle pooled upstream connections to this target, across workers.
     pub fn idle_connections(&self) -> usize {
-        self.pools
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        fn count<T>(p: &[Mutex<Vec<T>>]) -> usize {
+            p.iter()
+                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+                .sum()
+        }
+        count(&self.pools) + count(&self.raw_pools)
     }
 
     fn now_ms(&self) -> u64 {

@@ -103,6 +103,18 @@ pub enum Upstream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl Upstream {
+    /// Whether an idle connection is still open and quiet: a read that
+    /// would block. EOF, an error or unasked bytes mean it must not carry
+    /// a request. Never waits (the waker is a no-op).
+    pub(crate) fn alive(&mut self) -> bool {
+        let mut one = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut one);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(Pin::new(self).poll_read(&mut cx, &mut buf), Poll::Pending)
+    }
+}
+
 /// Connects to `addr`, with the TLS handshake when `tls` is given.
 pub async fn dial(addr: SocketAddr, tls: Option<&UpstreamTls>) -> std::io::Result<Upstream> {
     let s = TcpStream::connect(addr).await?;

@@ -333,6 +333,10 @@ pub struct ProxySettings {
     /// HTTPS to the targets (`upstream_tls = true`), for apps that speak
     /// only TLS; health checks go over it too.
     pub upstream_tls: Option<UpstreamTls>,
+    /// HTTP/1 requests without a body go through handoff's own HTTP/1
+    /// path (`fast_path`, default on); off: every request goes through
+    /// hyper, as before the fast path existed.
+    pub fast_path: bool,
 }
 
 /// How handoff verifies a target's certificate.

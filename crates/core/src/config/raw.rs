@@ -247,6 +247,7 @@ pub struct RawProxy {
     pub upstream_tls: Option<Leaf<bool>>,
     pub upstream_ca: Option<Leaf<String>>,
     pub upstream_name: Option<Leaf<String>>,
+    pub fast_path: Option<Leaf<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +361,7 @@ pub fn known_keys(table: &[&str]) -> &'static [&'static str] {
             "upstream_tls",
             "upstream_ca",
             "upstream_name",
+            "fast_path",
         ],
         ["services", _, "in_place"] => &["batch", "min_healthy", "headroom", "instance_capacity"],
         ["services", _, "blue_green"] => &["traffic_steps", "bake", "retention"],

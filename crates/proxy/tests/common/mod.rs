@@ -232,6 +232,7 @@ pub fn service_cfg(balance: Balance, health: Health) -> Service {
             idle_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             upstream_tls: None,
+            fast_path: true,
         },
         strategy: Strategy::InPlace,
         in_place: InPlace {

@@ -1,0 +1,668 @@
+//! The fast path: handoff's own HTTP/1.1 proxy loop for requests without a
+//! body, one task per client connection, no hyper in between.
+//!
+//! Per request: the head is read into a buffer from the worker's pool and
+//! parsed ([`h1::parse_request`], which writes the upstream head in the same
+//! pass); a pooled upstream socket of this worker is checked alive and
+//! written to; the response head is parsed and relayed with its body,
+//! reframed by [`h1::Decoder`], reading the upstream only as fast as the
+//! client takes it. Everything runs in the client connection's task: no
+//! channel, no second task, no wake-up in between. Between requests the
+//! connection holds no buffer at all: a plain TCP client waits on socket
+//! readiness, and the buffers go back to the pool.
+//!
+//! The rules are those of the hyper path ([`crate::forward`]), shared where
+//! they can be: the same target pick, in-flight claims (drains wait for
+//! them), retries (connect failures elsewhere; an idempotent request once
+//! more if nothing of a response arrived), passive health, metrics, 408
+//! after `header_timeout`, `idle_timeout`, `Connection: close` while
+//! stopping. Whatever it does not take — a request body, an upgrade,
+//! HTTP/1.0, HTTP/2, a malformed or oversized head, a service with
+//! `fast_path = false` — goes to hyper with the bytes read so far
+//! ([`Rewind`]), for the rest of the connection: hyper's answers (400, 431,
+//! 101) and its framing checks stay the one implementation of those.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::StatusCode;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::error::Failure;
+use crate::forward::{answer_text, failed, MAX_ATTEMPTS};
+use crate::h1::{self, Decoder, Extra, Forwarded, Framing, ReqParse, RespParse};
+use crate::server::{Front, LINGER};
+use crate::service::ServiceProxy;
+use crate::target::Target;
+use crate::upstream::Upstream;
+
+/// An upstream response head larger than this is refused (502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A client stream the fast path serves.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits, holding no buffer, until there is something to read; `None`
+    /// when the stream cannot tell (TLS may hold decrypted bytes already),
+    /// and the wait then reads into a buffer.
+    fn poll_idle(&self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        None
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        Some(self.poll_read_ready(cx))
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// Request and response buffers, per worker thread (each worker is one
+/// thread running its own runtime): taken while a request is in flight,
+/// given back when it ends.
+mod pool {
+    use std::cell::RefCell;
+
+    const SIZE: usize = 16 * 1024;
+    /// Kept per worker; more are freed.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> Vec<u8> {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(SIZE))
+    }
+
+    pub(super) fn give(mut v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > 4 * SIZE {
+            return;
+        }
+        v.clear();
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEEP {
+                f.push(v);
+            }
+        });
+    }
+
+    /// Room for at least one more read.
+    pub(super) fn room(v: &mut Vec<u8>) {
+        if v.capacity() - v.len() < 1024 {
+            v.reserve(SIZE);
+        }
+    }
+}
+
+/// What a connection needs to go on to hyper when the fast path declines.
+pub(crate) struct Handover {
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub alive: mpsc::Sender<()>,
+}
+
+/// Serves one client connection on the fast path, until it ends or is
+/// handed to hyper.
+pub(crate) async fn serve<S: ClientStream>(
+    mut io: S,
+    peer: SocketAddr,
+    tls: bool,
+    front: Arc<Front>,
+    worker: usize,
+    mut stop: watch::Receiver<bool>,
+    hand: Handover,
+) {
+    let svc0 = front.routes.first().clone();
+    let fwd = Forwarded {
+        peer: peer.ip(),
+        tls,
+    };
+    let accepted = Instant::now();
+    let max_head = svc0.settings.max_header_bytes.max(8192);
+    // Bytes of the next request(s); capacity only while one is read.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut first = true;
+    let mut closing = false;
+    loop {
+        if buf.is_empty() {
+            // Between requests: nothing held but the socket.
+            let mut until = if first {
+                accepted + svc0.settings.header_timeout
+            } else {
+                Instant::now() + svc0.settings.idle_timeout
+            };
+            if closing {
+                until = until.min(Instant::now() + LINGER);
+            }
+            let ready = loop {
+                tokio::select! {
+                    r = tokio::time::timeout_at(until, idle(&io)) => break r,
+                    _ = stopped(&mut stop), if !closing => {
+                        closing = true;
+                        until = until.min(Instant::now() + LINGER);
+                    }
+                }
+            };
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if first && !closing {
+                        time_out(&mut io, &svc0).await;
+                    }
+                    return;
+                }
+            }
+            buf = pool::take();
+            match tokio::time::timeout_at(until, io.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return pool::give(buf),
+                Err(_) => {
+                    pool::give(buf);
+                    if first && !closing {
+                        time_out(&mut io, &svc0).await;
+                    }
+                    return;
+                }
+            }
+        }
+        let head_by = if first {
+            accepted + svc0.settings.header_timeout
+        } else {
+            Instant::now() + svc0.settings.header_timeout
+        };
+        let mut out = pool::take();
+        let req = loop {
+            match h1::parse_request(&buf, &fwd, &mut out) {
+                // A head over the limit that arrived in one read: hyper
+                // answers 431 for it, as for one that did not.
+                ReqParse::Ready(r) if r.head_len > max_head => {
+                    pool::give(out);
+                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                }
+                ReqParse::Ready(r) => break r,
+                ReqParse::Decline => {
+                    pool::give(out);
+                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                }
+                ReqParse::Partial if buf.len() > max_head => {
+                    // hyper answers 431 for it.
+                    pool::give(out);
+                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                }
+                ReqParse::Partial => {
+                    pool::room(&mut buf);
+                    match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => {
+                            pool::give(out);
+                            return pool::give(buf);
+                        }
+                        Err(_) => {
+                            pool::give(out);
+                            pool::give(buf);
+                            time_out(&mut io, &svc0).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        first = false;
+        let host = std::str::from_utf8(&buf[req.host.clone()]).ok();
+        let target = &buf[req.path.clone()];
+        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+        let path = std::str::from_utf8(path).unwrap_or("/");
+        closing |= *stop.borrow();
+        let close = closing || req.close;
+        let picked = front.routes.pick(host, path).cloned();
+        let kept = match picked {
+            None => {
+                let why = format!(
+                    "no service here for host {} and path {path}",
+                    host.unwrap_or("(none)")
+                );
+                out.clear();
+                write_answer(
+                    &mut out,
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    &why,
+                    close,
+                    false,
+                );
+                io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+            }
+            Some(svc) if !svc.settings.fast_path => {
+                pool::give(out);
+                return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+            }
+            Some(svc) => {
+                let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
+                let extra = Extra { close, hsts };
+                // Boxed: an idle connection's task then holds none of a
+                // request's state.
+                Box::pin(forward(&mut io, &svc, &req, &mut out, &extra, worker)).await
+            }
+        };
+        pool::give(out);
+        // Pipelined requests stay; otherwise the buffer goes back.
+        let rest = std::mem::take(&mut buf).split_off_front(req.head_len);
+        if rest.is_empty() {
+            pool::give(rest);
+        } else {
+            buf = rest;
+        }
+        if !kept || close {
+            let _ = io.shutdown().await;
+            return pool::give(buf);
+        }
+    }
+}
+
+trait SplitFront {
+    /// Drops the first `n` bytes, keeping the allocation.
+    fn split_off_front(self, n: usize) -> Self;
+}
+
+impl SplitFront for Vec<u8> {
+    fn split_off_front(mut self, n: usize) -> Self {
+        self.drain(..n);
+        self
+    }
+}
+
+/// Resolves once the client has sent something (or EOF, or an error).
+async fn idle<S: ClientStream>(io: &S) -> io::Result<()> {
+    std::future::poll_fn(|cx| io.poll_idle(cx).unwrap_or(Poll::Ready(Ok(())))).await
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A head that did not arrive within `header_timeout`: 408, as on hyper's
+/// path ([`crate::io`]).
+async fn time_out<S: ClientStream>(io: &mut S, svc: &ServiceProxy) {
+    svc.stats.header_timeout.fetch_add(1, Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.write_all(crate::io::RESPONSE_408).await;
+        let _ = io.flush().await;
+    })
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn to_hyper<S: ClientStream>(
+    io: S,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    tls: bool,
+    front: Arc<Front>,
+    worker: usize,
+    stop: watch::Receiver<bool>,
+    hand: Handover,
+) {
+    let io = Rewind {
+        pre: read,
+        at: 0,
+        inner: io,
+    };
+    Box::pin(crate::server::serve_conn(
+        io,
+        peer,
+        tls,
+        front,
+        hand.builder,
+        worker,
+        stop,
+        hand.alive,
+    ))
+    .await
+}
+
+/// A stream with bytes already read from it put back in front.
+pub(crate) struct Rewind<S> {
+    pre: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.pre.len() {
+            let n = (this.pre.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.pre[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.pre.len() {
+                this.pre = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An answer handoff gives itself, as bytes.
+fn write_answer(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    code: &str,
+    why: &str,
+    close: bool,
+    hsts: bool,
+) {
+    use std::io::Write as _;
+    let body = answer_text(status, why);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-handoff-error: {code}\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if hsts {
+        out.extend_from_slice(h1::HSTS);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Why an exchange with a target gave no response.
+enum Missed {
+    /// Closed (or reset) before any byte of a response: the request may be
+    /// sent again if it is idempotent.
+    Closed,
+    /// Bytes arrived that are not a response to it.
+    Bad(&'static str),
+}
+
+/// Forwards one request (its upstream head in `out`) and relays the
+/// response to the client. Returns whether the client connection can carry
+/// another request.
+async fn forward<S: ClientStream>(
+    io: &mut S,
+    svc: &Arc<ServiceProxy>,
+    req: &h1::Req,
+    out: &mut Vec<u8>,
+    extra: &Extra,
+    worker: usize,
+) -> bool {
+    let started = std::time::Instant::now();
+    let table = svc.table_guard();
+    let mut tried = [0u64; MAX_ATTEMPTS];
+    let mut last = Failure::NoHealthyTarget;
+    let mut resent = false;
+    let mut ubuf = pool::take();
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            svc.stats.retries.fetch_add(1, Relaxed);
+        }
+        let Some(claim) = table.pick(svc.settings.balance, &svc.rr, &tried[..attempt]) else {
+            break;
+        };
+        tried[attempt] = claim.0.id;
+        let t = claim.0.clone();
+        let connected = tokio::select! {
+            c = connection(svc, &t, worker) => c,
+            _ = t.abandoned() => Err(()),
+        };
+        let Ok((mut up, reused)) = connected else {
+            last = Failure::Connect;
+            continue;
+        };
+        let got = tokio::select! {
+            r = tokio::time::timeout(
+                svc.settings.response_timeout,
+                exchange(&mut up, out, &mut ubuf, req.head_method, extra),
+            ) => Some(r),
+            // Its host was lost: no answer can come.
+            _ = t.abandoned() => None,
+        };
+        match got {
+            Some(Ok(Ok(resp))) => {
+                let kept = relay(io, up, svc, &t, resp, out, &mut ubuf, worker, started).await;
+                drop(claim);
+                pool::give(ubuf);
+                return kept && !extra.close;
+            }
+            Some(Err(_)) => {
+                last = Failure::Timeout;
+                svc.passive_failure(&t);
+                break;
+            }
+            Some(Ok(Err(Missed::Bad(why)))) => {
+                tracing::debug!(service = %svc.name, target = %t.name, why, "bad response from target");
+                last = Failure::Upstream;
+                svc.passive_failure(&t);
+                break;
+            }
+            None | Some(Ok(Err(Missed::Closed))) => {
+                last = Failure::Upstream;
+                // A pooled connection the target closed as we wrote is the
+                // keep-alive race, not a sign of a bad target.
+                if !reused || got.is_none() {
+                    svc.passive_failure(&t);
+                }
+                if !req.idempotent || resent {
+                    break;
+                }
+                resent = true;
+            }
+        }
+    }
+    pool::give(ubuf);
+    let why = failed(svc, last);
+    out.clear();
+    write_answer(
+        out,
+        last.status(),
+        last.code(),
+        &why,
+        extra.close,
+        extra.hsts,
+    );
+    tracing::debug!(service = %svc.name, status = last.status().as_u16(), why, "answered by proxy");
+    io.write_all(out).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// A pooled connection of this worker, or a new one (`true`: reused).
+async fn connection(
+    svc: &ServiceProxy,
+    t: &Arc<Target>,
+    worker: usize,
+) -> Result<(Upstream, bool), ()> {
+    if let Some(c) = t.checkout_raw(worker) {
+        return Ok((c, true));
+    }
+    let dial = crate::upstream::dial(t.addr, svc.upstream.as_deref());
+    match tokio::time::timeout(svc.settings.connect_timeout, dial).await {
+        Ok(Ok(s)) => Ok((s, false)),
+        res => {
+            t.stats.connect_errors.fetch_add(1, Relaxed);
+            let why = match res {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            tracing::debug!(service = %svc.name, target = %t.name, addr = %t.addr, error = %why, "connect failed");
+            svc.passive_failure(t);
+            Err(())
+        }
+    }
+}
+
+/// Writes the request head and reads the response head (interim 1xx heads
+/// skipped). On success `ubuf` holds the head and the first body bytes and
+/// `out` the head for the client.
+async fn exchange(
+    up: &mut Upstream,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    head_method: bool,
+    extra: &Extra,
+) -> Result<h1::Resp, Missed> {
+    if up.write_all(out).await.is_err() || up.flush().await.is_err() {
+        return Err(Missed::Closed);
+    }
+    ubuf.clear();
+    let mut answered = false;
+    loop {
+        pool::room(ubuf);
+        match up.read_buf(ubuf).await {
+            Ok(0) | Err(_) if !answered && ubuf.is_empty() => return Err(Missed::Closed),
+            Ok(0) | Err(_) => return Err(Missed::Bad("closed in the middle of a response head")),
+            Ok(_) => answered = true,
+        }
+        loop {
+            match h1::parse_response(ubuf, head_method, extra, out) {
+                RespParse::Ready(r) => return Ok(r),
+                RespParse::Interim(n) => {
+                    ubuf.drain(..n);
+                }
+                RespParse::Bad(why) => return Err(Missed::Bad(why)),
+                RespParse::Partial if ubuf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Missed::Bad("response head too large"))
+                }
+                RespParse::Partial => break,
+            }
+        }
+    }
+}
+
+/// Relays the response whose head is in `out` and first bytes in `ubuf`.
+/// The upstream is read only after the client took what came before.
+#[allow(clippy::too_many_arguments)]
+async fn relay<S: ClientStream>(
+    io: &mut S,
+    mut up: Upstream,
+    svc: &ServiceProxy,
+    t: &Arc<Target>,
+    resp: h1::Resp,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    worker: usize,
+    started: std::time::Instant,
+) -> bool {
+    if resp.status >= 500 {
+        svc.passive_failure(t);
+    } else {
+        t.passive_ok();
+    }
+    let mut dec = Decoder::new(resp.framing);
+    let mut reusable = resp.reusable;
+    let mut at = resp.head_len;
+    let mut ok = true;
+    // Until a byte of the body decodes, a broken body sends nothing (the
+    // client sees the connection close, as with hyper, which writes a
+    // head only with the body's first bytes).
+    let head_only = out.len();
+    let mut sent = false;
+    loop {
+        match dec.decode(&ubuf[at..], out) {
+            Ok(n) => {
+                if dec.is_done() && at + n < ubuf.len() {
+                    // Bytes after the body: not a connection to trust again.
+                    reusable = false;
+                }
+                at += n;
+            }
+            Err(e) => {
+                tracing::debug!(target = %t.name, error = %e, "response body broken");
+                ok = false;
+                break;
+            }
+        }
+        if dec.is_done() {
+            break;
+        }
+        if (out.len() >= 16 * 1024 || at == ubuf.len()) && !out.is_empty() {
+            if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                t.stats.record(resp.status, started.elapsed());
+                return false;
+            }
+            sent = true;
+            out.clear();
+        }
+        if at == ubuf.len() {
+            ubuf.clear();
+            at = 0;
+            pool::room(ubuf);
+            match up.read_buf(ubuf).await {
+                Ok(0) => {
+                    if let Err(e) = dec.eof(out) {
+                        tracing::debug!(target = %t.name, error = %e, "response body cut");
+                        ok = false;
+                    }
+                    reusable = false;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(target = %t.name, error = %e, "response body cut");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !ok && !sent && out.len() == head_only {
+        out.clear();
+    }
+    let wrote = out.is_empty() || (io.write_all(out).await.is_ok() && io.flush().await.is_ok());
+    t.stats.record(resp.status, started.elapsed());
+    if ok && reusable && dec.is_done() && resp.framing != Framing::Close {
+        t.checkin_raw(worker, up);
+    }
+    ok && wrote
+}

@@ -1,0 +1,592 @@
+//! The HTTP/1.1 wire codec of the fast path ([`crate::fast`]): pure
+//! functions over byte slices, no I/O, so every rule is unit-tested here.
+//!
+//! - [`parse_request`] reads a client's request head and, in the same pass,
+//!   writes the head to send upstream (hop-by-hop fields dropped,
+//!   `X-Forwarded-*` added). Anything the fast path does not take (a body,
+//!   an upgrade, HTTP/1.0, HTTP/2, a malformed head) is *declined*: the
+//!   connection then goes to hyper, which answers it as it always has.
+//! - [`parse_response`] reads an upstream response head, decides its
+//!   framing (RFC 9112 §6.3) and writes the head for the client.
+//! - [`Decoder`] reads the response body in any split and writes it out in
+//!   the client's framing: a length stays a length; chunked and
+//!   close-delimited bodies go out chunked.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// More header fields than this and the head is declined (hyper then
+/// answers it under its own limit).
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line or a trailer longer than this is a broken upstream.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// What a client connection adds to each request it forwards.
+pub(crate) struct Forwarded {
+    pub peer: IpAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum ReqParse {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path; hyper takes the connection from here.
+    Decline,
+    Ready(Req),
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct Req {
+    /// Bytes of the head in the buffer; what follows is the next request.
+    pub head_len: usize,
+    pub host: Range<usize>,
+    pub path: Range<usize>,
+    pub idempotent: bool,
+    pub head_method: bool,
+    /// The client asked to close after this request.
+    pub close: bool,
+}
+
+fn offset(buf: &[u8], s: &[u8]) -> Range<usize> {
+    let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + s.len()
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the old proxy ones.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The tokens of every `Connection` field: fields named there are
+/// hop-by-hop too.
+fn connection_tokens<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a [u8]> {
+    let mut named = Vec::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") {
+            named.extend(
+                h.value
+                    .split(|&b| b == b',')
+                    .map(|t| t.trim_ascii())
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    named
+}
+
+fn named_in(tokens: &[&[u8]], name: &str) -> bool {
+    tokens
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Parses a request head at the start of `buf`; when it is one the fast
+/// path takes, `out` receives the head to send upstream.
+pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> ReqParse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut fields);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ReqParse::Partial,
+        // Malformed or too many fields: hyper answers (400/431).
+        Err(_) => return ReqParse::Decline,
+    };
+    let (Some(method), Some(path), Some(1)) = (r.method, r.path, r.version) else {
+        return ReqParse::Decline;
+    };
+    if method == "CONNECT" || !path.starts_with('/') {
+        return ReqParse::Decline;
+    }
+    let tokens = connection_tokens(r.headers);
+    let mut host = None;
+    let mut hosts = 0;
+    let mut lengths = 0;
+    for h in r.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if n.eq_ignore_ascii_case("content-length") {
+            // A body (or a length we would have to judge): hyper's path,
+            // with its framing checks, takes it.
+            lengths += 1;
+            if lengths > 1 || h.value.trim_ascii() != b"0" {
+                return ReqParse::Decline;
+            }
+        } else if n.eq_ignore_ascii_case("transfer-encoding")
+            || n.eq_ignore_ascii_case("upgrade")
+            || n.eq_ignore_ascii_case("expect")
+        {
+            return ReqParse::Decline;
+        }
+    }
+    let (1, Some(host)) = (hosts, host) else {
+        return ReqParse::Decline;
+    };
+    let close = named_in(&tokens, "close");
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff: Option<&[u8]> = None;
+    let mut xff_more = false;
+    for h in r.headers.iter() {
+        let n = h.name;
+        if hop_by_hop(n) || named_in(&tokens, n) {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("x-forwarded-for") {
+            if xff.is_some() {
+                xff_more = true;
+            } else {
+                xff = Some(h.value);
+            }
+            continue;
+        }
+        // What the client spoke to us is ours to say, not the client's.
+        if n.eq_ignore_ascii_case("x-forwarded-proto") || n.eq_ignore_ascii_case("x-forwarded-host")
+        {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff_more {
+        // Several fields are one list (RFC 9110 §5.3), in order.
+        for h in r.headers.iter() {
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    } else if let Some(prev) = xff {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}", fwd.peer.to_canonical());
+    out.extend_from_slice(if fwd.tls {
+        b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: "
+    } else {
+        b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: "
+    });
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n\r\n");
+    ReqParse::Ready(Req {
+        head_len,
+        host: offset(buf, host),
+        path: offset(buf, path.as_bytes()),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        head_method: method == "HEAD",
+        close,
+    })
+}
+
+/// How a response body is delimited on the upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: never reusable.
+    Close,
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum RespParse {
+    Partial,
+    /// An interim (1xx) head of this many bytes: skip it and read on.
+    Interim(usize),
+    /// Not a valid answer to this request: a 502.
+    Bad(&'static str),
+    Ready(Resp),
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct Resp {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The connection may carry another request after this body.
+    pub reusable: bool,
+}
+
+/// What the client's side of a response gets besides the upstream's head.
+pub(crate) struct Extra {
+    /// `Connection: close` (the client asked, or handoff is stopping).
+    pub close: bool,
+    /// `Strict-Transport-Security` for a TLS service with `hsts`.
+    pub hsts: bool,
+}
+
+pub(crate) const HSTS: &[u8] = b"strict-transport-security: max-age=31536000\r\n";
+
+/// Parses an upstream response head at the start of `buf`; when complete,
+/// `out` receives the head for the client.
+pub(crate) fn parse_response(
+    buf: &[u8],
+    head_method: bool,
+    extra: &Extra,
+    out: &mut Vec<u8>,
+) -> RespParse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut fields);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return RespParse::Partial,
+        Err(_) => return RespParse::Bad("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (r.code, r.version) else {
+        return RespParse::Bad("malformed response head");
+    };
+    if status == 101 {
+        return RespParse::Bad("an upgrade nobody asked for");
+    }
+    if (100..200).contains(&status) {
+        return RespParse::Interim(head_len);
+    }
+    let Ok(code) = http::StatusCode::from_u16(status) else {
+        return RespParse::Bad("malformed status");
+    };
+    let tokens = connection_tokens(r.headers);
+    let no_body = head_method || status == 204 || status == 304;
+    let mut te_chunked = None;
+    let mut length: Option<u64> = None;
+    for h in r.headers.iter() {
+        if no_body {
+            // No length delimits anything here: relayed as it came.
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only a final `chunked` delimits; anything else reads to close.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for v in h.value.split(|&b| b == b',') {
+                let v = v.trim_ascii();
+                let n = match std::str::from_utf8(v).ok().and_then(|s| {
+                    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| s.parse::<u64>().ok())
+                        .flatten()
+                }) {
+                    Some(n) => n,
+                    None => return RespParse::Bad("invalid content-length"),
+                };
+                if length.is_some_and(|l| l != n) {
+                    return RespParse::Bad("conflicting content-length");
+                }
+                length = Some(n);
+            }
+        }
+    }
+    let framing = if no_body {
+        Framing::None
+    } else {
+        match (te_chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    let reusable = version == 1
+        && !named_in(&tokens, "close")
+        && framing != Framing::Close
+        // TE and CL together: a message we will not trust a second time.
+        && !(te_chunked.is_some() && length.is_some());
+
+    out.clear();
+    let mut length_seen = false;
+    let reason = code.canonical_reason().unwrap_or("");
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for h in r.headers.iter() {
+        let n = h.name;
+        if hop_by_hop(n) || named_in(&tokens, n) {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("content-length") {
+            // Written below from the framing; without a body, the first
+            // one as it came (what hyper relays too).
+            if !no_body || std::mem::replace(&mut length_seen, true) {
+                continue;
+            }
+        }
+        if extra.hsts && n.eq_ignore_ascii_case("strict-transport-security") {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked | Framing::Close => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        Framing::None => {}
+    }
+    if extra.hsts {
+        out.extend_from_slice(HSTS);
+    }
+    if extra.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    RespParse::Ready(Resp {
+        head_len,
+        status,
+        framing,
+        reusable,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyError(pub &'static str);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Hex digits of a chunk size (`digits` so far).
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Whitespace or an extension after the size, up to CR.
+    Ext(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+/// A response body read in any split, written out in the client's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decoder {
+    Length(u64),
+    Chunked {
+        state: Chunk,
+        line: usize,
+        trailers: usize,
+    },
+    Close,
+    Done,
+}
+
+impl Decoder {
+    pub(crate) fn new(f: Framing) -> Decoder {
+        match f {
+            Framing::None | Framing::Length(0) => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked {
+                state: Chunk::Size { size: 0, digits: 0 },
+                line: 0,
+                trailers: 0,
+            },
+            Framing::Close => Decoder::Close,
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// Reads from `input`, appends to `out`; returns the bytes consumed,
+    /// fewer than given only once the body is done (the rest is not ours).
+    pub(crate) fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
+        match self {
+            Decoder::Done => Ok(0),
+            Decoder::Length(left) => {
+                let n = (*left).min(input.len() as u64) as usize;
+                out.extend_from_slice(&input[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = Decoder::Done;
+                }
+                Ok(n)
+            }
+            Decoder::Close => {
+                chunk_out(out, input);
+                Ok(input.len())
+            }
+            Decoder::Chunked {
+                state,
+                line,
+                trailers,
+            } => {
+                let mut i = 0;
+                while i < input.len() {
+                    let b = input[i];
+                    match *state {
+                        Chunk::Data(left) => {
+                            let n = (left).min((input.len() - i) as u64) as usize;
+                            chunk_out(out, &input[i..i + n]);
+                            i += n;
+                            *state = if left == n as u64 {
+                                Chunk::DataCr
+                            } else {
+                                Chunk::Data(left - n as u64)
+                            };
+                            continue;
+                        }
+                        Chunk::Size { size, digits } => {
+                            *line += 1;
+                            if let Some(d) = (b as char).to_digit(16) {
+                                if digits >= 15 {
+                                    return Err(BodyError("chunk size too large"));
+                                }
+                                *state = Chunk::Size {
+                                    size: size * 16 + d as u64,
+                                    digits: digits + 1,
+                                };
+                            } else if digits == 0 {
+                                return Err(BodyError("invalid chunk size"));
+                            } else if b == b'\r' {
+                                *state = Chunk::SizeLf(size);
+                            } else if b == b';' || b == b' ' || b == b'\t' {
+                                *state = Chunk::Ext(size);
+                            } else {
+                                return Err(BodyError("invalid chunk size"));
+                            }
+                        }
+                        Chunk::Ext(size) => {
+                            *line += 1;
+                            if b == b'\r' {
+                                *state = Chunk::SizeLf(size);
+                            } else if b == b'\n' {
+                                return Err(BodyError("chunk line without CR"));
+                            }
+                        }
+                        Chunk::SizeLf(size) => {
+                            if b != b'\n' {
+                                return Err(BodyError("chunk size without LF"));
+                            }
+                            *line = 0;
+                            *state = if size == 0 {
+                                Chunk::TrailerStart
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Chunk::DataCr => {
+                            if b != b'\r' {
+                                return Err(BodyError("chunk data without CRLF"));
+                            }
+                            *state = Chunk::DataLf;
+                        }
+                        Chunk::DataLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("chunk data without CRLF"));
+                            }
+                            *line = 0;
+                            *state = Chunk::Size { size: 0, digits: 0 };
+                        }
+                        Chunk::TrailerStart => {
+                            *trailers += 1;
+                            *state = if b == b'\r' {
+                                Chunk::EndLf
+                            } else {
+                                Chunk::TrailerLine
+                            };
+                        }
+                        Chunk::TrailerLine => {
+                            *trailers += 1;
+                            if b == b'\r' {
+                                *state = Chunk::TrailerLf;
+                            } else if b == b'\n' {
+                                return Err(BodyError("trailer without CR"));
+                            }
+                        }
+                        Chunk::TrailerLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("trailer without LF"));
+                            }
+                            *state = Chunk::TrailerStart;
+                        }
+                        Chunk::EndLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("chunked body without final CRLF"));
+                            }
+                            // Trailers are dropped: few clients read them
+                            // and the peers' proxies do the same.
+                            out.extend_from_slice(b"0\r\n\r\n");
+                            *self = Decoder::Done;
+                            return Ok(i + 1);
+                        }
+                    }
+                    if *line > MAX_CHUNK_LINE {
+                        return Err(BodyError("chunk line too long"));
+                    }
+                    if *trailers > MAX_TRAILERS && matches!(state, Chunk::TrailerLine) {
+                        return Err(BodyError("trailers too long"));
+                    }
+                    i += 1;
+                }
+                Ok(i)
+            }
+        }
+    }
+
+    /// The upstream closed: fine for a close-delimited body (its last
+    /// chunk goes out), an error otherwise.
+    pub(crate) fn eof(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        match self {
+            Decoder::Done => Ok(()),
+            Decoder::Close => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                *self = Decoder::Done;
+                Ok(())
+            }
+            _ => Err(BodyError("upstream closed before the end of the body")),
+        }
+    }
+}
+
+/// One chunk of `data` in chunked framing (nothing for no data: an empty
+/// chunk would end the body).
+fn chunk_out(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;
