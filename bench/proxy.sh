@@ -6,8 +6,9 @@
 #   DURATION=5 REPS=1 bench/proxy.sh
 #
 # Prints a table and, last, one machine-readable line per connection count:
-#   BENCH proxy conns=64 handoff_rps=... nginx_rps=... haproxy_rps=... ratio=... handoff_p99_ms=... best_peer_p99_ms=...
-# ratio = handoff req/s ÷ the better peer's req/s (goal ≥ 1.10, p99 no worse).
+#   BENCH proxy conns=64 handoff_rps=... nginx_rps=... haproxy_rps=... ratio=... handoff_p99_ms=... best_peer_p99_ms=... fast_path_off_rps=... fast_path_gain=...
+# ratio = handoff req/s ÷ the better peer's req/s (goal ≥ 1.10, p99 no worse);
+# fast_path_gain = handoff ÷ handoff with `fast_path = false`.
 # Everything listens on 127.0.0.1 only. Figures, never pass/fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,8 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from Debian..." >&2
   (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
 fi
-[ -x target/release/handoff ] || cargo build --release -p handoff >&2
+# Always build: a stale binary would measure yesterday's proxy.
+cargo build --release -p handoff >&2
 BIN=$PWD/target/release/handoff
 
 W=$(mktemp -d)
@@ -40,6 +42,9 @@ cleanup() {
 trap cleanup EXIT
 
 UP=18980; HANDOFF=18981; NGINX=18982; HAPROXY=18983; ADMIN=18984
+# A second handoff with `fast_path = false` (every request through hyper):
+# what the fast path gains, measured in the same rotation.
+HYPER=18985; ADMIN2=18986
 
 # The upstream: nginx answering a small body, as fast as it can.
 cat > "$W/up.conf" <<C
@@ -104,14 +109,31 @@ state_dir = "$W/state"
 [services.bench]
 listen = "127.0.0.1:$HANDOFF"
 targets = ["127.0.0.1:$UP"]
+[services.bench.proxy]
+fast_path = true
 C
 HANDOFF_LOG=warn "$BIN" serve -c "$W/handoff.toml" > "$W/handoff.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$HANDOFF/" >/dev/null 2>&1 && break
-  sleep 0.1
+cat > "$W/hyper.toml" <<C
+[server]
+admin = "127.0.0.1:$ADMIN2"
+workers = $CORES
+state_dir = "$W/state2"
+[services.bench]
+listen = "127.0.0.1:$HYPER"
+targets = ["127.0.0.1:$UP"]
+[services.bench.proxy]
+fast_path = false
+C
+HANDOFF_LOG=warn "$BIN" serve -c "$W/hyper.toml" > "$W/hyper.out" 2>&1 &
+pids+=($!)
+for p in $HANDOFF $HYPER; do
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$p/" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 done
-for p in $UP $HANDOFF $NGINX $HAPROXY; do
+for p in $UP $HANDOFF $HYPER $NGINX $HAPROXY; do
   curl -sf "http://127.0.0.1:$p/" >/dev/null || { echo "port $p does not answer" >&2; exit 1; }
 done
 
@@ -130,15 +152,15 @@ ms() { # wrk prints 1.23ms / 456.00us / 1.01s
 }
 
 # Warm every proxy's upstream pool.
-for p in $HANDOFF $NGINX $HAPROXY; do wrk -t2 -c256 -d2s "http://127.0.0.1:$p/" >/dev/null 2>&1; done
+for p in $HANDOFF $HYPER $NGINX $HAPROXY; do wrk -t2 -c256 -d2s "http://127.0.0.1:$p/" >/dev/null 2>&1; done
 
 echo "direct to upstream (the ceiling), 64 conns: $(run upstream $UP 64 | awk '{print $1" req/s"}')"
 printf '%-8s %6s %4s %12s %9s %9s  %s\n' proxy conns rep req/s p50_ms p99_ms errors
 declare -A sum p99s
 for c in $CONNS; do
   for r in $(seq 1 "$REPS"); do
-    for name in handoff nginx haproxy; do
-      case $name in handoff) port=$HANDOFF;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
+    for name in handoff hyper nginx haproxy; do
+      case $name in handoff) port=$HANDOFF;; hyper) port=$HYPER;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
       read -r rps p50 p99 errs <<<"$(run $name $port $c)"
       printf '%-8s %6s %4s %12s %9s %9s  %s\n' $name $c $r "$rps" "$p50" "$p99" "$errs"
       sum[$name,$c]=$(awk -v a="${sum[$name,$c]:-0}" -v b="$rps" 'BEGIN{print a+b}')
@@ -153,5 +175,7 @@ for c in $CONNS; do
   a=$(awk -v s="${sum[haproxy,$c]}" -v n="$REPS" 'BEGIN{printf "%.0f", s/n}')
   if [ "$n" -ge "$a" ]; then best=$n; bp99=${p99s[nginx,$c]}; else best=$a; bp99=${p99s[haproxy,$c]}; fi
   ratio=$(awk -v h="$h" -v b="$best" 'BEGIN{printf "%.2f", h/b}')
-  echo "BENCH proxy conns=$c handoff_rps=$h nginx_rps=$n haproxy_rps=$a ratio=$ratio handoff_p99_ms=${p99s[handoff,$c]} best_peer_p99_ms=$bp99"
+  y=$(awk -v s="${sum[hyper,$c]}" -v n="$REPS" 'BEGIN{printf "%.0f", s/n}')
+  gain=$(awk -v h="$h" -v y="$y" 'BEGIN{printf "%.2f", h/y}')
+  echo "BENCH proxy conns=$c handoff_rps=$h nginx_rps=$n haproxy_rps=$a ratio=$ratio handoff_p99_ms=${p99s[handoff,$c]} best_peer_p99_ms=$bp99 fast_path_off_rps=$y fast_path_gain=$gain"
 done
