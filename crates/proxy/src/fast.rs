@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::StatusCode;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -626,7 +627,7 @@ async fn relay<S: ClientStream>(
         if dec.is_done() {
             break;
         }
-        if (out.len() >= 16 * 1024 || at == ubuf.len()) && !out.is_empty() {
+        if (out.len() >= 16 * 1024 || at == ubuf.len()) && (sent || out.len() > head_only) {
             if io.write_all(out).await.is_err() || io.flush().await.is_err() {
                 t.stats.record(resp.status, started.elapsed());
                 return false;
@@ -638,7 +639,24 @@ async fn relay<S: ClientStream>(
             ubuf.clear();
             at = 0;
             pool::room(ubuf);
-            match up.read_buf(ubuf).await {
+            // As hyper does: the head goes out with the body's first bytes,
+            // or alone once the body must be waited for — so a body already
+            // known to be broken sends nothing at all.
+            let read = match up.read_buf(ubuf).now_or_never() {
+                Some(r) => r,
+                None => {
+                    if !sent && !out.is_empty() {
+                        if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                            t.stats.record(resp.status, started.elapsed());
+                            return false;
+                        }
+                        sent = true;
+                        out.clear();
+                    }
+                    up.read_buf(ubuf).await
+                }
+            };
+            match read {
                 Ok(0) => {
                     if let Err(e) = dec.eof(out) {
                         tracing::debug!(target = %t.name, error = %e, "response body cut");
