@@ -475,7 +475,13 @@ fn assert_broken_alike(fast: &[Seen], hyper: &[Seen], body: &[u8]) {
     for (side, got) in [("fast", fast), ("hyper", hyper)] {
         assert!(got.len() <= 1, "{side}: more than one answer: {got:?}");
         if let Some(s) = got.first() {
-            assert!(!s.complete, "{side}: a broken body relayed as whole: {} {:?} {}", s.status, s.headers, s.body.len());
+            assert!(
+                !s.complete,
+                "{side}: a broken body relayed as whole: {} {:?} {}",
+                s.status,
+                s.headers,
+                s.body.len()
+            );
             assert!(body.starts_with(&s.body), "{side}: body not a prefix");
         }
     }

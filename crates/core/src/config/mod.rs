@@ -334,8 +334,8 @@ pub struct ProxySettings {
     /// only TLS; health checks go over it too.
     pub upstream_tls: Option<UpstreamTls>,
     /// HTTP/1 requests without a body go through handoff's own HTTP/1
-    /// path (`fast_path`); off (the default until the deploy suites run
-    /// on it): every request goes through hyper.
+    /// path (`fast_path`, the default); off: every request goes through
+    /// hyper. The listener follows its first service's setting.
     pub fast_path: bool,
 }
 

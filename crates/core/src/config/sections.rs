@@ -243,7 +243,7 @@ pub(super) fn proxy(cx: &mut Ctx, name: &str, r: RawProxy, base: &Path) -> Proxy
         idle_timeout: cx.duration(k("idle_timeout"), r.idle_timeout.as_ref(), d::IDLE_TIMEOUT),
         max_header_bytes,
         upstream_tls,
-        fast_path: cx.take(k("fast_path"), &r.fast_path).unwrap_or(false),
+        fast_path: cx.take(k("fast_path"), &r.fast_path).unwrap_or(true),
     }
 }
 
