@@ -3,10 +3,20 @@
 # connections (default 10,000), handoff vs nginx (proxy_pass, upstream
 # keepalive), measured in the same run. Figures, not pass/fail.
 #
-#   bench/memory.sh            # CONNS=10000
-# Last line: BENCH memory conns=N handoff_rss_kb=… nginx_rss_kb=… ratio=…
+#   bench/memory.sh            # CONNS=10000, both modes
+#   MODE=burst bench/memory.sh # one mode
+# MODE burst: every request sent before any answer is read (up to N in
+# flight at once); one-by-one: each answered before the next connection.
+# One line per mode:
+#   BENCH memory mode=… conns=N handoff_rss_kb=… nginx_rss_kb=… ratio=…
+#     handoff_per_conn_b=… nginx_per_conn_b=… per_conn_ratio=…
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${MODE:-}" ]; then
+  MODE=burst bash "$0"
+  MODE=one-by-one bash "$0"
+  exit
+fi
 CONNS=${CONNS:-10000}
 command -v nginx >/dev/null || (apt-get install -y nginx-light || (apt-get update && apt-get install -y nginx-light)) >/dev/null
 [ -x target/release/handoff ] || cargo build --release -p handoff >&2
@@ -59,16 +69,17 @@ rss_of() { # sum of VmRSS (kB) of the given pids
 measure() { # name port pids...
   local name=$1 port=$2; shift 2
   local before; before=$(rss_of "$@")
-  exec 3> >(python3 bench/idle_client.py "$port" "$CONNS" > "$W/$name.ready")
+  exec 3> >(python3 bench/idle_client.py "$port" "$CONNS" "$MODE" > "$W/$name.ready")
   for _ in $(seq 1 600); do grep -q ready "$W/$name.ready" 2>/dev/null && break; sleep 0.2; done
   sleep 1
   local after; after=$(rss_of "$@")
   echo "$name: $(cat "$W/$name.ready") idle connections; RSS ${before} kB before, ${after} kB with them ($(( (after - before) * 1024 / CONNS )) bytes per connection)" >&2
   exec 3>&-
   sleep 1
-  echo "$after"
+  echo "$before $after"
 }
-h=$(measure handoff $HANDOFF "${pids[0]}")
+read -r hb h < <(measure handoff $HANDOFF "${pids[0]}")
 ng_pids=$(pgrep -P "$(cat "$W/ng.pid")" | tr '\n' ' ')
-n=$(measure nginx $NGINX "$(cat "$W/ng.pid")" $ng_pids)
-echo "BENCH memory conns=$CONNS handoff_rss_kb=$h nginx_rss_kb=$n ratio=$(awk -v a="$h" -v b="$n" 'BEGIN{printf "%.2f", a/b}')"
+read -r nb n < <(measure nginx $NGINX "$(cat "$W/ng.pid")" $ng_pids)
+hp=$(( (h - hb) * 1024 / CONNS )); np=$(( (n - nb) * 1024 / CONNS ))
+echo "BENCH memory mode=$MODE conns=$CONNS handoff_rss_kb=$h nginx_rss_kb=$n ratio=$(awk -v a="$h" -v b="$n" 'BEGIN{printf "%.2f", a/b}') handoff_per_conn_b=$hp nginx_per_conn_b=$np per_conn_ratio=$(awk -v a="$hp" -v b="$np" 'BEGIN{printf "%.2f", a/b}')"
