@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::error::Failure;
-use crate::forward::{answer_text, failed, MAX_ATTEMPTS};
+use crate::forward::{answer_text, failed, within_connect_timeout, MAX_ATTEMPTS};
 use crate::h1::{self, Decoder, Extra, Forwarded, Framing, ReqParse, RespParse};
 use crate::server::{Front, LINGER};
 use crate::service::ServiceProxy;
@@ -528,19 +528,7 @@ async fn connection(
         return Ok((c, true));
     }
     let dial = crate::upstream::dial(t.addr, svc.upstream.as_deref());
-    match tokio::time::timeout(svc.settings.connect_timeout, dial).await {
-        Ok(Ok(s)) => Ok((s, false)),
-        res => {
-            t.stats.connect_errors.fetch_add(1, Relaxed);
-            let why = match res {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            tracing::debug!(service = %svc.name, target = %t.name, addr = %t.addr, error = %why, "connect failed");
-            svc.passive_failure(t);
-            Err(())
-        }
-    }
+    Ok((within_connect_timeout(svc, t, dial).await?, false))
 }
 
 /// Writes the request head and reads the response head (interim 1xx heads

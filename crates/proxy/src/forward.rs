@@ -244,8 +244,18 @@ async fn connection(
         });
         Ok::<_, std::io::Error>(send)
     };
+    Ok((within_connect_timeout(svc, t, connect).await?, false))
+}
+
+/// Runs a connect attempt to `t` under `connect_timeout`. A failure is
+/// counted, logged and reported to passive health here, for both paths.
+pub(crate) async fn within_connect_timeout<C>(
+    svc: &ServiceProxy,
+    t: &Target,
+    connect: impl std::future::Future<Output = std::io::Result<C>>,
+) -> Result<C, ()> {
     match tokio::time::timeout(svc.settings.connect_timeout, connect).await {
-        Ok(Ok(s)) => Ok((s, false)),
+        Ok(Ok(c)) => Ok(c),
         res => {
             t.stats.connect_errors.fetch_add(1, Relaxed);
             let why = match res {
