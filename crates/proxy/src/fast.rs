@@ -1,9 +1,13 @@
 //! The fast path: handoff's own HTTP/1.1 proxy loop for requests without a
-//! body, one task per client connection, no hyper in between.
+//! body or with a small one (`Content-Length` up to
+//! [`h1::MAX_SMALL_BODY`]), one task per client connection, no hyper in
+//! between.
 //!
 //! Per request: the head is read into a buffer from the worker's pool and
 //! parsed ([`h1::parse_request`], which writes the upstream head in the same
-//! pass); a pooled upstream socket of this worker is checked alive and
+//! pass); a small body is read whole under the head's deadline and sent in
+//! the same write (never sent twice: a body-carrying request is retried
+//! only when the connect failed, as on hyper's path); a pooled upstream socket of this worker is checked alive and
 //! written to; the response head is parsed and relayed with its body,
 //! reframed by [`h1::Decoder`], reading the upstream only as fast as the
 //! client takes it. Everything runs in the client connection's task: no
@@ -16,7 +20,7 @@
 //! them), retries (connect failures elsewhere; an idempotent request once
 //! more if nothing of a response arrived), passive health, metrics, 408
 //! after `header_timeout`, `idle_timeout`, `Connection: close` while
-//! stopping. Whatever it does not take — a request body, an upgrade,
+//! stopping. Whatever it does not take — a larger or chunked body, an upgrade,
 //! HTTP/1.0, HTTP/2, a malformed or oversized head, a service with
 //! `fast_path = false` — goes to hyper with the bytes read so far
 //! ([`Rewind`]), for the rest of the connection: hyper's answers (400, 431,
@@ -193,7 +197,31 @@ pub(crate) async fn serve<S: ClientStream>(
                     pool::give(out);
                     return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
                 }
-                ReqParse::Ready(r) => break r,
+                ReqParse::Ready(r) if buf.len() >= r.head_len + r.body => {
+                    // A small body goes upstream in the same write as its
+                    // head (one whole request to send, or to send again
+                    // elsewhere when a connect fails).
+                    out.extend_from_slice(&buf[r.head_len..r.head_len + r.body]);
+                    break r;
+                }
+                ReqParse::Ready(r) => {
+                    // The rest of a small body: under the head's deadline,
+                    // it is part of reading the request.
+                    buf.reserve(r.head_len + r.body - buf.len());
+                    match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => {
+                            pool::give(out);
+                            return pool::give(buf);
+                        }
+                        Err(_) => {
+                            pool::give(out);
+                            pool::give(buf);
+                            time_out(&mut io, &svc0).await;
+                            return;
+                        }
+                    }
+                }
                 ReqParse::Decline => {
                     pool::give(out);
                     return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
@@ -260,7 +288,7 @@ pub(crate) async fn serve<S: ClientStream>(
         };
         pool::give(out);
         // Pipelined requests stay; otherwise the buffer goes back.
-        let rest = std::mem::take(&mut buf).split_off_front(req.head_len);
+        let rest = std::mem::take(&mut buf).split_off_front(req.head_len + req.body);
         if rest.is_empty() {
             pool::give(rest);
         } else {

@@ -22,6 +22,9 @@ const MAX_HEADERS: usize = 100;
 /// A chunk-size line or a trailer longer than this is a broken upstream.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// A request body up to this length (by `Content-Length`) is read whole and
+/// sent with its head; a longer one is streamed by hyper's path.
+pub(crate) const MAX_SMALL_BODY: usize = 16 * 1024;
 
 /// What a client connection adds to each request it forwards.
 pub(crate) struct Forwarded {
@@ -44,10 +47,31 @@ pub(crate) struct Req {
     pub head_len: usize,
     pub host: Range<usize>,
     pub path: Range<usize>,
+    /// May be sent again after a target closed without answering: an
+    /// idempotent method without a body (as on hyper's path).
     pub idempotent: bool,
     pub head_method: bool,
     /// The client asked to close after this request.
     pub close: bool,
+    /// Bytes of body after the head (`Content-Length`, at most
+    /// [`MAX_SMALL_BODY`]).
+    pub body: usize,
+}
+
+/// A `Content-Length` the fast path takes: digits in their shortest form
+/// (anything else is hyper's to judge) and at most [`MAX_SMALL_BODY`].
+fn small_length(v: &[u8]) -> Option<usize> {
+    let v = v.trim_ascii();
+    let canonical = !v.is_empty()
+        && v.len() <= 5
+        && v.iter().all(u8::is_ascii_digit)
+        && (v[0] != b'0' || v.len() == 1);
+    let n: usize = std::str::from_utf8(v)
+        .ok()
+        .filter(|_| canonical)?
+        .parse()
+        .ok()?;
+    (n <= MAX_SMALL_BODY).then_some(n)
 }
 
 fn offset(buf: &[u8], s: &[u8]) -> Range<usize> {
@@ -116,17 +140,19 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
     let mut host = None;
     let mut hosts = 0;
     let mut lengths = 0;
+    let mut body = 0;
     for h in r.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(h.value);
         } else if n.eq_ignore_ascii_case("content-length") {
-            // A body (or a length we would have to judge): hyper's path,
-            // with its framing checks, takes it.
+            // A large body, or a length we would have to judge: hyper's
+            // path, with its streaming and framing checks, takes it.
             lengths += 1;
-            if lengths > 1 || h.value.trim_ascii() != b"0" {
-                return ReqParse::Decline;
+            match small_length(h.value) {
+                Some(n) if lengths == 1 => body = n,
+                _ => return ReqParse::Decline,
             }
         } else if n.eq_ignore_ascii_case("transfer-encoding")
             || n.eq_ignore_ascii_case("upgrade")
@@ -195,12 +221,14 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
         head_len,
         host: offset(buf, host),
         path: offset(buf, path.as_bytes()),
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: body == 0
+            && matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
         head_method: method == "HEAD",
         close,
+        body,
     })
 }
 

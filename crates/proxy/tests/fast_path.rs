@@ -30,7 +30,7 @@ struct Bed {
     fast: TestProxy,
     hyper: TestProxy,
     script: Arc<Mutex<Script>>,
-    /// Request heads the upstream saw, in order.
+    /// Requests the upstream saw (head and body), in order.
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -114,23 +114,26 @@ async fn scripted(script: Arc<Mutex<Script>>, seen: Arc<Mutex<Vec<Vec<u8>>>>) ->
                         .find_map(|l| l.strip_prefix("content-length:"))
                         .and_then(|v| v.trim().parse::<usize>().ok());
                     let chunked = text.contains("transfer-encoding: chunked");
-                    loop {
-                        let done = if chunked {
-                            unchunk(&buf).map(|(_, used)| buf.drain(..used)).is_some()
+                    let body = loop {
+                        let whole = if chunked {
+                            unchunk(&buf).map(|(data, used)| {
+                                buf.drain(..used);
+                                data
+                            })
                         } else {
                             let n = length.unwrap_or(0);
-                            (buf.len() >= n).then(|| buf.drain(..n)).is_some()
+                            (buf.len() >= n).then(|| buf.drain(..n).collect())
                         };
-                        if done {
-                            break;
+                        if let Some(body) = whole {
+                            break body;
                         }
                         let mut chunk = [0u8; 4096];
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
-                    }
-                    seen.lock().unwrap().push(head);
+                    };
+                    seen.lock().unwrap().push([head, body].concat());
                     let sc = script.lock().unwrap().clone();
                     let cut = sc.split.min(sc.resp.len());
                     for piece in [&sc.resp[..cut], &sc.resp[cut..]] {
@@ -328,11 +331,14 @@ async fn exchange(addr: SocketAddr, req: &[u8], cuts: &[usize], heads: &[bool]) 
     out
 }
 
-/// The request heads the upstream saw, fields lower-cased and sorted.
-fn normalized(heads: &[Vec<u8>]) -> Vec<Vec<String>> {
-    heads
+/// The requests the upstream saw: fields lower-cased and sorted, then the
+/// body in hex.
+fn normalized(requests: &[Vec<u8>]) -> Vec<Vec<String>> {
+    requests
         .iter()
-        .map(|h| {
+        .map(|r| {
+            let end = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let (h, body) = r.split_at(end);
             let text = String::from_utf8_lossy(h);
             let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
             let first = lines.next().unwrap_or("").to_string();
@@ -344,6 +350,7 @@ fn normalized(heads: &[Vec<u8>]) -> Vec<Vec<String>> {
                 .collect();
             fields.sort();
             fields.insert(0, first);
+            fields.push(body.iter().map(|b| format!("{b:02x}")).collect());
             fields
         })
         .collect()
@@ -567,6 +574,38 @@ proptest! {
         for s in &fast {
             prop_assert_eq!(&s.body, &body);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Bodies below and above the fast path's limit (above it hyper streams
+    /// them), split anywhere, followed by a pipelined request or not: the
+    /// upstream gets the same bytes and the client the same answers.
+    #[test]
+    fn request_bodies_reach_the_upstream_the_same(
+        method in prop::sample::select(vec!["POST", "PUT", "PATCH", "DELETE"]),
+        body in proptest::collection::vec(any::<u8>(), 0..20_000),
+        cuts in proptest::collection::vec(0usize..20_100, 0..4),
+        pipelined in any::<bool>(),
+    ) {
+        let mut req = format!(
+            "{method} /in HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        let mut heads = vec![false];
+        if pipelined {
+            req.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: app.test\r\n\r\n");
+            heads.push(false);
+        }
+        let resp = response(201, &[], b"stored", 0, &[], &Fault::None).wire;
+        let script = Script { resp, split: 5, close_after: false };
+        let (fast, hyper) = both(&req, &cuts, &heads, script);
+        prop_assert_eq!(fast.len(), heads.len());
+        prop_assert_eq!(fast, hyper);
     }
 }
 

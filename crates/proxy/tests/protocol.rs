@@ -85,6 +85,60 @@ async fn slowloris_gets_408() {
     assert_eq!(c.get("/").await.unwrap().0, 200);
 }
 
+/// A small body the fast path reads whole before forwarding: one that
+/// stops short is a slow request (408 after `header_timeout`), and the
+/// upstream never sees half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_that_stops_short_gets_408_and_nothing_goes_upstream() {
+    let a = upstream("a").await;
+    let mut cfg = service_cfg(Balance::RoundRobin, health(50));
+    cfg.proxy.header_timeout = Duration::from_millis(300);
+    let p = TestProxy::start(cfg).await;
+    p.add_default(&a);
+    p.wait_healthy(1).await;
+    let before = p
+        .svc
+        .stats
+        .header_timeout
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = String::from_utf8_lossy(&out);
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        p.svc
+            .stats
+            .header_timeout
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before + 1
+    );
+    let hits = a.hits.load(std::sync::atomic::Ordering::Relaxed);
+    // The same body sent whole goes through, on a new connection.
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhalf-whole")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = String::from_utf8_lossy(&out);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.ends_with("half-whole"), "{r}");
+    // The cut request never reached the upstream; the whole one did, once.
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_tunnels_bytes_both_ways() {
     let (p, _a) = proxy_with_a().await;
