@@ -120,7 +120,13 @@ pub(crate) struct Handover {
 
 /// Serves one client connection on the fast path, until it ends or is
 /// handed to hyper.
-pub(crate) async fn serve<S: ClientStream>(
+///
+/// Not an `async fn`: that would keep its arguments twice in the future
+/// (as arguments and as locals), and this future is what every idle
+/// connection holds (measured with `-Zprint-type-sizes`: 880 → 800 bytes,
+/// the task 1,152 → 1,024).
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<S: ClientStream>(
     mut io: S,
     peer: SocketAddr,
     tls: bool,
@@ -128,175 +134,177 @@ pub(crate) async fn serve<S: ClientStream>(
     worker: usize,
     mut stop: watch::Receiver<bool>,
     hand: Handover,
-) {
-    let svc0 = front.routes.first().clone();
-    let fwd = Forwarded {
-        peer: peer.ip(),
-        tls,
-    };
-    let accepted = Instant::now();
-    let max_head = svc0.settings.max_header_bytes.max(8192);
-    // Bytes of the next request(s); capacity only while one is read.
-    let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
-    let mut closing = false;
-    loop {
-        if buf.is_empty() {
-            // Between requests: nothing held but the socket.
-            let mut until = if first {
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let svc0 = front.routes.first().clone();
+        let fwd = Forwarded {
+            peer: peer.ip(),
+            tls,
+        };
+        let accepted = Instant::now();
+        let max_head = svc0.settings.max_header_bytes.max(8192);
+        // Bytes of the next request(s); capacity only while one is read.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut first = true;
+        let mut closing = false;
+        loop {
+            if buf.is_empty() {
+                // Between requests: nothing held but the socket.
+                let mut until = if first {
+                    accepted + svc0.settings.header_timeout
+                } else {
+                    Instant::now() + svc0.settings.idle_timeout
+                };
+                if closing {
+                    until = until.min(Instant::now() + LINGER);
+                }
+                let ready = loop {
+                    tokio::select! {
+                        r = tokio::time::timeout_at(until, idle(&io)) => break r,
+                        _ = stopped(&mut stop), if !closing => {
+                            closing = true;
+                            until = until.min(Instant::now() + LINGER);
+                        }
+                    }
+                };
+                match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        if first && !closing {
+                            time_out(&mut io, &svc0).await;
+                        }
+                        return;
+                    }
+                }
+                buf = pool::take();
+                match tokio::time::timeout_at(until, io.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return pool::give(buf),
+                    Err(_) => {
+                        pool::give(buf);
+                        if first && !closing {
+                            time_out(&mut io, &svc0).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            let head_by = if first {
                 accepted + svc0.settings.header_timeout
             } else {
-                Instant::now() + svc0.settings.idle_timeout
+                Instant::now() + svc0.settings.header_timeout
             };
-            if closing {
-                until = until.min(Instant::now() + LINGER);
-            }
-            let ready = loop {
-                tokio::select! {
-                    r = tokio::time::timeout_at(until, idle(&io)) => break r,
-                    _ = stopped(&mut stop), if !closing => {
-                        closing = true;
-                        until = until.min(Instant::now() + LINGER);
+            let mut out = pool::take();
+            let req = loop {
+                match h1::parse_request(&buf, &fwd, &mut out) {
+                    // A head over the limit that arrived in one read: hyper
+                    // answers 431 for it, as for one that did not.
+                    ReqParse::Ready(r) if r.head_len > max_head => {
+                        pool::give(out);
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                    }
+                    ReqParse::Ready(r) if buf.len() >= r.head_len + r.body => {
+                        // A small body goes upstream in the same write as its
+                        // head (one whole request to send, or to send again
+                        // elsewhere when a connect fails).
+                        out.extend_from_slice(&buf[r.head_len..r.head_len + r.body]);
+                        break r;
+                    }
+                    ReqParse::Ready(r) => {
+                        // The rest of a small body: under the head's deadline,
+                        // it is part of reading the request.
+                        buf.reserve(r.head_len + r.body - buf.len());
+                        match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            Ok(_) => {
+                                pool::give(out);
+                                return pool::give(buf);
+                            }
+                            Err(_) => {
+                                pool::give(out);
+                                pool::give(buf);
+                                time_out(&mut io, &svc0).await;
+                                return;
+                            }
+                        }
+                    }
+                    ReqParse::Decline => {
+                        pool::give(out);
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                    }
+                    ReqParse::Partial if buf.len() > max_head => {
+                        // hyper answers 431 for it.
+                        pool::give(out);
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                    }
+                    ReqParse::Partial => {
+                        pool::room(&mut buf);
+                        match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            Ok(_) => {
+                                pool::give(out);
+                                return pool::give(buf);
+                            }
+                            Err(_) => {
+                                pool::give(out);
+                                pool::give(buf);
+                                time_out(&mut io, &svc0).await;
+                                return;
+                            }
+                        }
                     }
                 }
             };
-            match ready {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    if first && !closing {
-                        time_out(&mut io, &svc0).await;
-                    }
-                    return;
+            first = false;
+            let host = std::str::from_utf8(&buf[req.host.clone()]).ok();
+            let target = &buf[req.path.clone()];
+            let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+            let path = std::str::from_utf8(path).unwrap_or("/");
+            closing |= *stop.borrow();
+            let close = closing || req.close;
+            let picked = front.routes.pick(host, path).cloned();
+            let kept = match picked {
+                None => {
+                    let why = format!(
+                        "no service here for host {} and path {path}",
+                        host.unwrap_or("(none)")
+                    );
+                    out.clear();
+                    write_answer(
+                        &mut out,
+                        StatusCode::NOT_FOUND,
+                        "no_route",
+                        &why,
+                        close,
+                        false,
+                    );
+                    io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
                 }
-            }
-            buf = pool::take();
-            match tokio::time::timeout_at(until, io.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return pool::give(buf),
-                Err(_) => {
-                    pool::give(buf);
-                    if first && !closing {
-                        time_out(&mut io, &svc0).await;
-                    }
-                    return;
-                }
-            }
-        }
-        let head_by = if first {
-            accepted + svc0.settings.header_timeout
-        } else {
-            Instant::now() + svc0.settings.header_timeout
-        };
-        let mut out = pool::take();
-        let req = loop {
-            match h1::parse_request(&buf, &fwd, &mut out) {
-                // A head over the limit that arrived in one read: hyper
-                // answers 431 for it, as for one that did not.
-                ReqParse::Ready(r) if r.head_len > max_head => {
+                Some(svc) if !svc.settings.fast_path => {
                     pool::give(out);
                     return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
                 }
-                ReqParse::Ready(r) if buf.len() >= r.head_len + r.body => {
-                    // A small body goes upstream in the same write as its
-                    // head (one whole request to send, or to send again
-                    // elsewhere when a connect fails).
-                    out.extend_from_slice(&buf[r.head_len..r.head_len + r.body]);
-                    break r;
+                Some(svc) => {
+                    let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
+                    let extra = Extra { close, hsts };
+                    // Boxed: an idle connection's task then holds none of a
+                    // request's state.
+                    Box::pin(forward(&mut io, &svc, &req, &mut out, &extra, worker)).await
                 }
-                ReqParse::Ready(r) => {
-                    // The rest of a small body: under the head's deadline,
-                    // it is part of reading the request.
-                    buf.reserve(r.head_len + r.body - buf.len());
-                    match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => {
-                            pool::give(out);
-                            return pool::give(buf);
-                        }
-                        Err(_) => {
-                            pool::give(out);
-                            pool::give(buf);
-                            time_out(&mut io, &svc0).await;
-                            return;
-                        }
-                    }
-                }
-                ReqParse::Decline => {
-                    pool::give(out);
-                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
-                }
-                ReqParse::Partial if buf.len() > max_head => {
-                    // hyper answers 431 for it.
-                    pool::give(out);
-                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
-                }
-                ReqParse::Partial => {
-                    pool::room(&mut buf);
-                    match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => {
-                            pool::give(out);
-                            return pool::give(buf);
-                        }
-                        Err(_) => {
-                            pool::give(out);
-                            pool::give(buf);
-                            time_out(&mut io, &svc0).await;
-                            return;
-                        }
-                    }
-                }
+            };
+            pool::give(out);
+            // Pipelined requests stay; otherwise the buffer goes back.
+            let rest = std::mem::take(&mut buf).split_off_front(req.head_len + req.body);
+            if rest.is_empty() {
+                pool::give(rest);
+            } else {
+                buf = rest;
             }
-        };
-        first = false;
-        let host = std::str::from_utf8(&buf[req.host.clone()]).ok();
-        let target = &buf[req.path.clone()];
-        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
-        let path = std::str::from_utf8(path).unwrap_or("/");
-        closing |= *stop.borrow();
-        let close = closing || req.close;
-        let picked = front.routes.pick(host, path).cloned();
-        let kept = match picked {
-            None => {
-                let why = format!(
-                    "no service here for host {} and path {path}",
-                    host.unwrap_or("(none)")
-                );
-                out.clear();
-                write_answer(
-                    &mut out,
-                    StatusCode::NOT_FOUND,
-                    "no_route",
-                    &why,
-                    close,
-                    false,
-                );
-                io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+            if !kept || close {
+                let _ = io.shutdown().await;
+                return pool::give(buf);
             }
-            Some(svc) if !svc.settings.fast_path => {
-                pool::give(out);
-                return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
-            }
-            Some(svc) => {
-                let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
-                let extra = Extra { close, hsts };
-                // Boxed: an idle connection's task then holds none of a
-                // request's state.
-                Box::pin(forward(&mut io, &svc, &req, &mut out, &extra, worker)).await
-            }
-        };
-        pool::give(out);
-        // Pipelined requests stay; otherwise the buffer goes back.
-        let rest = std::mem::take(&mut buf).split_off_front(req.head_len + req.body);
-        if rest.is_empty() {
-            pool::give(rest);
-        } else {
-            buf = rest;
-        }
-        if !kept || close {
-            let _ = io.shutdown().await;
-            return pool::give(buf);
         }
     }
 }
