@@ -7,10 +7,10 @@
 //! parsed ([`h1::parse_request`], which writes the upstream head in the same
 //! pass); a small body is read whole under the head's deadline and sent in
 //! the same write (never sent twice: a body-carrying request is retried
-//! only when the connect failed, as on hyper's path); a pooled upstream socket of this worker is checked alive and
-//! written to; the response head is parsed and relayed with its body,
-//! reframed by [`h1::Decoder`], reading the upstream only as fast as the
-//! client takes it. Everything runs in the client connection's task: no
+//! only when the connect failed, as on hyper's path); a pooled upstream
+//! socket of this worker is checked alive and written to; the response
+//! head is parsed and relayed with its body, reframed by [`h1::Decoder`],
+//! reading the upstream only as fast as the client takes it. Everything runs in the client connection's task: no
 //! channel, no second task, no wake-up in between. Between requests the
 //! connection holds no buffer at all: a plain TCP client waits on socket
 //! readiness, and the buffers go back to the pool.
@@ -28,7 +28,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,7 +37,7 @@ use futures_util::FutureExt;
 use http::StatusCode;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -50,6 +49,11 @@ use crate::server::{Front, LINGER};
 use crate::service::ServiceProxy;
 use crate::target::Target;
 use crate::upstream::Upstream;
+
+mod pool;
+mod rewind;
+
+use rewind::Rewind;
 
 /// An upstream response head larger than this is refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -71,46 +75,6 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
-
-/// Request and response buffers, per worker thread (each worker is one
-/// thread running its own runtime): taken while a request is in flight,
-/// given back when it ends.
-mod pool {
-    use std::cell::RefCell;
-
-    const SIZE: usize = 16 * 1024;
-    /// Kept per worker; more are freed.
-    const KEEP: usize = 64;
-
-    thread_local! {
-        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take() -> Vec<u8> {
-        FREE.with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(SIZE))
-    }
-
-    pub(super) fn give(mut v: Vec<u8>) {
-        if v.capacity() == 0 || v.capacity() > 4 * SIZE {
-            return;
-        }
-        v.clear();
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(v);
-            }
-        });
-    }
-
-    /// Room for at least one more read.
-    pub(super) fn room(v: &mut Vec<u8>) {
-        if v.capacity() - v.len() < 1024 {
-            v.reserve(SIZE);
-        }
-    }
-}
 
 /// What a connection needs to go on to hyper when the fast path declines.
 pub(crate) struct Handover {
@@ -368,64 +332,6 @@ async fn to_hyper<S: ClientStream>(
         hand.alive,
     ))
     .await
-}
-
-/// A stream with bytes already read from it put back in front.
-pub(crate) struct Rewind<S> {
-    pre: Vec<u8>,
-    at: usize,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.pre.len() {
-            let n = (this.pre.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.pre[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.pre.len() {
-                this.pre = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// An answer handoff gives itself, as bytes.
