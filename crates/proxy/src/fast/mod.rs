@@ -161,7 +161,8 @@ pub(crate) fn serve<S: ClientStream>(
             };
             let mut out = pool::take();
             let req = loop {
-                match h1::parse_request(&buf, &fwd, &mut out) {
+                // Bytes a small body still needs, beyond room for a read.
+                let body_rest = match h1::parse_request(&buf, &fwd, &mut out) {
                     // A head over the limit that arrived in one read: hyper
                     // answers 431 for it, as for one that did not.
                     ReqParse::Ready(r) if r.head_len > max_head => {
@@ -175,24 +176,9 @@ pub(crate) fn serve<S: ClientStream>(
                         out.extend_from_slice(&buf[r.head_len..r.head_len + r.body]);
                         break r;
                     }
-                    ReqParse::Ready(r) => {
-                        // The rest of a small body: under the head's deadline,
-                        // it is part of reading the request.
-                        buf.reserve(r.head_len + r.body - buf.len());
-                        match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
-                            Ok(Ok(n)) if n > 0 => {}
-                            Ok(_) => {
-                                pool::give(out);
-                                return pool::give(buf);
-                            }
-                            Err(_) => {
-                                pool::give(out);
-                                pool::give(buf);
-                                time_out(&mut io, &svc0).await;
-                                return;
-                            }
-                        }
-                    }
+                    // The rest of a small body: under the head's deadline,
+                    // it is part of reading the request.
+                    ReqParse::Ready(r) => r.head_len + r.body - buf.len(),
                     ReqParse::Decline => {
                         pool::give(out);
                         return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
@@ -202,21 +188,21 @@ pub(crate) fn serve<S: ClientStream>(
                         pool::give(out);
                         return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
                     }
-                    ReqParse::Partial => {
-                        pool::room(&mut buf);
-                        match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
-                            Ok(Ok(n)) if n > 0 => {}
-                            Ok(_) => {
-                                pool::give(out);
-                                return pool::give(buf);
-                            }
-                            Err(_) => {
-                                pool::give(out);
-                                pool::give(buf);
-                                time_out(&mut io, &svc0).await;
-                                return;
-                            }
-                        }
+                    ReqParse::Partial => 0,
+                };
+                pool::room(&mut buf);
+                buf.reserve(body_rest);
+                match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => {
+                        pool::give(out);
+                        return pool::give(buf);
+                    }
+                    Err(_) => {
+                        pool::give(out);
+                        pool::give(buf);
+                        time_out(&mut io, &svc0).await;
+                        return;
                     }
                 }
             };
