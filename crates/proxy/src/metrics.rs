@@ -96,6 +96,9 @@ pub struct ServiceStats {
     /// Requests answered by targets since removed from the table, so that
     /// a service's total survives the targets a deploy replaces.
     pub retired_requests: AtomicU64,
+    /// Idle client connections held without a task (see `fast::park`),
+    /// counted on the first service of their listen address.
+    pub parked_connections: AtomicU64,
 }
 
 impl ServiceStats {
@@ -270,6 +273,19 @@ impl Collector for ProxyCollector {
                     ];
                     m.encode_family(&l)?.encode_gauge(&(g.weight as i64))?;
                 }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "handoff_parked_connections",
+                "Idle keep-alive client connections held without a task, by the first service of their listen address",
+                None,
+                MetricType::Gauge,
+            )?;
+            for svc in &self.services {
+                let l: Labels = vec![("service", svc.name.to_string())];
+                m.encode_family(&l)?
+                    .encode_gauge(&(svc.stats.parked_connections.load(Relaxed) as i64))?;
             }
         }
         {

@@ -270,6 +270,7 @@ fn worker(
         // Every connection task holds a clone of `alive`; when the last one
         // is dropped, `all_done.recv()` returns None (mini-redis' pattern).
         let (alive, mut all_done) = mpsc::channel::<()>(1);
+        fast::park::install(index, stop.clone());
         for (front, l) in listeners {
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -342,7 +343,7 @@ async fn accept_loop(
             let Some(tls) = front.tls.clone() else {
                 if fast {
                     let hand = Handover { builder, alive };
-                    fast::serve(stream, peer, false, front, worker, stop, hand).await;
+                    fast::serve(stream, peer, false, front, worker, stop, hand, false).await;
                 } else {
                     Box::pin(serve_conn(
                         stream, peer, false, front, builder, worker, stop, alive,
@@ -359,7 +360,7 @@ async fn accept_loop(
                     // HTTP/2 (by ALPN) is hyper's.
                     Ok(Ok(s)) if fast && s.get_ref().1.alpn_protocol() != Some(b"h2") => {
                         let hand = Handover { builder, alive };
-                        fast::serve(s, peer, true, front, worker, stop, hand).await;
+                        fast::serve(s, peer, true, front, worker, stop, hand, false).await;
                     }
                     Ok(Ok(s)) => {
                         Box::pin(serve_conn(

@@ -11,9 +11,11 @@
 //! socket of this worker is checked alive and written to; the response
 //! head is parsed and relayed with its body, reframed by [`h1::Decoder`],
 //! reading the upstream only as fast as the client takes it. Everything runs in the client connection's task: no
-//! channel, no second task, no wake-up in between. Between requests the
-//! connection holds no buffer at all: a plain TCP client waits on socket
-//! readiness, and the buffers go back to the pool.
+//! channel, no second task, no wake-up in between ([`exchange`]). Between
+//! requests the connection holds no buffer at all: a plain TCP client
+//! waits on socket readiness, and the buffers go back to the pool; after
+//! [`park::PARK_AFTER`] of silence it leaves its task too, and waits as a
+//! bare socket in its worker's epoll set ([`park`]).
 //!
 //! The rules are those of the hyper path ([`crate::forward`]), shared where
 //! they can be: the same target pick, in-flight claims (drains wait for
@@ -33,7 +35,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use http::StatusCode;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -42,21 +43,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::error::Failure;
-use crate::forward::{answer_text, failed, within_connect_timeout, MAX_ATTEMPTS};
-use crate::h1::{self, Decoder, Extra, Forwarded, Framing, ReqParse, RespParse};
+use crate::forward::answer_text;
+use crate::h1::{self, Extra, Forwarded, ReqParse};
 use crate::server::{Front, LINGER};
 use crate::service::ServiceProxy;
-use crate::target::Target;
-use crate::upstream::Upstream;
 
+mod exchange;
+pub(crate) mod park;
 mod pool;
 mod rewind;
 
+use exchange::forward;
 use rewind::Rewind;
-
-/// An upstream response head larger than this is refused (502).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// A client stream the fast path serves.
 pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -66,11 +64,32 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_idle(&self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
         None
     }
+
+    /// Whether an idle connection can leave its task ([`park`]).
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    /// The plain TCP stream, to park; `Err(self)` for any other.
+    fn into_tcp(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ClientStream for TcpStream {
     fn poll_idle(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
         Some(self.poll_read_ready(cx))
+    }
+
+    fn parkable(&self) -> bool {
+        park::available()
+    }
+
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 
@@ -82,14 +101,15 @@ pub(crate) struct Handover {
     pub alive: mpsc::Sender<()>,
 }
 
-/// Serves one client connection on the fast path, until it ends or is
-/// handed to hyper.
+/// Serves one client connection on the fast path, until it ends, is
+/// handed to hyper, or is parked while idle ([`park`]; `resumed` when its
+/// task starts again, at reading its next request).
 ///
 /// Not an `async fn`: that would keep its arguments twice in the future
 /// (as arguments and as locals), and this future is what every idle
 /// connection holds (measured with `-Zprint-type-sizes`: 880 → 800 bytes,
 /// the task 1,152 → 1,024).
-#[allow(clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 pub(crate) fn serve<S: ClientStream>(
     mut io: S,
     peer: SocketAddr,
@@ -98,6 +118,7 @@ pub(crate) fn serve<S: ClientStream>(
     worker: usize,
     mut stop: watch::Receiver<bool>,
     hand: Handover,
+    resumed: bool,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let svc0 = front.routes.first().clone();
@@ -109,7 +130,7 @@ pub(crate) fn serve<S: ClientStream>(
         let max_head = svc0.settings.max_header_bytes.max(8192);
         // Bytes of the next request(s); capacity only while one is read.
         let mut buf: Vec<u8> = Vec::new();
-        let mut first = true;
+        let mut first = !resumed;
         let mut closing = false;
         loop {
             if buf.is_empty() {
@@ -122,9 +143,18 @@ pub(crate) fn serve<S: ClientStream>(
                 if closing {
                     until = until.min(Instant::now() + LINGER);
                 }
+                // Idle after a response: parked after a while, unless the
+                // connection is ending anyway.
+                let park_at = (!first && io.parkable())
+                    .then(|| Instant::now() + park::PARK_AFTER)
+                    .filter(|p| *p < until);
                 let ready = loop {
+                    let wake = match park_at {
+                        Some(p) if !closing => p,
+                        _ => until,
+                    };
                     tokio::select! {
-                        r = tokio::time::timeout_at(until, idle(&io)) => break r,
+                        r = tokio::time::timeout_at(wake, idle(&io)) => break r,
                         _ = stopped(&mut stop), if !closing => {
                             closing = true;
                             until = until.min(Instant::now() + LINGER);
@@ -134,6 +164,13 @@ pub(crate) fn serve<S: ClientStream>(
                 match ready {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
+                    Err(_) if park_at.is_some() && !closing && Instant::now() < until => {
+                        // Only TCP is parkable: the `Err` arm is never taken.
+                        if let Ok(tcp) = io.into_tcp() {
+                            park::park(tcp, peer, until, front, hand);
+                        }
+                        return;
+                    }
                     Err(_) => {
                         if first && !closing {
                             time_out(&mut io, &svc0).await;
@@ -259,6 +296,18 @@ pub(crate) fn serve<S: ClientStream>(
     }
 }
 
+/// Gives a parked connection its task again, on the current worker.
+fn resume(
+    io: TcpStream,
+    peer: SocketAddr,
+    front: Arc<Front>,
+    worker: usize,
+    stop: watch::Receiver<bool>,
+    hand: Handover,
+) {
+    tokio::spawn(serve(io, peer, false, front, worker, stop, hand, true));
+}
+
 trait SplitFront {
     /// Drops the first `n` bytes, keeping the allocation.
     fn split_off_front(self, n: usize) -> Self;
@@ -346,257 +395,4 @@ fn write_answer(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-}
-
-/// Why an exchange with a target gave no response.
-enum Missed {
-    /// Closed (or reset) before any byte of a response: the request may be
-    /// sent again if it is idempotent.
-    Closed,
-    /// Bytes arrived that are not a response to it.
-    Bad(&'static str),
-}
-
-/// Forwards one request (its upstream head in `out`) and relays the
-/// response to the client. Returns whether the client connection can carry
-/// another request.
-async fn forward<S: ClientStream>(
-    io: &mut S,
-    svc: &Arc<ServiceProxy>,
-    req: &h1::Req,
-    out: &mut Vec<u8>,
-    extra: &Extra,
-    worker: usize,
-) -> bool {
-    let started = std::time::Instant::now();
-    let table = svc.table_guard();
-    let mut tried = [0u64; MAX_ATTEMPTS];
-    let mut last = Failure::NoHealthyTarget;
-    let mut resent = false;
-    let mut ubuf = pool::take();
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 {
-            svc.stats.retries.fetch_add(1, Relaxed);
-        }
-        let Some(claim) = table.pick(svc.settings.balance, &svc.rr, &tried[..attempt]) else {
-            break;
-        };
-        tried[attempt] = claim.0.id;
-        let t = claim.0.clone();
-        let connected = tokio::select! {
-            c = connection(svc, &t, worker) => c,
-            _ = t.abandoned() => Err(()),
-        };
-        let Ok((mut up, reused)) = connected else {
-            last = Failure::Connect;
-            continue;
-        };
-        let got = tokio::select! {
-            r = tokio::time::timeout(
-                svc.settings.response_timeout,
-                exchange(&mut up, out, &mut ubuf, req.head_method, extra),
-            ) => Some(r),
-            // Its host was lost: no answer can come.
-            _ = t.abandoned() => None,
-        };
-        match got {
-            Some(Ok(Ok(resp))) => {
-                let kept = relay(io, up, svc, &t, resp, out, &mut ubuf, worker, started).await;
-                drop(claim);
-                pool::give(ubuf);
-                return kept && !extra.close;
-            }
-            Some(Err(_)) => {
-                last = Failure::Timeout;
-                svc.passive_failure(&t);
-                break;
-            }
-            Some(Ok(Err(Missed::Bad(why)))) => {
-                tracing::debug!(service = %svc.name, target = %t.name, why, "bad response from target");
-                last = Failure::Upstream;
-                svc.passive_failure(&t);
-                break;
-            }
-            None | Some(Ok(Err(Missed::Closed))) => {
-                last = Failure::Upstream;
-                // A pooled connection the target closed as we wrote is the
-                // keep-alive race, not a sign of a bad target.
-                if !reused || got.is_none() {
-                    svc.passive_failure(&t);
-                }
-                if !req.idempotent || resent {
-                    break;
-                }
-                resent = true;
-            }
-        }
-    }
-    pool::give(ubuf);
-    let why = failed(svc, last);
-    out.clear();
-    write_answer(
-        out,
-        last.status(),
-        last.code(),
-        &why,
-        extra.close,
-        extra.hsts,
-    );
-    tracing::debug!(service = %svc.name, status = last.status().as_u16(), why, "answered by proxy");
-    io.write_all(out).await.is_ok() && io.flush().await.is_ok()
-}
-
-/// A pooled connection of this worker, or a new one (`true`: reused).
-async fn connection(
-    svc: &ServiceProxy,
-    t: &Arc<Target>,
-    worker: usize,
-) -> Result<(Upstream, bool), ()> {
-    if let Some(c) = t.checkout_raw(worker) {
-        return Ok((c, true));
-    }
-    let dial = crate::upstream::dial(t.addr, svc.upstream.as_deref());
-    Ok((within_connect_timeout(svc, t, dial).await?, false))
-}
-
-/// Writes the request head and reads the response head (interim 1xx heads
-/// skipped). On success `ubuf` holds the head and the first body bytes and
-/// `out` the head for the client.
-async fn exchange(
-    up: &mut Upstream,
-    out: &mut Vec<u8>,
-    ubuf: &mut Vec<u8>,
-    head_method: bool,
-    extra: &Extra,
-) -> Result<h1::Resp, Missed> {
-    if up.write_all(out).await.is_err() || up.flush().await.is_err() {
-        return Err(Missed::Closed);
-    }
-    ubuf.clear();
-    let mut answered = false;
-    loop {
-        pool::room(ubuf);
-        match up.read_buf(ubuf).await {
-            Ok(0) | Err(_) if !answered && ubuf.is_empty() => return Err(Missed::Closed),
-            Ok(0) | Err(_) => return Err(Missed::Bad("closed in the middle of a response head")),
-            Ok(_) => answered = true,
-        }
-        loop {
-            match h1::parse_response(ubuf, head_method, extra, out) {
-                RespParse::Ready(r) => return Ok(r),
-                RespParse::Interim(n) => {
-                    ubuf.drain(..n);
-                }
-                RespParse::Bad(why) => return Err(Missed::Bad(why)),
-                RespParse::Partial if ubuf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Missed::Bad("response head too large"))
-                }
-                RespParse::Partial => break,
-            }
-        }
-    }
-}
-
-/// Relays the response whose head is in `out` and first bytes in `ubuf`.
-/// The upstream is read only after the client took what came before.
-#[allow(clippy::too_many_arguments)]
-async fn relay<S: ClientStream>(
-    io: &mut S,
-    mut up: Upstream,
-    svc: &ServiceProxy,
-    t: &Arc<Target>,
-    resp: h1::Resp,
-    out: &mut Vec<u8>,
-    ubuf: &mut Vec<u8>,
-    worker: usize,
-    started: std::time::Instant,
-) -> bool {
-    if resp.status >= 500 {
-        svc.passive_failure(t);
-    } else {
-        t.passive_ok();
-    }
-    let mut dec = Decoder::new(resp.framing);
-    let mut reusable = resp.reusable;
-    let mut at = resp.head_len;
-    let mut ok = true;
-    // Until a byte of the body decodes, a broken body sends nothing (the
-    // client sees the connection close, as with hyper, which writes a
-    // head only with the body's first bytes).
-    let head_only = out.len();
-    let mut sent = false;
-    loop {
-        match dec.decode(&ubuf[at..], out) {
-            Ok(n) => {
-                if dec.is_done() && at + n < ubuf.len() {
-                    // Bytes after the body: not a connection to trust again.
-                    reusable = false;
-                }
-                at += n;
-            }
-            Err(e) => {
-                tracing::debug!(target = %t.name, error = %e, "response body broken");
-                ok = false;
-                break;
-            }
-        }
-        if dec.is_done() {
-            break;
-        }
-        if (out.len() >= 16 * 1024 || at == ubuf.len()) && (sent || out.len() > head_only) {
-            if io.write_all(out).await.is_err() || io.flush().await.is_err() {
-                t.stats.record(resp.status, started.elapsed());
-                return false;
-            }
-            sent = true;
-            out.clear();
-        }
-        if at == ubuf.len() {
-            ubuf.clear();
-            at = 0;
-            pool::room(ubuf);
-            // As hyper does: the head goes out with the body's first bytes,
-            // or alone once the body must be waited for — so a body already
-            // known to be broken sends nothing at all.
-            let read = match up.read_buf(ubuf).now_or_never() {
-                Some(r) => r,
-                None => {
-                    if !sent && !out.is_empty() {
-                        if io.write_all(out).await.is_err() || io.flush().await.is_err() {
-                            t.stats.record(resp.status, started.elapsed());
-                            return false;
-                        }
-                        sent = true;
-                        out.clear();
-                    }
-                    up.read_buf(ubuf).await
-                }
-            };
-            match read {
-                Ok(0) => {
-                    if let Err(e) = dec.eof(out) {
-                        tracing::debug!(target = %t.name, error = %e, "response body cut");
-                        ok = false;
-                    }
-                    reusable = false;
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(target = %t.name, error = %e, "response body cut");
-                    ok = false;
-                    break;
-                }
-            }
-        }
-    }
-    if !ok && !sent && out.len() == head_only {
-        out.clear();
-    }
-    let wrote = out.is_empty() || (io.write_all(out).await.is_ok() && io.flush().await.is_ok());
-    t.stats.record(resp.status, started.elapsed());
-    if ok && reusable && dec.is_done() && resp.framing != Framing::Close {
-        t.checkin_raw(worker, up);
-    }
-    ok && wrote
 }

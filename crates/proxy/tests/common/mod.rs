@@ -309,6 +309,15 @@ impl TestProxy {
     }
 }
 
+impl TestProxy {
+    /// Starts the data plane's shutdown on a thread of its own (it joins
+    /// the workers); the handle ends when the shutdown has.
+    pub fn shutdown_in_background(&mut self) -> std::thread::JoinHandle<()> {
+        let s = self.server.take().expect("not shut down yet");
+        std::thread::spawn(move || s.shutdown())
+    }
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {

@@ -1,0 +1,274 @@
+//! One request's exchange with a target on the fast path: pick, connect
+//! (or take a pooled connection of this worker), write the request, read
+//! the response head, relay head and body to the client at the client's
+//! pace, and put the upstream connection back when it can be reused.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{pool, write_answer, ClientStream};
+use crate::error::Failure;
+use crate::forward::{failed, within_connect_timeout, MAX_ATTEMPTS};
+use crate::h1::{self, Decoder, Extra, Framing, RespParse};
+use crate::service::ServiceProxy;
+use crate::target::Target;
+use crate::upstream::Upstream;
+
+/// An upstream response head larger than this is refused (502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why an exchange with a target gave no response.
+enum Missed {
+    /// Closed (or reset) before any byte of a response: the request may be
+    /// sent again if it is idempotent.
+    Closed,
+    /// Bytes arrived that are not a response to it.
+    Bad(&'static str),
+}
+
+/// Forwards one request (its upstream head in `out`) and relays the
+/// response to the client. Returns whether the client connection can carry
+/// another request.
+pub(super) async fn forward<S: ClientStream>(
+    io: &mut S,
+    svc: &Arc<ServiceProxy>,
+    req: &h1::Req,
+    out: &mut Vec<u8>,
+    extra: &Extra,
+    worker: usize,
+) -> bool {
+    let started = std::time::Instant::now();
+    let table = svc.table_guard();
+    let mut tried = [0u64; MAX_ATTEMPTS];
+    let mut last = Failure::NoHealthyTarget;
+    let mut resent = false;
+    let mut ubuf = pool::take();
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            svc.stats.retries.fetch_add(1, Relaxed);
+        }
+        let Some(claim) = table.pick(svc.settings.balance, &svc.rr, &tried[..attempt]) else {
+            break;
+        };
+        tried[attempt] = claim.0.id;
+        let t = claim.0.clone();
+        let connected = tokio::select! {
+            c = connection(svc, &t, worker) => c,
+            _ = t.abandoned() => Err(()),
+        };
+        let Ok((mut up, reused)) = connected else {
+            last = Failure::Connect;
+            continue;
+        };
+        let got = tokio::select! {
+            r = tokio::time::timeout(
+                svc.settings.response_timeout,
+                exchange(&mut up, out, &mut ubuf, req.head_method, extra),
+            ) => Some(r),
+            // Its host was lost: no answer can come.
+            _ = t.abandoned() => None,
+        };
+        match got {
+            Some(Ok(Ok(resp))) => {
+                let kept = relay(io, up, svc, &t, resp, out, &mut ubuf, worker, started).await;
+                drop(claim);
+                pool::give(ubuf);
+                return kept && !extra.close;
+            }
+            Some(Err(_)) => {
+                last = Failure::Timeout;
+                svc.passive_failure(&t);
+                break;
+            }
+            Some(Ok(Err(Missed::Bad(why)))) => {
+                tracing::debug!(service = %svc.name, target = %t.name, why, "bad response from target");
+                last = Failure::Upstream;
+                svc.passive_failure(&t);
+                break;
+            }
+            None | Some(Ok(Err(Missed::Closed))) => {
+                last = Failure::Upstream;
+                // A pooled connection the target closed as we wrote is the
+                // keep-alive race, not a sign of a bad target.
+                if !reused || got.is_none() {
+                    svc.passive_failure(&t);
+                }
+                if !req.idempotent || resent {
+                    break;
+                }
+                resent = true;
+            }
+        }
+    }
+    pool::give(ubuf);
+    let why = failed(svc, last);
+    out.clear();
+    write_answer(
+        out,
+        last.status(),
+        last.code(),
+        &why,
+        extra.close,
+        extra.hsts,
+    );
+    tracing::debug!(service = %svc.name, status = last.status().as_u16(), why, "answered by proxy");
+    io.write_all(out).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// A pooled connection of this worker, or a new one (`true`: reused).
+async fn connection(
+    svc: &ServiceProxy,
+    t: &Arc<Target>,
+    worker: usize,
+) -> Result<(Upstream, bool), ()> {
+    if let Some(c) = t.checkout_raw(worker) {
+        return Ok((c, true));
+    }
+    let dial = crate::upstream::dial(t.addr, svc.upstream.as_deref());
+    Ok((within_connect_timeout(svc, t, dial).await?, false))
+}
+
+/// Writes the request head and reads the response head (interim 1xx heads
+/// skipped). On success `ubuf` holds the head and the first body bytes and
+/// `out` the head for the client.
+async fn exchange(
+    up: &mut Upstream,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    head_method: bool,
+    extra: &Extra,
+) -> Result<h1::Resp, Missed> {
+    if up.write_all(out).await.is_err() || up.flush().await.is_err() {
+        return Err(Missed::Closed);
+    }
+    ubuf.clear();
+    let mut answered = false;
+    loop {
+        pool::room(ubuf);
+        match up.read_buf(ubuf).await {
+            Ok(0) | Err(_) if !answered && ubuf.is_empty() => return Err(Missed::Closed),
+            Ok(0) | Err(_) => return Err(Missed::Bad("closed in the middle of a response head")),
+            Ok(_) => answered = true,
+        }
+        loop {
+            match h1::parse_response(ubuf, head_method, extra, out) {
+                RespParse::Ready(r) => return Ok(r),
+                RespParse::Interim(n) => {
+                    ubuf.drain(..n);
+                }
+                RespParse::Bad(why) => return Err(Missed::Bad(why)),
+                RespParse::Partial if ubuf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Missed::Bad("response head too large"))
+                }
+                RespParse::Partial => break,
+            }
+        }
+    }
+}
+
+/// Relays the response whose head is in `out` and first bytes in `ubuf`.
+/// The upstream is read only after the client took what came before.
+#[allow(clippy::too_many_arguments)]
+async fn relay<S: ClientStream>(
+    io: &mut S,
+    mut up: Upstream,
+    svc: &ServiceProxy,
+    t: &Arc<Target>,
+    resp: h1::Resp,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    worker: usize,
+    started: std::time::Instant,
+) -> bool {
+    if resp.status >= 500 {
+        svc.passive_failure(t);
+    } else {
+        t.passive_ok();
+    }
+    let mut dec = Decoder::new(resp.framing);
+    let mut reusable = resp.reusable;
+    let mut at = resp.head_len;
+    let mut ok = true;
+    // Until a byte of the body decodes, a broken body sends nothing (the
+    // client sees the connection close, as with hyper, which writes a
+    // head only with the body's first bytes).
+    let head_only = out.len();
+    let mut sent = false;
+    loop {
+        match dec.decode(&ubuf[at..], out) {
+            Ok(n) => {
+                if dec.is_done() && at + n < ubuf.len() {
+                    // Bytes after the body: not a connection to trust again.
+                    reusable = false;
+                }
+                at += n;
+            }
+            Err(e) => {
+                tracing::debug!(target = %t.name, error = %e, "response body broken");
+                ok = false;
+                break;
+            }
+        }
+        if dec.is_done() {
+            break;
+        }
+        if (out.len() >= 16 * 1024 || at == ubuf.len()) && (sent || out.len() > head_only) {
+            if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                t.stats.record(resp.status, started.elapsed());
+                return false;
+            }
+            sent = true;
+            out.clear();
+        }
+        if at == ubuf.len() {
+            ubuf.clear();
+            at = 0;
+            pool::room(ubuf);
+            // As hyper does: the head goes out with the body's first bytes,
+            // or alone once the body must be waited for — so a body already
+            // known to be broken sends nothing at all.
+            let read = match up.read_buf(ubuf).now_or_never() {
+                Some(r) => r,
+                None => {
+                    if !sent && !out.is_empty() {
+                        if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                            t.stats.record(resp.status, started.elapsed());
+                            return false;
+                        }
+                        sent = true;
+                        out.clear();
+                    }
+                    up.read_buf(ubuf).await
+                }
+            };
+            match read {
+                Ok(0) => {
+                    if let Err(e) = dec.eof(out) {
+                        tracing::debug!(target = %t.name, error = %e, "response body cut");
+                        ok = false;
+                    }
+                    reusable = false;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(target = %t.name, error = %e, "response body cut");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !ok && !sent && out.len() == head_only {
+        out.clear();
+    }
+    let wrote = out.is_empty() || (io.write_all(out).await.is_ok() && io.flush().await.is_ok());
+    t.stats.record(resp.status, started.elapsed());
+    if ok && reusable && dec.is_done() && resp.framing != Framing::Close {
+        t.checkin_raw(worker, up);
+    }
+    ok && wrote
+}
