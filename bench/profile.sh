@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Where a proxy's time goes: CPU per request and syscalls per request for
-# handoff (fast path on and off) and nginx, same upstream, same load.
+# handoff (fast path on and off), nginx and HAProxy, same upstream, same
+# load.
 #
 #   bench/profile.sh                  # DURATION=8 CONNS=64
 #   PERF=1 bench/profile.sh           # also `perf record -g` of handoff's
@@ -19,6 +20,7 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v strace >/dev/null || need+=(strace)
+command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
 fi
@@ -28,12 +30,12 @@ W=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in up ng; do [ -f "$W/$f.pid" ] && kill "$(cat "$W/$f.pid")" 2>/dev/null || true; done
+  for f in up ng ha; do [ -f "$W/$f.pid" ] && kill "$(cat "$W/$f.pid")" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
-UP=18990; FAST=18991; HYPER=18992; NGINX=18993
+UP=18990; FAST=18991; HYPER=18992; NGINX=18993; HAPROXY=18994
 
 cat > "$W/up.conf" <<C
 worker_processes $CORES;
@@ -55,6 +57,25 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
 nginx -c "$W/ng.conf" -p "$W"
+# As bench/proxy.sh runs it.
+cat > "$W/ha.cfg" <<C
+global
+  nbthread $CORES
+  maxconn 4000
+  pidfile $W/ha.pid
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY
+  default_backend be
+backend be
+  server s1 127.0.0.1:$UP
+C
+haproxy -D -f "$W/ha.cfg"
 for mode in fast hyper; do
   port=$FAST; [ $mode = hyper ] && port=$HYPER
   on=true; [ $mode = hyper ] && on=false
@@ -84,11 +105,12 @@ ticks() { # summed utime+stime of the given pids, in clock ticks
 }
 HZ=$(getconf CLK_TCK)
 printf '%-14s %10s %12s %14s %16s\n' proxy req/s requests cpu_us/req syscalls/req
-for name in handoff hyper nginx; do
+for name in handoff hyper nginx haproxy; do
   case $name in
     handoff) port=$FAST; ps="$(cat "$W/fast.pid")";;
     hyper) port=$HYPER; ps="$(cat "$W/hyper.pid")";;
     nginx) port=$NGINX; ps="$(ng_pids)";;
+    haproxy) port=$HAPROXY; ps="$(cat "$W/ha.pid")";;
   esac
   wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
   # shellcheck disable=SC2086

@@ -121,6 +121,7 @@ pub(crate) fn serve<S: ClientStream>(
     resumed: bool,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        let _live = park::Live::new();
         let svc0 = front.routes.first().clone();
         let fwd = Forwarded {
             peer: peer.ip(),

@@ -25,6 +25,13 @@
 //! idle period longer than [`PARK_AFTER`]: nothing beside a client's think
 //! time. TLS connections are not parked (rustls holds their state).
 //!
+//! While any connection of the worker is in its task, the parker also
+//! keeps a timer of its own due within [`AHEAD`]. tokio wakes its runtime
+//! (a write to its eventfd) whenever a newly armed timer is due before
+//! every other, and the [`PARK_AFTER`] deadline each request arms was
+//! often that one: 0.43 writes per request, measured with `strace -c`,
+//! none with this timer.
+//!
 //! glibc keeps the freed tasks' memory in its arenas; after a batch of
 //! parks the parker gives it back (`malloc_trim`), at most once a second.
 
@@ -55,6 +62,10 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Parks between two returns of memory to the system.
 const TRIM_BATCH: usize = 256;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// The parker's own timer is due within this, ahead of any connection's
+/// [`PARK_AFTER`] (see the module docs).
+const AHEAD: Duration = Duration::from_millis(100);
 
 /// Events taken per `epoll_wait`.
 const BATCH: usize = 256;
@@ -127,6 +138,33 @@ pub(crate) struct Parker {
 thread_local! {
     /// This worker thread's parker (none outside the workers).
     static PARKER: std::cell::RefCell<Option<Arc<Parker>>> = const { std::cell::RefCell::new(None) };
+    /// Fast-path connections of this worker in their tasks.
+    static LIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a connection's task while it lives (see [`AHEAD`]).
+pub(super) struct Live;
+
+impl Live {
+    pub(super) fn new() -> Live {
+        let was = LIVE.get();
+        LIVE.set(was + 1);
+        if was == 0 {
+            // The parker may be asleep without its timer.
+            PARKER.with(|c| {
+                if let Some(p) = &*c.borrow() {
+                    p.poke.notify_one();
+                }
+            })
+        }
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.set(LIVE.get().saturating_sub(1));
+    }
 }
 
 /// Starts this worker's parker; called on the worker's runtime. Without
@@ -250,6 +288,7 @@ impl Parker {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
         let mut last_sweep = Instant::now();
         let mut last_trim = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             let (due, trim) = {
                 let s = self.lock();
@@ -257,6 +296,7 @@ impl Parker {
             };
             let sweep_at = due.map(|d| d.max(last_sweep + SWEEP_EVERY));
             let trim_at = trim.then(|| last_trim + TRIM_EVERY);
+            let tick_at = (LIVE.get() > 0).then(|| last_tick + AHEAD);
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 r = self.epoll.readable() => {
@@ -296,6 +336,9 @@ impl Parker {
                     last_trim = Instant::now();
                     self.lock().parked_since_trim = 0;
                     trim_memory();
+                }
+                _ = tokio::time::sleep_until(tick_at.unwrap_or(far)), if tick_at.is_some() => {
+                    last_tick = Instant::now();
                 }
                 _ = self.poke.notified() => {}
                 _ = stop.wait_for(|s| *s) => {
