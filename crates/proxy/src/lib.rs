@@ -4,9 +4,13 @@
 //! deployment invariants need from a load balancer:
 //!
 //! ```text
-//! client ──► server.rs (per-worker SO_REUSEPORT listener, io.rs timers/guard)
-//!              └─► forward.rs: table.load() → pick healthy target → pooled
-//!                  upstream conn (target.rs) → relay, retry, metrics
+//! client ──► server.rs (per-worker SO_REUSEPORT listener)
+//!              ├─► fast/: handoff's own HTTP/1 loop (most requests); idle
+//!              │   connections parked without a task (fast/park.rs)
+//!              └─► forward.rs via hyper (io.rs timers/guard): the rest
+//!                  both: table.load() → pick healthy target → pooled
+//!                  upstream conn, oldest first (target.rs, idle.rs) →
+//!                  relay, retry, metrics
 //! control ──► service.rs: add_target / set_weights / drain / remove
 //!              └─► builds a new RoutingTable (table.rs), swaps it whole
 //! health.rs ──► active probes + passive ejection → Target state (atomic CAS)
@@ -26,6 +30,7 @@ mod forward;
 mod h1;
 pub mod health;
 pub mod http01;
+mod idle;
 mod io;
 pub mod metrics;
 pub mod route;

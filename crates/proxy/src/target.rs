@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::body::ReqBody;
 use crate::events::TargetEvent;
 use crate::health::LastCheck;
+use crate::idle::IdlePool;
 use crate::metrics::TargetStats;
 use crate::upstream::Upstream;
 
@@ -86,29 +87,12 @@ pub struct Target {
     gone: Notify,
     /// Idle upstream connections, one shard per proxy worker so that a worker
     /// only touches connections whose tasks live on its own runtime.
-    pools: Box<[Mutex<Vec<Idle>>]>,
+    pools: Box<[Mutex<IdlePool<SendRequest<ReqBody>>>]>,
     /// The fast path's idle connections: bare sockets, no buffer held.
-    raw_pools: Box<[Mutex<Vec<IdleRaw>>]>,
+    raw_pools: Box<[Mutex<IdlePool<Upstream>>]>,
     pub stats: TargetStats,
     events: broadcast::Sender<TargetEvent>,
 }
-
-struct Idle {
-    conn: SendRequest<ReqBody>,
-    since: Instant,
-}
-
-struct IdleRaw {
-    conn: Upstream,
-    since: Instant,
-}
-
-/// Idle upstream connections older than this are dropped rather than reused,
-/// well under the keep-alive timeout of common servers (nginx: 75 s).
-const POOL_IDLE_MAX: Duration = Duration::from_secs(50);
-/// Enough that a worker at high concurrency never churns connections (the
-/// lesson of kamal-proxy's 100, in PEERS.md).
-const POOL_MAX_PER_WORKER: usize = 1024;
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,10 +137,10 @@ impl Target {
             lost: std::sync::atomic::AtomicBool::new(false),
             gone: Notify::new(),
             pools: (0..workers.max(1))
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| Mutex::new(IdlePool::default()))
                 .collect(),
             raw_pools: (0..workers.max(1))
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| Mutex::new(IdlePool::default()))
                 .collect(),
             stats: TargetStats::default(),
             events,
@@ -426,16 +410,12 @@ impl Target {
         }
     }
 
-    /// Takes a live idle connection made by this worker, newest first.
+    /// Takes a live idle connection made by this worker, oldest first
+    /// (see [`crate::idle`]).
     pub(crate) fn checkout(&self, worker: usize) -> Option<SendRequest<ReqBody>> {
         let shard = self.pools.get(worker)?;
         let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(i) = idle.pop() {
-            if !i.conn.is_closed() && i.since.elapsed() < POOL_IDLE_MAX {
-                return Some(i.conn);
-            }
-        }
-        None
+        idle.take(Instant::now(), |c| !c.is_closed())
     }
 
     /// Returns a connection for reuse, unless the target left service: a
@@ -446,27 +426,17 @@ impl Target {
         }
         if let Some(shard) = self.pools.get(worker) {
             let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_MAX_PER_WORKER {
-                idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
-            }
+            idle.put(conn, Instant::now());
         }
     }
 
-    /// Takes a live idle fast-path connection made by this worker, newest
-    /// first. One the target closed meanwhile is dropped here, before a
-    /// request is written into it.
+    /// Takes a live idle fast-path connection made by this worker, oldest
+    /// first (see [`crate::idle`]). One the target closed meanwhile is
+    /// dropped here, before a request is written into it.
     pub(crate) fn checkout_raw(&self, worker: usize) -> Option<Upstream> {
         let shard = self.raw_pools.get(worker)?;
         let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut i) = idle.pop() {
-            if i.since.elapsed() < POOL_IDLE_MAX && i.conn.alive() {
-                return Some(i.conn);
-            }
-        }
-        None
+        idle.take(Instant::now(), |c| c.alive())
     }
 
     /// [`Self::checkin`] for the fast path.
@@ -476,18 +446,13 @@ impl Target {
         }
         if let Some(shard) = self.raw_pools.get(worker) {
             let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_MAX_PER_WORKER {
-                idle.push(IdleRaw {
-                    conn,
-                    since: Instant::now(),
-                });
-            }
+            idle.put(conn, Instant::now());
         }
     }
 
     /// Idle pooled upstream connections to this target, across workers.
     pub fn idle_connections(&self) -> usize {
-        fn count<T>(p: &[Mutex<Vec<T>>]) -> usize {
+        fn count<T>(p: &[Mutex<IdlePool<T>>]) -> usize {
             p.iter()
                 .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
                 .sum()

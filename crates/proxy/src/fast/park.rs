@@ -339,6 +339,7 @@ impl Parker {
                 }
                 _ = tokio::time::sleep_until(tick_at.unwrap_or(far)), if tick_at.is_some() => {
                     last_tick = Instant::now();
+                    if std::env::var_os("HANDOFF_DEBUG_LIVE").is_some() { eprintln!("DEBUG worker {} live {}", self.worker, LIVE.get()); }
                 }
                 _ = self.poke.notified() => {}
                 _ = stop.wait_for(|s| *s) => {
