@@ -89,7 +89,7 @@ targets = ["127.0.0.1:$UP"]
 cert = "$W/cert.pem"
 key = "$W/key.pem"
 C
-HANDOFF_LOG=warn "$BIN" serve -c "$W/handoff.toml" > "$W/handoff.out" 2>&1 &
+HANDOFF_LOG=warn setsid "$BIN" serve -c "$W/handoff.toml" > "$W/handoff.out" 2>&1 &
 for _ in $(seq 1 100); do
   curl -skf "https://127.0.0.1:$HANDOFF/" >/dev/null 2>&1 && break
   sleep 0.1

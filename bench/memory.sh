@@ -59,7 +59,7 @@ targets = ["127.0.0.1:$UP"]
 [services.bench.proxy]
 idle_timeout = "300s"
 C
-HANDOFF_LOG=warn "$BIN" serve -c "$W/h.toml" >/dev/null 2>&1 &
+HANDOFF_LOG=warn setsid "$BIN" serve -c "$W/h.toml" >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$HANDOFF/" >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -71,7 +71,10 @@ measure() { # name port pids...
   local before; before=$(rss_of "$@")
   exec 3> >(python3 bench/idle_client.py "$port" "$CONNS" "$MODE" > "$W/$name.ready")
   for _ in $(seq 1 600); do grep -q ready "$W/$name.ready" 2>/dev/null && break; sleep 0.2; done
-  sleep 1
+  # Idle for 2 s before measuring, both proxies alike: handoff parks a
+  # connection after 250 ms of silence and returns freed memory at most
+  # once a second (crates/proxy/src/fast/park.rs).
+  sleep 2
   local after; after=$(rss_of "$@")
   echo "$name: $(cat "$W/$name.ready") idle connections; RSS ${before} kB before, ${after} kB with them ($(( (after - before) * 1024 / CONNS )) bytes per connection)" >&2
   exec 3>&-

@@ -90,7 +90,7 @@ targets = ["127.0.0.1:$UP"]
 [services.bench.proxy]
 fast_path = $on
 C
-  HANDOFF_LOG=warn "$BIN" serve -c "$W/$mode.toml" > "$W/$mode.out" 2>&1 &
+  HANDOFF_LOG=warn setsid "$BIN" serve -c "$W/$mode.toml" > "$W/$mode.out" 2>&1 &
   pids+=($!)
   echo $! > "$W/$mode.pid"
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done

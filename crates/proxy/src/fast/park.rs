@@ -84,7 +84,6 @@ struct Slots {
     /// By slot; the generation tells a slot's new tenant from an old one.
     all: Vec<(u32, Option<Parked>)>,
     free: Vec<u32>,
-    len: usize,
     /// The earliest idle deadline among those parked (maybe earlier: it is
     /// exact after each sweep, and only lowered in between).
     next_due: Option<Instant>,
@@ -95,7 +94,6 @@ struct Slots {
 impl Slots {
     fn insert(&mut self, p: Parked) -> u64 {
         gauge(&p).fetch_add(1, Relaxed);
-        self.len += 1;
         self.parked_since_trim += 1;
         self.next_due = Some(self.next_due.map_or(p.until, |d| d.min(p.until)));
         let i = match self.free.pop() {
@@ -120,7 +118,6 @@ impl Slots {
         let p = slot.1.take()?;
         gauge(&p).fetch_sub(1, Relaxed);
         self.free.push(i as u32);
-        self.len -= 1;
         Some(p)
     }
 }
@@ -339,14 +336,12 @@ impl Parker {
                 }
                 _ = tokio::time::sleep_until(tick_at.unwrap_or(far)), if tick_at.is_some() => {
                     last_tick = Instant::now();
-                    if std::env::var_os("HANDOFF_DEBUG_LIVE").is_some() { eprintln!("DEBUG worker {} live {}", self.worker, LIVE.get()); }
                 }
                 _ = self.poke.notified() => {}
                 _ = stop.wait_for(|s| *s) => {
                     let all: Vec<Parked> = {
                         let mut s = self.lock();
                         s.stopping = true;
-                        s.len = 0;
                         s.next_due = None;
                         s.free.clear();
                         s.all.drain(..).filter_map(|(_, p)| p).collect()
