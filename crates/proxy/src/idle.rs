@@ -30,6 +30,9 @@ const MAX_IDLE: Duration = Duration::from_secs(50);
 /// See the module docs.
 pub(crate) const FRESH: Duration = Duration::from_secs(1);
 
+/// Stale connections closed by one [`IdlePool::take`], at most.
+const CLOSE_PER_TAKE: usize = 16;
+
 /// Enough that a worker at high concurrency never churns connections (the
 /// lesson of kamal-proxy's 100, in PEERS.md).
 const MAX_PER_WORKER: usize = 1024;
@@ -55,9 +58,14 @@ impl<C> IdlePool<C> {
         now: Instant,
         mut usable: impl FnMut(&mut C) -> bool,
     ) -> Option<C> {
+        let mut closed = 0;
         while let Some((mut c, since)) = self.idle.pop_front() {
             let idle = now.saturating_duration_since(since);
-            if idle >= MAX_IDLE || (idle >= FRESH && !self.idle.is_empty()) {
+            // At most CLOSE_PER_TAKE stale ones closed per request: after a
+            // burst the rest go over the next requests, not all in one.
+            let stale = idle >= FRESH && !self.idle.is_empty() && closed < CLOSE_PER_TAKE;
+            if idle >= MAX_IDLE || stale {
+                closed += 1;
                 continue;
             }
             if usable(&mut c) {
@@ -118,6 +126,17 @@ mod tests {
         let mut p = pool(&[fresh + 500, fresh + 10, 5], now);
         assert_eq!(p.take(now, |_| true), Some(2));
         assert_eq!(p.len(), 0, "the two stale ones were dropped");
+    }
+
+    #[test]
+    fn a_burst_surplus_is_closed_a_few_per_request() {
+        let now = Instant::now();
+        let fresh = FRESH.as_millis() as u64;
+        let ages: Vec<u64> = (0..40).map(|i| fresh + 1000 - i).collect();
+        let mut p = pool(&ages, now);
+        // The 17th oldest is used (stale but alive); 16 were closed.
+        assert_eq!(p.take(now, |_| true), Some(CLOSE_PER_TAKE as u32));
+        assert_eq!(p.len(), 40 - CLOSE_PER_TAKE - 1);
     }
 
     #[test]

@@ -343,7 +343,7 @@ async fn accept_loop(
             let Some(tls) = front.tls.clone() else {
                 if fast {
                     let hand = Handover { builder, alive };
-                    fast::serve(stream, peer, false, front, worker, stop, hand, false).await;
+                    fast::serve(stream, peer, false, front, worker, stop, hand, None).await;
                 } else {
                     Box::pin(serve_conn(
                         stream, peer, false, front, builder, worker, stop, alive,
@@ -360,7 +360,7 @@ async fn accept_loop(
                     // HTTP/2 (by ALPN) is hyper's.
                     Ok(Ok(s)) if fast && s.get_ref().1.alpn_protocol() != Some(b"h2") => {
                         let hand = Handover { builder, alive };
-                        fast::serve(s, peer, true, front, worker, stop, hand, false).await;
+                        fast::serve(s, peer, true, front, worker, stop, hand, None).await;
                     }
                     Ok(Ok(s)) => {
                         Box::pin(serve_conn(

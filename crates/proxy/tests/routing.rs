@@ -343,10 +343,20 @@ async fn the_service_request_total_keeps_what_removed_targets_answered() {
     let aid = p.add_default(&a);
     p.add_default(&b);
     p.wait_healthy(2).await;
+    // An answer is counted once its last byte is written: the client may
+    // have read it a moment before.
+    let svc = p.svc.clone();
     tally(p.addr, 20).await;
-    assert_eq!(p.svc.requests_total(), 20);
+    wait_for("20 counted", Duration::from_secs(5), || {
+        svc.requests_total() == 20
+    })
+    .await;
     p.svc.remove(aid, Duration::from_secs(1)).await.unwrap();
     assert_eq!(p.svc.requests_total(), 20, "a's answers went with it");
     tally(p.addr, 5).await;
+    wait_for("25 counted", Duration::from_secs(5), || {
+        svc.requests_total() == 25
+    })
+    .await;
     assert_eq!(p.svc.requests_total(), 25);
 }

@@ -102,8 +102,9 @@ pub(crate) struct Handover {
 }
 
 /// Serves one client connection on the fast path, until it ends, is
-/// handed to hyper, or is parked while idle ([`park`]; `resumed` when its
-/// task starts again, at reading its next request).
+/// handed to hyper, or is parked while idle ([`park`]; `resumed` carries
+/// its idle deadline when its task starts again, at reading its next
+/// request).
 ///
 /// Not an `async fn`: that would keep its arguments twice in the future
 /// (as arguments and as locals), and this future is what every idle
@@ -118,7 +119,7 @@ pub(crate) fn serve<S: ClientStream>(
     worker: usize,
     mut stop: watch::Receiver<bool>,
     hand: Handover,
-    resumed: bool,
+    resumed: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _live = park::Live::new();
@@ -131,7 +132,9 @@ pub(crate) fn serve<S: ClientStream>(
         let max_head = svc0.settings.max_header_bytes.max(8192);
         // Bytes of the next request(s); capacity only while one is read.
         let mut buf: Vec<u8> = Vec::new();
-        let mut first = !resumed;
+        let mut first = resumed.is_none();
+        // A deadline that outlives one wait: a resumed connection's.
+        let mut idle_until = resumed;
         let mut closing = false;
         loop {
             if buf.is_empty() {
@@ -139,7 +142,9 @@ pub(crate) fn serve<S: ClientStream>(
                 let mut until = if first {
                     accepted + svc0.settings.header_timeout
                 } else {
-                    Instant::now() + svc0.settings.idle_timeout
+                    idle_until
+                        .take()
+                        .unwrap_or_else(|| Instant::now() + svc0.settings.idle_timeout)
                 };
                 if closing {
                     until = until.min(Instant::now() + LINGER);
@@ -166,6 +171,15 @@ pub(crate) fn serve<S: ClientStream>(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) if park_at.is_some() && !closing && Instant::now() < until => {
+                        let stopping = *stop.borrow();
+                        if stopping || !park::available() {
+                            // A stop came with the park timer (the parker
+                            // may be gone already): wait on here, as any
+                            // idle connection does on a stop.
+                            closing = stopping;
+                            idle_until = Some(until);
+                            continue;
+                        }
                         // Only TCP is parkable: the `Err` arm is never taken.
                         if let Ok(tcp) = io.into_tcp() {
                             park::park(tcp, peer, until, front, hand);
@@ -305,8 +319,18 @@ fn resume(
     worker: usize,
     stop: watch::Receiver<bool>,
     hand: Handover,
+    until: Instant,
 ) {
-    tokio::spawn(serve(io, peer, false, front, worker, stop, hand, true));
+    tokio::spawn(serve(
+        io,
+        peer,
+        false,
+        front,
+        worker,
+        stop,
+        hand,
+        Some(until),
+    ));
 }
 
 trait SplitFront {

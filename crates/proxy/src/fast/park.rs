@@ -25,6 +25,10 @@
 //! idle period longer than [`PARK_AFTER`]: nothing beside a client's think
 //! time. TLS connections are not parked (rustls holds their state).
 //!
+//! The parker and `LIVE` are per thread: this relies on each worker being
+//! one current-thread runtime (`server::worker`), so a connection's task,
+//! its parker and its resumed task all run on that one thread.
+//!
 //! While any connection of the worker is in its task, the parker also
 //! keeps a timer of its own due within [`AHEAD`]. tokio wakes its runtime
 //! (a write to its eventfd) whenever a newly armed timer is due before
@@ -274,7 +278,15 @@ impl Parker {
     fn resume(&self, p: Parked) {
         let _ = ctl(self.fd(), libc::EPOLL_CTL_DEL, p.stream.as_raw_fd(), 0, 0);
         match TcpStream::from_std(p.stream) {
-            Ok(s) => super::resume(s, p.peer, p.front, self.worker, self.stop.clone(), p.hand),
+            Ok(s) => super::resume(
+                s,
+                p.peer,
+                p.front,
+                self.worker,
+                self.stop.clone(),
+                p.hand,
+                p.until,
+            ),
             Err(e) => {
                 tracing::debug!(peer = %p.peer, error = %e, "cannot resume a parked connection; closing it")
             }
@@ -296,48 +308,11 @@ impl Parker {
             let tick_at = (LIVE.get() > 0).then(|| last_tick + AHEAD);
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
-                r = self.epoll.readable() => {
-                    let Ok(mut ready) = r else {
-                        // The reactor is gone: the runtime is ending.
-                        return;
-                    };
-                    loop {
-                        // SAFETY: `events` has room for `BATCH` entries.
-                        let n = unsafe {
-                            libc::epoll_wait(self.fd(), events.as_mut_ptr(), BATCH as i32, 0)
-                        };
-                        if n < 0 {
-                            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                                continue;
-                            }
-                            break;
-                        }
-                        for ev in &events[..n as usize] {
-                            let key = ev.u64;
-                            let p = self.lock().take(key);
-                            if let Some(p) = p {
-                                self.resume(p);
-                            }
-                        }
-                        if (n as usize) < BATCH {
-                            ready.clear_ready();
-                            break;
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(sweep_at.unwrap_or(far)), if sweep_at.is_some() => {
-                    last_sweep = Instant::now();
-                    self.sweep(last_sweep);
-                }
-                _ = tokio::time::sleep_until(trim_at.unwrap_or(far)), if trim_at.is_some() => {
-                    last_trim = Instant::now();
-                    self.lock().parked_since_trim = 0;
-                    trim_memory();
-                }
-                _ = tokio::time::sleep_until(tick_at.unwrap_or(far)), if tick_at.is_some() => {
-                    last_tick = Instant::now();
-                }
-                _ = self.poke.notified() => {}
+                // In this order: a stop first (rare, and never starved by
+                // a stream of wake-ups); then readiness, so a request that
+                // came as its connection's deadline passed is served, not
+                // cut by the sweep.
+                biased;
                 _ = stop.wait_for(|s| *s) => {
                     let all: Vec<Parked> = {
                         let mut s = self.lock();
@@ -355,6 +330,45 @@ impl Parker {
                     PARKER.with(|c| c.borrow_mut().take());
                     return;
                 }
+                r = self.epoll.readable() => {
+                    let Ok(mut ready) = r else {
+                        // The reactor is gone: the runtime is ending.
+                        return;
+                    };
+                    // One batch per turn: a stop, sweep or other task
+                    // gets its turn between batches.
+                    // SAFETY: `events` has room for `BATCH` entries.
+                    let r = unsafe {
+                        libc::epoll_wait(self.fd(), events.as_mut_ptr(), BATCH as i32, 0)
+                    };
+                    // An error (EINTR) leaves the readiness set: tried again.
+                    let n = usize::try_from(r).unwrap_or(BATCH);
+                    let n_events = if r < 0 { 0 } else { n };
+                    for ev in &events[..n_events] {
+                        let key = ev.u64;
+                        let p = self.lock().take(key);
+                        if let Some(p) = p {
+                            self.resume(p);
+                        }
+                    }
+                    if n < BATCH {
+                        // Nothing left.
+                        ready.clear_ready();
+                    }
+                }
+                _ = tokio::time::sleep_until(sweep_at.unwrap_or(far)), if sweep_at.is_some() => {
+                    last_sweep = Instant::now();
+                    self.sweep(last_sweep);
+                }
+                _ = tokio::time::sleep_until(trim_at.unwrap_or(far)), if trim_at.is_some() => {
+                    last_trim = Instant::now();
+                    self.lock().parked_since_trim = 0;
+                    trim_memory();
+                }
+                _ = tokio::time::sleep_until(tick_at.unwrap_or(far)), if tick_at.is_some() => {
+                    last_tick = Instant::now();
+                }
+                _ = self.poke.notified() => {}
             }
         }
     }
