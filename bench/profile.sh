@@ -13,6 +13,7 @@
 # counts per request are what matter, not the rate). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 CORES=$(nproc)
@@ -57,24 +58,7 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
 nginx -c "$W/ng.conf" -p "$W"
-# As bench/proxy.sh runs it.
-cat > "$W/ha.cfg" <<C
-global
-  nbthread $CORES
-  maxconn 4000
-  pidfile $W/ha.pid
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAPROXY
-  default_backend be
-backend be
-  server s1 127.0.0.1:$UP
-C
+haproxy_cfg "$W/ha.cfg" "$HAPROXY" "$UP" "pidfile $W/ha.pid"
 haproxy -D -f "$W/ha.cfg"
 for mode in fast hyper; do
   port=$FAST; [ $mode = hyper ] && port=$HYPER

@@ -12,6 +12,7 @@
 # Everything listens on 127.0.0.1 only. Figures, never pass/fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-10}
 REPS=${REPS:-2}
 CONNS=${CONNS:-"64 256"}
@@ -82,23 +83,7 @@ http {
 C
 nginx -c "$W/ng.conf" -p "$W"
 
-cat > "$W/ha.cfg" <<C
-global
-  nbthread $CORES
-  maxconn 4000
-  pidfile $W/ha.pid
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAPROXY
-  default_backend be
-backend be
-  server s1 127.0.0.1:$UP
-C
+haproxy_cfg "$W/ha.cfg" "$HAPROXY" "$UP" "pidfile $W/ha.pid"
 haproxy -D -f "$W/ha.cfg"
 
 cat > "$W/handoff.toml" <<C

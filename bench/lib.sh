@@ -1,0 +1,24 @@
+# Shared by the bench scripts (sourced, not run).
+
+# haproxy_cfg FILE LISTEN_PORT UPSTREAM_PORT GLOBAL_LINE: HAProxy as every
+# benchmark runs it (one thread per core, connection reuse to the upstream);
+# GLOBAL_LINE adds one setting to `global` (a pidfile, a stats socket).
+haproxy_cfg() {
+  cat > "$1" <<C
+global
+  nbthread $(nproc)
+  maxconn 4000
+  $4
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$2
+  default_backend be
+backend be
+  server s1 127.0.0.1:$3
+C
+}
