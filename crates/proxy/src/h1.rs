@@ -3,14 +3,18 @@
 //!
 //! - [`parse_request`] reads a client's request head and, in the same pass,
 //!   writes the head to send upstream (hop-by-hop fields dropped,
-//!   `X-Forwarded-*` added). Anything the fast path does not take (a body,
-//!   an upgrade, HTTP/1.0, HTTP/2, a malformed head) is *declined*: the
-//!   connection then goes to hyper, which answers it as it always has.
+//!   `X-Forwarded-*` added), and says how its body is framed: none, small
+//!   (sent with the head) or streamed ([`Req::stream`]). Anything the fast
+//!   path does not take (an upgrade, `Expect`, HTTP/1.0, HTTP/2, a length
+//!   or transfer coding it would have to judge, a malformed head) is
+//!   *declined*: the connection then goes to hyper, which answers it as it
+//!   always has.
 //! - [`parse_response`] reads an upstream response head, decides its
 //!   framing (RFC 9112 §6.3) and writes the head for the client.
-//! - [`Decoder`] reads the response body in any split and writes it out in
-//!   the client's framing: a length stays a length; chunked and
-//!   close-delimited bodies go out chunked.
+//! - [`Decoder`] reads a body in any split and writes it out again: a
+//!   length stays a length; chunked and close-delimited bodies go out
+//!   chunked. Response bodies go through it to the client, streamed request
+//!   bodies to the target.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -23,7 +27,7 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// A request body up to this length (by `Content-Length`) is read whole and
-/// sent with its head; a longer one is streamed by hyper's path.
+/// sent with its head; a longer or chunked one is streamed after it.
 pub(crate) const MAX_SMALL_BODY: usize = 16 * 1024;
 
 /// What a client connection adds to each request it forwards.
@@ -53,25 +57,27 @@ pub(crate) struct Req {
     pub head_method: bool,
     /// The client asked to close after this request.
     pub close: bool,
-    /// Bytes of body after the head (`Content-Length`, at most
-    /// [`MAX_SMALL_BODY`]).
+    /// Bytes of body after the head, sent with it (`Content-Length`, at
+    /// most [`MAX_SMALL_BODY`]).
     pub body: usize,
+    /// A body streamed after the head instead: a longer `Content-Length`
+    /// ([`Framing::Length`]) or `Transfer-Encoding: chunked`.
+    pub stream: Option<Framing>,
 }
 
 /// A `Content-Length` the fast path takes: digits in their shortest form
-/// (anything else is hyper's to judge) and at most [`MAX_SMALL_BODY`].
-fn small_length(v: &[u8]) -> Option<usize> {
+/// (anything else is hyper's to judge), at most 18 of them (no overflow).
+fn canonical_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     let canonical = !v.is_empty()
-        && v.len() <= 5
+        && v.len() <= 18
         && v.iter().all(u8::is_ascii_digit)
         && (v[0] != b'0' || v.len() == 1);
-    let n: usize = std::str::from_utf8(v)
+    std::str::from_utf8(v)
         .ok()
         .filter(|_| canonical)?
         .parse()
-        .ok()?;
-    (n <= MAX_SMALL_BODY).then_some(n)
+        .ok()
 }
 
 fn offset(buf: &[u8], s: &[u8]) -> Range<usize> {
@@ -139,30 +145,40 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
     let tokens = connection_tokens(r.headers);
     let mut host = None;
     let mut hosts = 0;
-    let mut lengths = 0;
-    let mut body = 0;
+    let mut length = None;
+    let mut chunked = false;
     for h in r.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(h.value);
         } else if n.eq_ignore_ascii_case("content-length") {
-            // A large body, or a length we would have to judge: hyper's
-            // path, with its streaming and framing checks, takes it.
-            lengths += 1;
-            match small_length(h.value) {
-                Some(n) if lengths == 1 => body = n,
+            // A second length, or one we would have to judge: hyper's
+            // path, with its framing checks, takes it.
+            match canonical_length(h.value) {
+                Some(n) if length.is_none() => length = Some(n),
                 _ => return ReqParse::Decline,
             }
-        } else if n.eq_ignore_ascii_case("transfer-encoding")
-            || n.eq_ignore_ascii_case("upgrade")
-            || n.eq_ignore_ascii_case("expect")
-        {
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            // Only a lone `chunked`: other codings, or a list, are hyper's.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return ReqParse::Decline;
+            }
+            chunked = true;
+        } else if n.eq_ignore_ascii_case("upgrade") || n.eq_ignore_ascii_case("expect") {
             return ReqParse::Decline;
         }
     }
     let (1, Some(host)) = (hosts, host) else {
         return ReqParse::Decline;
+    };
+    // Both framings at once is a smuggling attempt: hyper refuses it (400).
+    let (body, stream) = match (length, chunked) {
+        (Some(_), true) => return ReqParse::Decline,
+        (None, true) => (0, Some(Framing::Chunked)),
+        (Some(n), false) if n > MAX_SMALL_BODY as u64 => (0, Some(Framing::Length(n))),
+        (Some(n), false) => (n as usize, None),
+        (None, false) => (0, None),
     };
     let close = named_in(&tokens, "close");
 
@@ -210,6 +226,11 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}", fwd.peer.to_canonical());
+    if stream == Some(Framing::Chunked) {
+        // Dropped above with the other hop-by-hop fields; the body is sent
+        // chunked again (its chunks re-framed by the [`Decoder`]).
+        out.extend_from_slice(b"\r\ntransfer-encoding: chunked");
+    }
     out.extend_from_slice(if fwd.tls {
         b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: "
     } else {
@@ -222,6 +243,7 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
         host: offset(buf, host),
         path: offset(buf, path.as_bytes()),
         idempotent: body == 0
+            && stream.is_none()
             && matches!(
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
@@ -229,6 +251,7 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
         head_method: method == "HEAD",
         close,
         body,
+        stream,
     })
 }
 

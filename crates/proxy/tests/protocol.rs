@@ -215,3 +215,109 @@ async fn h2c_prior_knowledge_is_served() {
         assert!(text.contains("uri: /headers\n"), "{text}");
     }
 }
+
+/// A target that answers 413 as soon as it has the head and never reads
+/// the body (then shuts its side, or holds the connection open): the
+/// client gets the answer at once, not after the response timeout, even
+/// while it is still sending, and (on the fast path) its connection ends
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
+    for fast_path in [true, false] {
+        for close_write in [false, true] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let target = tokio::spawn(async move {
+                let mut held = Vec::new();
+                loop {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut b = [0u8; 1024];
+                        match s.read(&mut b).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                            _ => break,
+                        }
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large",
+                        )
+                        .await;
+                    if close_write {
+                        let _ = s.shutdown().await;
+                    }
+                    held.push(s);
+                }
+            });
+            let mut h = health(1000);
+            h.enabled = false;
+            let mut cfg = service_cfg(Balance::RoundRobin, h);
+            cfg.proxy.fast_path = fast_path;
+            cfg.proxy.response_timeout = Duration::from_secs(30);
+            let p = TestProxy::start(cfg).await;
+            p.svc
+                .add_target(
+                    handoff_proxy::DEFAULT_GROUP,
+                    handoff_proxy::TargetSpec {
+                        addr,
+                        revision: "v1".into(),
+                        name: "early".into(),
+                        hold: false,
+                    },
+                )
+                .unwrap();
+            p.wait_healthy(1).await;
+
+            const N: usize = 64 << 20;
+            let s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+            let (mut rd, mut wr) = s.into_split();
+            let writer = tokio::spawn(async move {
+                let head = format!("PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: {N}\r\n\r\n");
+                wr.write_all(head.as_bytes()).await?;
+                let piece = vec![b'u'; 64 * 1024];
+                for _ in 0..N / piece.len() {
+                    wr.write_all(&piece).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            });
+            let started = std::time::Instant::now();
+            let mut got = Vec::new();
+            let ended = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut b = [0u8; 4096];
+                loop {
+                    match rd.read(&mut b).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                        _ => return,
+                    }
+                    if !fast_path && got.ends_with(b"too large") {
+                        return;
+                    }
+                }
+            })
+            .await;
+            let text = String::from_utf8_lossy(&got);
+            let what = format!("fast_path={fast_path} close_write={close_write}: {text}");
+            assert!(text.starts_with("HTTP/1.1 413"), "{what}");
+            assert!(text.ends_with("\r\n\r\ntoo large"), "{what}");
+            if !fast_path {
+                // hyper's path keeps the connection while its client half
+                // waits to send the rest to a target that never reads it:
+                // the answer arrived, and that is all it promises.
+                target.abort();
+                continue;
+            }
+            assert!(ended.is_ok(), "the connection did not end: {what}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            // The rest of the body is read and dropped for a while (so the
+            // answer is not lost to a reset), then the connection ends: the
+            // client's writes end too, one way or the other.
+            tokio::time::timeout(Duration::from_secs(10), writer)
+                .await
+                .expect("the writer ends once the connection is closed")
+                .unwrap()
+                .ok();
+            target.abort();
+        }
+    }
+}

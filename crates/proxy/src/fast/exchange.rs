@@ -1,5 +1,6 @@
 //! One request's exchange with a target on the fast path: pick, connect
-//! (or take a pooled connection of this worker), write the request, read
+//! (or take a pooled connection of this worker), write the request (a
+//! streamed body goes on while the answer is awaited, [`Upload`]), read
 //! the response head, relay head and body to the client at the client's
 //! pace, and put the upstream connection back when it can be reused.
 
@@ -7,8 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
+use super::upload::{read_up, State, Stop, Upload};
 use super::{pool, write_answer, ClientStream};
 use crate::error::Failure;
 use crate::forward::{failed, within_connect_timeout, MAX_ATTEMPTS};
@@ -27,17 +29,21 @@ enum Missed {
     Closed,
     /// Bytes arrived that are not a response to it.
     Bad(&'static str),
+    /// The client's streamed body broke.
+    Client(&'static str),
 }
 
-/// Forwards one request (its upstream head in `out`) and relays the
-/// response to the client. Returns whether the client connection can carry
-/// another request.
+/// Forwards one request (its upstream head in `out`, and the rest of its
+/// body in `upload` when streamed) and relays the response to the client.
+/// Returns whether the client connection can carry another request.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<S: ClientStream>(
     io: &mut S,
     svc: &Arc<ServiceProxy>,
     req: &h1::Req,
     out: &mut Vec<u8>,
     extra: &Extra,
+    mut upload: Option<&mut Upload>,
     worker: usize,
 ) -> bool {
     let started = std::time::Instant::now();
@@ -45,6 +51,20 @@ pub(super) async fn forward<S: ClientStream>(
     let mut tried = [0u64; MAX_ATTEMPTS];
     let mut last = Failure::NoHealthyTarget;
     let mut resent = false;
+    if let Some(u) = upload.as_deref_mut() {
+        let primed = tokio::time::timeout(svc.settings.response_timeout, u.prime(io, out)).await;
+        let missed = match primed {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => {
+                tracing::debug!(service = %svc.name, why, "request body broken");
+                Some(Failure::BadRequest)
+            }
+            Err(_) => Some(Failure::Timeout),
+        };
+        if let Some(f) = missed {
+            return answer(io, svc, f, out, extra, Some(u)).await;
+        }
+    }
     let mut ubuf = pool::take();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
@@ -66,17 +86,25 @@ pub(super) async fn forward<S: ClientStream>(
         let got = tokio::select! {
             r = tokio::time::timeout(
                 svc.settings.response_timeout,
-                exchange(&mut up, out, &mut ubuf, req.head_method, extra),
+                exchange(io, &mut up, out, &mut ubuf, req.head_method, extra, upload.as_deref_mut()),
             ) => Some(r),
             // Its host was lost: no answer can come.
             _ = t.abandoned() => None,
         };
         match got {
             Some(Ok(Ok(resp))) => {
-                let kept = relay(io, up, svc, &t, resp, out, &mut ubuf, worker, started).await;
+                let kept = relay(
+                    io, up, svc, &t, resp, out, &mut ubuf, upload, worker, started,
+                )
+                .await;
                 drop(claim);
                 pool::give(ubuf);
                 return kept && !extra.close;
+            }
+            Some(Ok(Err(Missed::Client(why)))) => {
+                tracing::debug!(service = %svc.name, why, "request body broken");
+                last = Failure::BadRequest;
+                break;
             }
             Some(Err(_)) => {
                 last = Failure::Timeout;
@@ -104,18 +132,26 @@ pub(super) async fn forward<S: ClientStream>(
         }
     }
     pool::give(ubuf);
+    answer(io, svc, last, out, extra, upload).await
+}
+
+/// Answers a request no target answered. Returns whether the client
+/// connection can carry another request.
+pub(super) async fn answer<S: ClientStream>(
+    io: &mut S,
+    svc: &ServiceProxy,
+    last: Failure,
+    out: &mut Vec<u8>,
+    extra: &Extra,
+    upload: Option<&mut Upload>,
+) -> bool {
     let why = failed(svc, last);
+    // A body not read to its end hides where the next request starts.
+    let close = extra.close || upload.is_some_and(|u| !u.read_whole());
     out.clear();
-    write_answer(
-        out,
-        last.status(),
-        last.code(),
-        &why,
-        extra.close,
-        extra.hsts,
-    );
+    write_answer(out, last.status(), last.code(), &why, close, extra.hsts);
     tracing::debug!(service = %svc.name, status = last.status().as_u16(), why, "answered by proxy");
-    io.write_all(out).await.is_ok() && io.flush().await.is_ok()
+    io.write_all(out).await.is_ok() && io.flush().await.is_ok() && !close
 }
 
 /// A pooled connection of this worker, or a new one (`true`: reused).
@@ -132,14 +168,17 @@ async fn connection(
 }
 
 /// Writes the request head and reads the response head (interim 1xx heads
-/// skipped). On success `ubuf` holds the head and the first body bytes and
-/// `out` the head for the client.
-async fn exchange(
+/// skipped), sending a streamed body meanwhile. On success `ubuf` holds the
+/// head and the first body bytes and `out` the head for the client.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S: ClientStream>(
+    io: &mut S,
     up: &mut Upstream,
     out: &mut Vec<u8>,
     ubuf: &mut Vec<u8>,
     head_method: bool,
     extra: &Extra,
+    mut upload: Option<&mut Upload>,
 ) -> Result<h1::Resp, Missed> {
     if up.write_all(out).await.is_err() || up.flush().await.is_err() {
         return Err(Missed::Closed);
@@ -147,12 +186,23 @@ async fn exchange(
     ubuf.clear();
     let mut answered = false;
     loop {
-        pool::room(ubuf);
-        match up.read_buf(ubuf).await {
-            Ok(0) | Err(_) if !answered && ubuf.is_empty() => return Err(Missed::Closed),
-            Ok(0) | Err(_) => return Err(Missed::Bad("closed in the middle of a response head")),
+        match read_up(io, up, ubuf, upload.as_deref_mut()).await {
+            Err(Stop::Client(why)) => return Err(Missed::Client(why)),
+            Ok(0) | Err(Stop::Io) if !answered && ubuf.is_empty() => return Err(Missed::Closed),
+            Ok(0) | Err(Stop::Io) => {
+                return Err(Missed::Bad("closed in the middle of a response head"))
+            }
             Ok(_) => answered = true,
         }
+        // The target stopped taking the body: the client's connection
+        // ends after this answer, since the rest of the body is never read.
+        // (An answer while the target still reads may be an echo that goes
+        // on with the body: decided when the answer ends, in `relay`.)
+        let cut = upload.as_ref().is_some_and(|u| u.state == State::Cut);
+        let extra = &Extra {
+            close: extra.close || cut,
+            hsts: extra.hsts,
+        };
         loop {
             match h1::parse_response(ubuf, head_method, extra, out) {
                 RespParse::Ready(r) => return Ok(r),
@@ -180,6 +230,7 @@ async fn relay<S: ClientStream>(
     resp: h1::Resp,
     out: &mut Vec<u8>,
     ubuf: &mut Vec<u8>,
+    mut upload: Option<&mut Upload>,
     worker: usize,
     started: std::time::Instant,
 ) -> bool {
@@ -230,7 +281,7 @@ async fn relay<S: ClientStream>(
             // As hyper does: the head goes out with the body's first bytes,
             // or alone once the body must be waited for — so a body already
             // known to be broken sends nothing at all.
-            let read = match up.read_buf(ubuf).now_or_never() {
+            let read = match read_up(io, &mut up, ubuf, upload.as_deref_mut()).now_or_never() {
                 Some(r) => r,
                 None => {
                     if !sent && !out.is_empty() {
@@ -241,7 +292,7 @@ async fn relay<S: ClientStream>(
                         sent = true;
                         out.clear();
                     }
-                    up.read_buf(ubuf).await
+                    read_up(io, &mut up, ubuf, upload.as_deref_mut()).await
                 }
             };
             match read {
@@ -254,8 +305,13 @@ async fn relay<S: ClientStream>(
                     break;
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(target = %t.name, error = %e, "response body cut");
+                Err(Stop::Io) => {
+                    tracing::debug!(target = %t.name, "response body cut");
+                    ok = false;
+                    break;
+                }
+                Err(Stop::Client(why)) => {
+                    tracing::debug!(target = %t.name, why, "request body broken mid-response");
                     ok = false;
                     break;
                 }
@@ -267,8 +323,11 @@ async fn relay<S: ClientStream>(
     }
     let wrote = out.is_empty() || (io.write_all(out).await.is_ok() && io.flush().await.is_ok());
     t.stats.record(resp.status, started.elapsed());
-    if ok && reusable && dec.is_done() && resp.framing != Framing::Close {
+    // An answer that ended before the whole body went up: the rest of the
+    // body is never read, so neither connection can be used again.
+    let whole = upload.is_none_or(|u| u.state == State::Whole);
+    if ok && whole && reusable && dec.is_done() && resp.framing != Framing::Close {
         t.checkin_raw(worker, up);
     }
-    ok && wrote
+    ok && wrote && whole
 }

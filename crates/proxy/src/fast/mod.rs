@@ -1,13 +1,13 @@
-//! The fast path: handoff's own HTTP/1.1 proxy loop for requests without a
-//! body or with a small one (`Content-Length` up to
-//! [`h1::MAX_SMALL_BODY`]), one task per client connection, no hyper in
-//! between.
+//! The fast path: handoff's own HTTP/1.1 proxy loop, one task per client
+//! connection, no hyper in between.
 //!
 //! Per request: the head is read into a buffer from the worker's pool and
 //! parsed ([`h1::parse_request`], which writes the upstream head in the same
-//! pass); a small body is read whole under the head's deadline and sent in
-//! the same write (never sent twice: a body-carrying request is retried
-//! only when the connect failed, as on hyper's path); a pooled upstream
+//! pass); a small body (`Content-Length` up to [`h1::MAX_SMALL_BODY`]) is
+//! read whole under the head's deadline and sent in the same write, a
+//! larger or chunked one is streamed after the head with back-pressure
+//! ([`upload`]) — never sent twice: a body-carrying request is retried
+//! only when the connect failed, as on hyper's path; a pooled upstream
 //! socket of this worker is checked alive and written to; the response
 //! head is parsed and relayed with its body, reframed by [`h1::Decoder`],
 //! reading the upstream only as fast as the client takes it. Everything runs in the client connection's task: no
@@ -22,7 +22,8 @@
 //! them), retries (connect failures elsewhere; an idempotent request once
 //! more if nothing of a response arrived), passive health, metrics, 408
 //! after `header_timeout`, `idle_timeout`, `Connection: close` while
-//! stopping. Whatever it does not take — a larger or chunked body, an upgrade,
+//! stopping. Whatever it does not take — an upgrade, `Expect`, a length or
+//! transfer coding to judge (two lengths, both framings, `gzip, chunked`),
 //! HTTP/1.0, HTTP/2, a malformed or oversized head, a service with
 //! `fast_path = false` — goes to hyper with the bytes read so far
 //! ([`Rewind`]), for the rest of the connection: hyper's answers (400, 431,
@@ -43,6 +44,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::error::Failure;
 use crate::forward::answer_text;
 use crate::h1::{self, Extra, Forwarded, ReqParse};
 use crate::server::{Front, LINGER};
@@ -52,9 +54,11 @@ mod exchange;
 pub(crate) mod park;
 mod pool;
 mod rewind;
+mod upload;
 
 use exchange::forward;
 use rewind::Rewind;
+use upload::Upload;
 
 /// A client stream the fast path serves.
 pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -212,7 +216,10 @@ pub(crate) fn serve<S: ClientStream>(
                 Instant::now() + svc0.settings.header_timeout
             };
             let mut out = pool::take();
-            let req = loop {
+            // A head whose small body is still coming.
+            let mut waiting = None;
+            // `short`: the client ended its side before the small body did.
+            let (req, short) = loop {
                 // Bytes a small body still needs, beyond room for a read.
                 let body_rest = match h1::parse_request(&buf, &fwd, &mut out) {
                     // A head over the limit that arrived in one read: hyper
@@ -221,16 +228,22 @@ pub(crate) fn serve<S: ClientStream>(
                         pool::give(out);
                         return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
                     }
+                    // A streamed body follows the head as it comes.
+                    ReqParse::Ready(r) if r.stream.is_some() => break (r, false),
                     ReqParse::Ready(r) if buf.len() >= r.head_len + r.body => {
                         // A small body goes upstream in the same write as its
                         // head (one whole request to send, or to send again
                         // elsewhere when a connect fails).
                         out.extend_from_slice(&buf[r.head_len..r.head_len + r.body]);
-                        break r;
+                        break (r, false);
                     }
                     // The rest of a small body: under the head's deadline,
                     // it is part of reading the request.
-                    ReqParse::Ready(r) => r.head_len + r.body - buf.len(),
+                    ReqParse::Ready(r) => {
+                        let rest = r.head_len + r.body - buf.len();
+                        waiting = Some(r);
+                        rest
+                    }
                     ReqParse::Decline => {
                         pool::give(out);
                         return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
@@ -247,6 +260,11 @@ pub(crate) fn serve<S: ClientStream>(
                 match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => {
+                        // A body cut short is answered (400, as hyper does);
+                        // a head cut short is not.
+                        if let Some(r) = waiting.take() {
+                            break (r, true);
+                        }
                         pool::give(out);
                         return pool::give(buf);
                     }
@@ -259,12 +277,15 @@ pub(crate) fn serve<S: ClientStream>(
                 }
             };
             first = false;
+            let mut consumed = req.head_len + req.body;
+            // A body left partly unread: the client may still be sending it.
+            let mut unread = short;
             let host = std::str::from_utf8(&buf[req.host.clone()]).ok();
             let target = &buf[req.path.clone()];
             let path = target.split(|&b| b == b'?').next().unwrap_or(target);
             let path = std::str::from_utf8(path).unwrap_or("/");
             closing |= *stop.borrow();
-            let close = closing || req.close;
+            let close = closing || req.close || short;
             let picked = front.routes.pick(host, path).cloned();
             let kept = match picked {
                 None => {
@@ -287,17 +308,44 @@ pub(crate) fn serve<S: ClientStream>(
                     pool::give(out);
                     return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
                 }
+                Some(svc) if short => {
+                    let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
+                    let extra = Extra { close, hsts };
+                    tracing::debug!(service = %svc.name, "request body cut short");
+                    exchange::answer(&mut io, &svc, Failure::BadRequest, &mut out, &extra, None)
+                        .await
+                }
                 Some(svc) => {
                     let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
                     let extra = Extra { close, hsts };
+                    let mut upload = req.stream.map(|framing| {
+                        Upload::new(std::mem::take(&mut buf), req.head_len, framing)
+                    });
                     // Boxed: an idle connection's task then holds none of a
                     // request's state.
-                    Box::pin(forward(&mut io, &svc, &req, &mut out, &extra, worker)).await
+                    let kept = Box::pin(forward(
+                        &mut io,
+                        &svc,
+                        &req,
+                        &mut out,
+                        &extra,
+                        upload.as_mut(),
+                        worker,
+                    ))
+                    .await;
+                    if let Some(mut u) = upload {
+                        // What follows the body: the next request.
+                        buf = std::mem::take(&mut u.buf);
+                        consumed = u.at;
+                        unread = !u.read_whole();
+                    }
+                    kept
                 }
             };
             pool::give(out);
             // Pipelined requests stay; otherwise the buffer goes back.
-            let rest = std::mem::take(&mut buf).split_off_front(req.head_len + req.body);
+            let consumed = consumed.min(buf.len());
+            let rest = std::mem::take(&mut buf).split_off_front(consumed);
             if rest.is_empty() {
                 pool::give(rest);
             } else {
@@ -305,6 +353,9 @@ pub(crate) fn serve<S: ClientStream>(
             }
             if !kept || close {
                 let _ = io.shutdown().await;
+                if unread {
+                    discard(&mut io, &mut buf).await;
+                }
                 return pool::give(buf);
             }
         }
@@ -342,6 +393,27 @@ impl SplitFront for Vec<u8> {
     fn split_off_front(mut self, n: usize) -> Self {
         self.drain(..n);
         self
+    }
+}
+
+/// How long the rest of an unread body is read and dropped ([`discard`]).
+const DISCARD_FOR: Duration = Duration::from_secs(2);
+
+/// After an answer to a request whose body was not read to its end (its
+/// connection already shut for writing): the client may still be sending
+/// the body, and closing now would make the kernel reset the connection,
+/// which can destroy the answer before the client reads it (RFC 9112
+/// §9.6). So what it sends is read and dropped for a while first, until
+/// it closes too, as nginx's lingering close does.
+async fn discard<S: ClientStream>(io: &mut S, buf: &mut Vec<u8>) {
+    let until = Instant::now() + DISCARD_FOR;
+    loop {
+        buf.clear();
+        pool::room(buf);
+        match tokio::time::timeout_at(until, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 
