@@ -143,6 +143,15 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
         return ReqParse::Decline;
     }
     let tokens = connection_tokens(r.headers);
+    // `Connection: content-length` would drop from the upstream head the
+    // very field this path frames the body by, and the target would read
+    // the body as further requests: hyper's path judges such heads.
+    if ["content-length", "transfer-encoding", "host"]
+        .iter()
+        .any(|n| named_in(&tokens, n))
+    {
+        return ReqParse::Decline;
+    }
     let mut host = None;
     let mut hosts = 0;
     let mut length = None;
@@ -428,12 +437,14 @@ impl std::fmt::Display for BodyError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
-    /// Hex digits of a chunk size (`digits` so far).
+    /// Hex digits of a chunk size (`digits`: whether any came).
     Size {
         size: u64,
         digits: u8,
     },
-    /// Whitespace or an extension after the size, up to CR.
+    /// Whitespace after the size: only more of it, an extension or CR.
+    Ws(u64),
+    /// An extension after the size, up to CR.
     Ext(u64),
     SizeLf(u64),
     Data(u64),
@@ -518,21 +529,36 @@ impl Decoder {
                         Chunk::Size { size, digits } => {
                             *line += 1;
                             if let Some(d) = (b as char).to_digit(16) {
-                                if digits >= 15 {
+                                // Leading zeros are fine; a size past u64
+                                // is not.
+                                if size >> 60 != 0 {
                                     return Err(BodyError("chunk size too large"));
                                 }
                                 *state = Chunk::Size {
                                     size: size * 16 + d as u64,
-                                    digits: digits + 1,
+                                    digits: 1,
                                 };
                             } else if digits == 0 {
                                 return Err(BodyError("invalid chunk size"));
                             } else if b == b'\r' {
                                 *state = Chunk::SizeLf(size);
-                            } else if b == b';' || b == b' ' || b == b'\t' {
+                            } else if b == b';' {
                                 *state = Chunk::Ext(size);
+                            } else if b == b' ' || b == b'\t' {
+                                *state = Chunk::Ws(size);
                             } else {
                                 return Err(BodyError("invalid chunk size"));
+                            }
+                        }
+                        Chunk::Ws(size) => {
+                            *line += 1;
+                            match b {
+                                b' ' | b'\t' => {}
+                                b';' => *state = Chunk::Ext(size),
+                                b'\r' => *state = Chunk::SizeLf(size),
+                                // `5 6`: not a size anyone else would read
+                                // as 5.
+                                _ => return Err(BodyError("invalid chunk size")),
                             }
                         }
                         Chunk::Ext(size) => {

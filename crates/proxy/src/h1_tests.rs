@@ -130,6 +130,9 @@ fn what_the_fast_path_does_not_take_is_declined() {
         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nConnection: x, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: host\r\n\r\n",
         "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
         "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
@@ -363,6 +366,9 @@ fn broken_chunked_bodies_are_errors() {
         b"5\nhello\r\n",
         b"5\r\nhello\n0\r\n\r\n",
         b"ffffffffffffffffff\r\n",
+        b"10000000000000000\r\n",
+        b"5 6\r\nhello\r\n0\r\n\r\n",
+        b"5 x\r\nhello\r\n0\r\n\r\n",
         b"0\r\nTrailer: x\n",
         b"0\r\n\rX",
     ] {
@@ -370,6 +376,19 @@ fn broken_chunked_bodies_are_errors() {
             feed(Framing::Chunked, bad, &[]).is_err(),
             "{:?}",
             String::from_utf8_lossy(bad)
+        );
+    }
+    // Leading zeros do not count against the size; blanks before an
+    // extension or CR are fine.
+    for fine in [
+        &b"000000000000000000005\r\nhello\r\n0\r\n\r\n"[..],
+        b"5 \t ;a=b\r\nhello\r\n0\r\n\r\n",
+        b"fffffffffffffff0 \r\n",
+    ] {
+        assert!(
+            feed(Framing::Chunked, fine, &[]).is_ok(),
+            "{:?}",
+            String::from_utf8_lossy(fine)
         );
     }
     let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 1));

@@ -58,17 +58,7 @@ fn bed() -> &'static Bed {
             let fast = TestProxy::start(cfg).await;
             let hyper = TestProxy::start(off).await;
             for p in [&fast, &hyper] {
-                p.svc
-                    .add_target(
-                        handoff_proxy::DEFAULT_GROUP,
-                        handoff_proxy::TargetSpec {
-                            addr,
-                            revision: "v1".into(),
-                            name: "scripted".into(),
-                            hold: false,
-                        },
-                    )
-                    .unwrap();
+                p.add_at(addr, "scripted");
                 p.wait_healthy(1).await;
             }
             (fast, hyper)
@@ -445,27 +435,20 @@ fn response(
         }
         1 => {
             r.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-            let mut rest = body;
-            let mut i = 0;
-            while !rest.is_empty() {
-                let n = sizes
-                    .get(i)
-                    .copied()
-                    .unwrap_or(rest.len())
-                    .clamp(1, rest.len());
+            wire = chunked(body, sizes, false);
+            if !body.is_empty() {
+                let second = chunk_lines(&wire)[1];
                 match fault {
-                    Fault::BadChunkSize if i == 0 => wire.extend_from_slice(b"zz\r\n"),
-                    _ => wire.extend_from_slice(format!("{n:x}\r\n").as_bytes()),
+                    Fault::BadChunkSize => {
+                        let crlf = wire.windows(2).position(|w| w == b"\r\n").unwrap();
+                        wire.splice(..crlf, b"zz".iter().copied());
+                    }
+                    Fault::ChunkWithoutCrlf => {
+                        wire.splice(second - 2..second, b"XX".iter().copied());
+                    }
+                    _ => {}
                 }
-                wire.extend_from_slice(&rest[..n]);
-                match fault {
-                    Fault::ChunkWithoutCrlf if i == 0 => wire.extend_from_slice(b"XX"),
-                    _ => wire.extend_from_slice(b"\r\n"),
-                }
-                rest = &rest[n..];
-                i += 1;
             }
-            wire.extend_from_slice(b"0\r\n\r\n");
         }
         _ => {
             close = true;
@@ -598,12 +581,9 @@ proptest! {
     }
 }
 
-/// A request body on the wire: by length, or chunked in `sizes` (with a
-/// chunk extension and a trailer when asked).
-fn request_body(body: &[u8], chunked: bool, sizes: &[usize], ext: bool) -> (String, Vec<u8>) {
-    if !chunked {
-        return (format!("Content-Length: {}\r\n", body.len()), body.to_vec());
-    }
+/// `body` in chunked framing, in chunks of `sizes` (the rest in one), with
+/// a chunk extension and a trailer when asked.
+fn chunked(body: &[u8], sizes: &[usize], ext: bool) -> Vec<u8> {
     let mut wire = Vec::new();
     let mut rest = body;
     let mut i = 0;
@@ -629,7 +609,19 @@ fn request_body(body: &[u8], chunked: bool, sizes: &[usize], ext: bool) -> (Stri
     } else {
         &b"0\r\n\r\n"[..]
     });
-    ("Transfer-Encoding: chunked\r\n".into(), wire)
+    wire
+}
+
+/// A request body on the wire: its framing field and its bytes.
+fn request_body(body: &[u8], chunked_in: bool, sizes: &[usize], ext: bool) -> (String, Vec<u8>) {
+    if chunked_in {
+        (
+            "Transfer-Encoding: chunked\r\n".into(),
+            chunked(body, sizes, ext),
+        )
+    } else {
+        (format!("Content-Length: {}\r\n", body.len()), body.to_vec())
+    }
 }
 
 proptest! {

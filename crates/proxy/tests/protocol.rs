@@ -185,7 +185,10 @@ async fn large_bodies_stream_both_ways() {
     let (s, echoed) = c.request(req).await.unwrap();
     assert_eq!(s, 200);
     assert_eq!(echoed.len(), N);
-    // Download: N bytes.
+    // Download: N bytes. (On a new connection: an answer that begins
+    // before the whole body went up, as an echo's does, ends its
+    // connection on the fast path, and says so in its head.)
+    let mut c = Client::connect(p.addr).await;
     let (s, got) = c.get(&format!("/bytes?n={N}")).await.unwrap();
     assert_eq!(s, 200);
     assert_eq!(got.len(), N);
@@ -256,17 +259,7 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
             cfg.proxy.fast_path = fast_path;
             cfg.proxy.response_timeout = Duration::from_secs(30);
             let p = TestProxy::start(cfg).await;
-            p.svc
-                .add_target(
-                    handoff_proxy::DEFAULT_GROUP,
-                    handoff_proxy::TargetSpec {
-                        addr,
-                        revision: "v1".into(),
-                        name: "early".into(),
-                        hold: false,
-                    },
-                )
-                .unwrap();
+            p.add_at(addr, "early");
             p.wait_healthy(1).await;
 
             const N: usize = 64 << 20;
@@ -320,4 +313,39 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
             target.abort();
         }
     }
+}
+
+/// A body that is not forwarded (no service for its host) is never read
+/// as the next request: the answer ends the connection. Before, a request
+/// hidden in a large body reached a service the body was never meant for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_nobody_takes_is_not_read_as_a_request() {
+    let a = upstream("a").await;
+    let mut cfg = service_cfg(Balance::RoundRobin, health(50));
+    cfg.domains = vec!["real.test".into()];
+    let p = TestProxy::start(cfg).await;
+    p.add_default(&a);
+    p.wait_healthy(1).await;
+    let hidden = "GET /echo HTTP/1.1\r\nHost: real.test\r\n\r\n";
+    let padded = format!("{hidden}{}", "p".repeat(20_000 - hidden.len()));
+    for framing in ["Content-Length: 20000", "Transfer-Encoding: chunked"] {
+        let req = format!("POST / HTTP/1.1\r\nHost: nosuch.test\r\n{framing}\r\n\r\n{padded}");
+        let r = raw(p.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{framing}: {r}");
+        assert_eq!(r.matches("HTTP/1.1").count(), 1, "{framing}: {r}");
+        assert!(
+            r.to_ascii_lowercase().contains("connection: close"),
+            "{framing}: {r}"
+        );
+    }
+    // `Connection: content-length` would hide the length from the target.
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: real.test\r\nConnection: content-length\r\nContent-Length: 20000\r\n\r\n{padded}"
+    );
+    let r = raw(p.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    // One answer: the POST's, its body echoed whole.
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("content-length: 20000\r\n"), "{r}");
+    // The POST reached /echo, never the hidden GET.
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

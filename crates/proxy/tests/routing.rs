@@ -237,21 +237,6 @@ fn closed_port() -> std::net::SocketAddr {
         .unwrap()
 }
 
-fn target_at(p: &TestProxy, addr: std::net::SocketAddr) -> u64 {
-    p.svc
-        .add_target(
-            handoff_proxy::DEFAULT_GROUP,
-            handoff_proxy::TargetSpec {
-                addr,
-                revision: "v1".into(),
-                name: "late".into(),
-                hold: false,
-            },
-        )
-        .unwrap()
-        .id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_starts_listening_late_is_probed_at_once_not_after_an_interval() {
     // An app needs a moment to bind its port after its process starts. The
@@ -262,7 +247,7 @@ async fn a_target_that_starts_listening_late_is_probed_at_once_not_after_an_inte
     let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
     let mut events = p.svc.subscribe();
     let addr = closed_port();
-    let id = target_at(&p, addr);
+    let id = p.add_at(addr, "late");
     let t = p.svc.target(id).unwrap();
     // The scenario, not a synchronisation: the app binds 200 ms late.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -287,7 +272,7 @@ async fn a_target_that_starts_listening_late_is_probed_at_once_not_after_an_inte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_never_listens_is_still_reported_unhealthy() {
     let p = TestProxy::start(service_cfg(Balance::RoundRobin, health(50))).await;
-    let id = target_at(&p, closed_port());
+    let id = p.add_at(closed_port(), "late");
     let t = p.svc.target(id).unwrap();
     wait_for("unhealthy", Duration::from_secs(5), || {
         t.state() == TargetState::Unhealthy

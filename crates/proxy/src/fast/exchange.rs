@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 
-use super::upload::{read_up, State, Stop, Upload};
+use super::upload::{read_up, write_down, State, Stop, Upload};
 use super::{pool, write_answer, ClientStream};
 use crate::error::Failure;
 use crate::forward::{failed, within_connect_timeout, MAX_ATTEMPTS};
@@ -47,7 +47,6 @@ pub(super) async fn forward<S: ClientStream>(
     worker: usize,
 ) -> bool {
     let started = std::time::Instant::now();
-    let table = svc.table_guard();
     let mut tried = [0u64; MAX_ATTEMPTS];
     let mut last = Failure::NoHealthyTarget;
     let mut resent = false;
@@ -65,6 +64,9 @@ pub(super) async fn forward<S: ClientStream>(
             return answer(io, svc, f, out, extra, Some(u)).await;
         }
     }
+    // After `prime`, which may wait: targets are picked from the table of
+    // now.
+    let table = svc.table_guard();
     let mut ubuf = pool::take();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
@@ -194,11 +196,13 @@ async fn exchange<S: ClientStream>(
             }
             Ok(_) => answered = true,
         }
-        // The target stopped taking the body: the client's connection
-        // ends after this answer, since the rest of the body is never read.
-        // (An answer while the target still reads may be an echo that goes
-        // on with the body: decided when the answer ends, in `relay`.)
-        let cut = upload.as_ref().is_some_and(|u| u.state == State::Cut);
+        // An answer before the whole body went up (an early refusal, or an
+        // echo that answers as it reads): the client's connection ends
+        // after it, since the rest may never be read, and the client is
+        // told so in this head, while it can still be told. A target that
+        // reads the whole body first finds the upload whole: its answer is
+        // read only after our last write.
+        let cut = upload.as_ref().is_some_and(|u| u.state != State::Whole);
         let extra = &Extra {
             close: extra.close || cut,
             hsts: extra.hsts,
@@ -234,6 +238,10 @@ async fn relay<S: ClientStream>(
     worker: usize,
     started: std::time::Instant,
 ) -> bool {
+    // What `exchange` decided: the head says `connection: close`.
+    let cut = upload.as_ref().is_some_and(|u| u.state != State::Whole);
+    // A body that stops coming while the answer waits for it.
+    let stalled = svc.settings.response_timeout;
     if resp.status >= 500 {
         svc.passive_failure(t);
     } else {
@@ -267,7 +275,7 @@ async fn relay<S: ClientStream>(
             break;
         }
         if (out.len() >= 16 * 1024 || at == ubuf.len()) && (sent || out.len() > head_only) {
-            if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+            if !write_down(io, &mut up, out, upload.as_deref_mut()).await {
                 t.stats.record(resp.status, started.elapsed());
                 return false;
             }
@@ -285,14 +293,22 @@ async fn relay<S: ClientStream>(
                 Some(r) => r,
                 None => {
                     if !sent && !out.is_empty() {
-                        if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                        if !write_down(io, &mut up, out, upload.as_deref_mut()).await {
                             t.stats.record(resp.status, started.elapsed());
                             return false;
                         }
                         sent = true;
                         out.clear();
                     }
-                    read_up(io, &mut up, ubuf, upload.as_deref_mut()).await
+                    let going = upload.as_ref().is_some_and(|u| u.state == State::Going);
+                    let read = read_up(io, &mut up, ubuf, upload.as_deref_mut());
+                    if going {
+                        tokio::time::timeout(stalled, read)
+                            .await
+                            .unwrap_or(Err(Stop::Client("the body stopped coming")))
+                    } else {
+                        read.await
+                    }
                 }
             };
             match read {
@@ -321,7 +337,7 @@ async fn relay<S: ClientStream>(
     if !ok && !sent && out.len() == head_only {
         out.clear();
     }
-    let wrote = out.is_empty() || (io.write_all(out).await.is_ok() && io.flush().await.is_ok());
+    let wrote = out.is_empty() || write_down(io, &mut up, out, upload.as_deref_mut()).await;
     t.stats.record(resp.status, started.elapsed());
     // An answer that ended before the whole body went up: the rest of the
     // body is never read, so neither connection can be used again.
@@ -329,5 +345,5 @@ async fn relay<S: ClientStream>(
     if ok && whole && reusable && dec.is_done() && resp.framing != Framing::Close {
         t.checkin_raw(worker, up);
     }
-    ok && wrote && whole
+    ok && wrote && !cut
 }

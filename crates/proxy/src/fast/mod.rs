@@ -278,8 +278,10 @@ pub(crate) fn serve<S: ClientStream>(
             };
             first = false;
             let mut consumed = req.head_len + req.body;
-            // A body left partly unread: the client may still be sending it.
-            let mut unread = short;
+            // A body left partly unread: the client may still be sending it,
+            // and its bytes must never be read as a next request. Until an
+            // upload reads it, a streamed body is unread.
+            let mut unread = short || req.stream.is_some();
             let host = std::str::from_utf8(&buf[req.host.clone()]).ok();
             let target = &buf[req.path.clone()];
             let path = target.split(|&b| b == b'?').next().unwrap_or(target);
@@ -299,7 +301,7 @@ pub(crate) fn serve<S: ClientStream>(
                         StatusCode::NOT_FOUND,
                         "no_route",
                         &why,
-                        close,
+                        close || unread,
                         false,
                     );
                     io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
@@ -351,7 +353,7 @@ pub(crate) fn serve<S: ClientStream>(
             } else {
                 buf = rest;
             }
-            if !kept || close {
+            if !kept || close || unread {
                 let _ = io.shutdown().await;
                 if unread {
                     discard(&mut io, &mut buf).await;

@@ -2,7 +2,8 @@
 //! `Content-Length` above [`h1::MAX_SMALL_BODY`] or a chunked one.
 //!
 //! The body is pumped from the client to the target while the exchange
-//! waits for the target's answer ([`read_up`]): the client is read only
+//! waits for the target's answer ([`read_up`]) and while it writes the
+//! answer to the client ([`write_down`]): the client is read only
 //! after the target took what came before (back-pressure both ways, one
 //! buffer per direction), and the target may answer at any time, even
 //! before the body is whole, as on hyper's path. A target that stops
@@ -186,6 +187,37 @@ pub(super) async fn read_up<S: ClientStream>(
         pin!(up.read_buf(ubuf))
             .poll(cx)
             .map(|r: io::Result<usize>| r.map_err(|_| Stop::Io))
+    })
+    .await
+}
+
+/// Writes `out` to the client (and flushes), moving the request body on
+/// meanwhile: a client that sends its whole body before it reads must
+/// not stall an answer that is sent while the target still reads.
+pub(super) async fn write_down<S: ClientStream>(
+    io: &mut S,
+    up: &mut Upstream,
+    out: &[u8],
+    upload: Option<&mut Upload>,
+) -> bool {
+    let Some(u) = upload.filter(|u| u.state == State::Going) else {
+        return io.write_all(out).await.is_ok() && io.flush().await.is_ok();
+    };
+    let mut at = 0;
+    std::future::poll_fn(|cx| loop {
+        // Its progress is its own; a broken body ends the answer too.
+        let _ = u.poll_pump(cx, io, up);
+        if let State::Broke(_) = u.state {
+            return Poll::Ready(false);
+        }
+        if at == out.len() {
+            return pin!(io.flush()).poll(cx).map(|r| r.is_ok());
+        }
+        match pin!(io.write(&out[at..])).poll(cx) {
+            Poll::Ready(Ok(n)) if n > 0 => at += n,
+            Poll::Ready(_) => return Poll::Ready(false),
+            Poll::Pending => return Poll::Pending,
+        }
     })
     .await
 }

@@ -295,6 +295,23 @@ impl TestProxy {
         self.add(DEFAULT_GROUP, u)
     }
 
+    /// Adds a target by address (a server of the test's own, revision
+    /// `v1`) to the default group.
+    pub fn add_at(&self, addr: std::net::SocketAddr, name: &str) -> u64 {
+        self.svc
+            .add_target(
+                DEFAULT_GROUP,
+                TargetSpec {
+                    addr,
+                    revision: "v1".into(),
+                    name: name.into(),
+                    hold: false,
+                },
+            )
+            .unwrap()
+            .id
+    }
+
     /// Waits until `n` targets are healthy.
     pub async fn wait_healthy(&self, n: usize) {
         let svc = self.svc.clone();
