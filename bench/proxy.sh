@@ -7,8 +7,12 @@
 #
 # Prints a table and, last, one machine-readable line per connection count:
 #   BENCH proxy conns=64 handoff_rps=... nginx_rps=... haproxy_rps=... ratio=... handoff_p99_ms=... best_peer_p99_ms=... fast_path_off_rps=... fast_path_gain=...
+#   BENCH upload conns=64 body_bytes=65536 handoff_rps=... nginx_rps=... haproxy_rps=... ratio=... fast_path_off_rps=... fast_path_gain=...
 # ratio = handoff req/s ÷ the better peer's req/s (goal ≥ 1.10, p99 no worse);
-# fast_path_gain = handoff ÷ handoff with `fast_path = false`.
+# fast_path_gain = handoff ÷ handoff with `fast_path = false`. The upload
+# line: POSTs of UPLOAD_BYTES (default 64 KiB, above the fast path's 16 KiB
+# for a body sent with its head, so streamed), nginx with
+# `proxy_request_buffering off` so that it streams too; 0 skips it.
 # Everything listens on 127.0.0.1 only. Figures, never pass/fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +20,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 REPS=${REPS:-2}
 CONNS=${CONNS:-"64 256"}
+UPLOAD_BYTES=${UPLOAD_BYTES:-65536}
 CORES=$(nproc)
 
 need=()
@@ -73,6 +78,8 @@ http {
   upstream app { server 127.0.0.1:$UP; keepalive 512; }
   server {
     listen 127.0.0.1:$NGINX;
+    client_max_body_size 0;
+    proxy_request_buffering off;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -128,10 +135,10 @@ for p in $UP $HANDOFF $HYPER $NGINX $HAPROXY; do
   curl -sf "http://127.0.0.1:$p/" >/dev/null || { echo "port $p does not answer" >&2; exit 1; }
 done
 
-# run NAME PORT CONNS -> "rps p50_ms p99_ms errors"
+# run NAME PORT CONNS [WRK ARGS] -> "rps p50_ms p99_ms errors"
 run() {
   local out rps p50 p99 errs
-  out=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency "http://127.0.0.1:$2/" 2>&1)
+  out=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency "${@:4}" "http://127.0.0.1:$2/" 2>&1)
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -170,3 +177,28 @@ for c in $CONNS; do
   gain=$(awk -v h="$h" -v y="$y" 'BEGIN{printf "%.2f", h/y}')
   echo "BENCH proxy conns=$c handoff_rps=$h nginx_rps=$n haproxy_rps=$a ratio=$ratio handoff_p99_ms=${p99s[handoff,$c]} best_peer_p99_ms=$bp99 fast_path_off_rps=$y fast_path_gain=$gain"
 done
+
+[ "$UPLOAD_BYTES" -gt 0 ] || exit 0
+# Uploads: every request a POST with a body the fast path streams.
+cat > "$W/post.lua" <<L
+wrk.method = "POST"
+wrk.body = string.rep("u", $UPLOAD_BYTES)
+wrk.headers["Content-Type"] = "application/octet-stream"
+L
+echo
+echo "uploads: POST of $UPLOAD_BYTES bytes, 64 conns"
+printf '%-8s %6s %4s %12s %9s %9s  %s\n' proxy conns rep req/s p50_ms p99_ms errors
+declare -A up
+for r in $(seq 1 "$REPS"); do
+  for name in handoff hyper nginx haproxy; do
+    case $name in handoff) port=$HANDOFF;; hyper) port=$HYPER;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
+    read -r rps p50 p99 errs <<<"$(run $name $port 64 -s "$W/post.lua")"
+    printf '%-8s %6s %4s %12s %9s %9s  %s\n' $name 64 $r "$rps" "$p50" "$p99" "$errs"
+    up[$name]=$(awk -v a="${up[$name]:-0}" -v b="$rps" -v n="$REPS" 'BEGIN{print a+b/n}')
+  done
+done
+best=$(awk -v n="${up[nginx]}" -v a="${up[haproxy]}" 'BEGIN{print (n>a?n:a)}')
+printf 'BENCH upload conns=64 body_bytes=%s handoff_rps=%.0f nginx_rps=%.0f haproxy_rps=%.0f ratio=%.2f fast_path_off_rps=%.0f fast_path_gain=%.2f\n' \
+  "$UPLOAD_BYTES" "${up[handoff]}" "${up[nginx]}" "${up[haproxy]}" \
+  "$(awk -v h="${up[handoff]}" -v b="$best" 'BEGIN{print h/b}')" "${up[hyper]}" \
+  "$(awk -v h="${up[handoff]}" -v y="${up[hyper]}" 'BEGIN{print h/y}')"
