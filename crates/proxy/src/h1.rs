@@ -639,6 +639,26 @@ impl Decoder {
         }
     }
 
+    /// For a length-delimited body: how many of `avail` bytes at hand are
+    /// body, to be sent on as they are, without a copy ([`Self::advance`]
+    /// then counts them). `None` for other framings.
+    pub(crate) fn passthrough(&self, avail: usize) -> Option<usize> {
+        match *self {
+            Decoder::Length(left) => Some(left.min(avail as u64) as usize),
+            _ => None,
+        }
+    }
+
+    /// Counts `n` bytes of a length-delimited body sent on as they were.
+    pub(crate) fn advance(&mut self, n: usize) {
+        if let Decoder::Length(left) = self {
+            *left -= n as u64;
+            if *left == 0 {
+                *self = Decoder::Done;
+            }
+        }
+    }
+
     /// The upstream closed: fine for a close-delimited body (its last
     /// chunk goes out), an error otherwise.
     pub(crate) fn eof(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {

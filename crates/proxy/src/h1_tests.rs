@@ -411,6 +411,15 @@ fn lengths_stop_at_the_end_and_close_delimited_bodies_end_at_eof() {
     d.eof(&mut out).unwrap();
     assert_eq!(unchunk(&out).unwrap(), b"abcde");
     assert!(Decoder::new(Framing::Length(0)).is_done());
+    // A length body sent on as it is: counted, never past its end.
+    let mut d = Decoder::new(Framing::Length(5));
+    assert_eq!(d.passthrough(3), Some(3));
+    d.advance(3);
+    assert_eq!(d.passthrough(10), Some(2));
+    d.advance(2);
+    assert!(d.is_done());
+    assert_eq!(d.passthrough(10), None);
+    assert_eq!(Decoder::new(Framing::Chunked).passthrough(10), None);
     assert!(Decoder::new(Framing::None).is_done());
 }
 

@@ -43,20 +43,31 @@ pub(super) struct Upload {
     pub buf: Vec<u8>,
     pub at: usize,
     dec: Decoder,
-    /// Bytes for the target, sent up to `sent`.
+    /// Bytes for the target (a chunked body, re-framed), sent up to
+    /// `sent`; a length-delimited body goes from `buf` as it is.
     send: Vec<u8>,
     sent: usize,
+    /// Written since the last flush.
+    dirty: bool,
     pub state: State,
 }
 
+/// The client's buffer while a body streams: a read of this much is what
+/// hyper's reads grow to for a large body, and `pool` still takes it back.
+const STREAM_BUF: usize = 64 * 1024;
+
 impl Upload {
-    pub(super) fn new(buf: Vec<u8>, at: usize, framing: Framing) -> Upload {
+    pub(super) fn new(mut buf: Vec<u8>, at: usize, framing: Framing) -> Upload {
+        if buf.capacity() < STREAM_BUF {
+            buf.reserve_exact(STREAM_BUF - buf.len());
+        }
         Upload {
             buf,
             at,
             dec: Decoder::new(framing),
             send: pool::take(),
             sent: 0,
+            dirty: false,
             state: State::Going,
         }
     }
@@ -109,13 +120,29 @@ impl Upload {
             }
             if self.sent < self.send.len() {
                 match pin!(up.write(&self.send[self.sent..])).poll(cx) {
-                    Poll::Ready(Ok(n)) if n > 0 => self.sent += n,
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.sent += n;
+                        self.dirty = true;
+                    }
                     Poll::Ready(_) => self.state = State::Cut,
                     Poll::Pending => return Poll::Pending,
                 }
                 continue;
             }
-            if !self.send.is_empty() {
+            let avail = self.buf.len() - self.at;
+            if let Some(n) = self.dec.passthrough(avail).filter(|&n| n > 0) {
+                match pin!(up.write(&self.buf[self.at..self.at + n])).poll(cx) {
+                    Poll::Ready(Ok(k)) if k > 0 => {
+                        self.at += k;
+                        self.dec.advance(k);
+                        self.dirty = true;
+                    }
+                    Poll::Ready(_) => self.state = State::Cut,
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if self.dirty {
                 // TLS holds records back until flushed; TCP returns at once.
                 match pin!(up.flush()).poll(cx) {
                     Poll::Ready(Ok(())) => {}
@@ -125,6 +152,7 @@ impl Upload {
                     }
                     Poll::Pending => return Poll::Pending,
                 }
+                self.dirty = false;
                 self.send.clear();
                 self.sent = 0;
             }
