@@ -125,6 +125,16 @@ fn three_https_services_on_one_address_deploy_and_renew_under_load() {
     // The instances hear that the client spoke HTTPS.
     let a = https(addr, "api.test", "/headers", &[b"http/1.1"]).unwrap();
     assert!(a.body.contains("x-forwarded-proto: https"), "{}", a.body);
+    // Uploads over TLS: a long body and a chunked one, streamed by the
+    // fast path from the TLS client to the instance, echoed back whole.
+    for body in [
+        common::upload_length("api.test", 200_000),
+        common::upload_chunked("api.test", 200_000),
+    ] {
+        let a = common::https::https_raw(addr, "api.test", &body, &[b"http/1.1"]).unwrap();
+        assert_eq!(a.code, 200, "{}", a.headers);
+        assert_eq!(a.body.matches('q').count(), 200_000, "{}", a.headers);
+    }
     // HTTP/2 by ALPN.
     let a = https(addr, "app.test", "/", &[b"h2"]).unwrap();
     assert_eq!(a.alpn.as_deref(), Some(b"h2".as_slice()));

@@ -84,6 +84,16 @@ fn instances_that_speak_only_https_are_checked_served_and_deployed_under_load() 
         http_get(instance, "/").map_or(true, |(c, _)| c != 200),
         "the instance answered plain HTTP"
     );
+    // Uploads to an instance that speaks TLS: a long body and a chunked
+    // one, streamed by the fast path, echoed back whole.
+    for body in [
+        common::upload_length("test", 200_000),
+        common::upload_chunked("test", 200_000),
+    ] {
+        let answer = common::raw_request(env.web, &body).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+        assert_eq!(answer.matches('q').count(), 200_000, "{answer:.300}");
+    }
 
     // A blue/green and an in-place deploy under load, through TLS.
     let l = load(env.web, 4);

@@ -61,6 +61,17 @@ pub struct Answer {
 /// One HTTPS request on a fresh connection with SNI `host`; with `alpn`
 /// h2 only the handshake is checked (no request is sent).
 pub fn https(addr: SocketAddr, host: &str, path: &str, alpn: &[&[u8]]) -> std::io::Result<Answer> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    https_raw(addr, host, req.as_bytes(), alpn)
+}
+
+/// `req` (whole, with `Connection: close`) over HTTPS with SNI `host`.
+pub fn https_raw(
+    addr: SocketAddr,
+    host: &str,
+    req: &[u8],
+    alpn: &[&[u8]],
+) -> std::io::Result<Answer> {
     let record = Arc::new(Record(Mutex::new(None)));
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -81,10 +92,7 @@ pub fn https(addr: SocketAddr, host: &str, path: &str, alpn: &[&[u8]]) -> std::i
     if h2 {
         tls.conn.complete_io(&mut tls.sock)?;
     } else {
-        write!(
-            tls,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
+        tls.write_all(req)?;
         match tls.read_to_string(&mut out) {
             Ok(_) => {}
             // A close without close_notify after a whole answer is fine.

@@ -217,6 +217,51 @@ pub fn admin_get(admin: SocketAddr, dir: &Path, path: &str) -> std::io::Result<(
     )
 }
 
+/// `POST /echo` to `host` with a body of `n` bytes `q` by
+/// `Content-Length`, ending its connection.
+pub fn upload_length(host: &str, n: usize) -> Vec<u8> {
+    let mut r = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {n}\r\n\r\n"
+    )
+    .into_bytes();
+    r.resize(r.len() + n, b'q');
+    r
+}
+
+/// `POST /echo` to `host` with a chunked body of `n` bytes `q` (chunks of
+/// 7,000: no `q` in the framing), ending its connection.
+pub fn upload_chunked(host: &str, n: usize) -> Vec<u8> {
+    let mut r = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(7000);
+        r.extend_from_slice(format!("{k:x}\r\n").as_bytes());
+        r.resize(r.len() + k, b'q');
+        r.extend_from_slice(b"\r\n");
+        left -= k;
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
+/// Sends `req` whole on a fresh connection and reads until it closes.
+pub fn raw_request(addr: SocketAddr, req: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut r = s.try_clone()?;
+    let writer = std::thread::spawn({
+        let req = req.to_vec();
+        move || s.write_all(&req)
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)?;
+    writer.join().expect("writer")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 fn request(addr: SocketAddr, path: &str, extra: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
