@@ -126,7 +126,7 @@ pub(crate) fn serve<S: ClientStream>(
     resumed: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        let _live = park::Live::new();
+        let live = park::Live::new();
         let svc0 = front.routes.first().clone();
         let fwd = Forwarded {
             peer: peer.ip(),
@@ -226,7 +226,7 @@ pub(crate) fn serve<S: ClientStream>(
                     // answers 431 for it, as for one that did not.
                     ReqParse::Ready(r) if r.head_len > max_head => {
                         pool::give(out);
-                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand, live).await;
                     }
                     // A streamed body follows the head as it comes.
                     ReqParse::Ready(r) if r.stream.is_some() => break (r, false),
@@ -246,12 +246,12 @@ pub(crate) fn serve<S: ClientStream>(
                     }
                     ReqParse::Decline => {
                         pool::give(out);
-                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand, live).await;
                     }
                     ReqParse::Partial if buf.len() > max_head => {
                         // hyper answers 431 for it.
                         pool::give(out);
-                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                        return to_hyper(io, buf, peer, tls, front, worker, stop, hand, live).await;
                     }
                     ReqParse::Partial => 0,
                 };
@@ -308,7 +308,7 @@ pub(crate) fn serve<S: ClientStream>(
                 }
                 Some(svc) if !svc.settings.fast_path => {
                     pool::give(out);
-                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand).await;
+                    return to_hyper(io, buf, peer, tls, front, worker, stop, hand, live).await;
                 }
                 Some(svc) if short => {
                     let hsts = svc.tls.as_ref().is_some_and(|t| t.hsts);
@@ -449,7 +449,11 @@ async fn to_hyper<S: ClientStream>(
     worker: usize,
     stop: watch::Receiver<bool>,
     hand: Handover,
+    live: park::Live,
 ) {
+    // hyper's connections are not the parker's to keep its timer for: a
+    // long-lived tunnel or HTTP/2 connection would keep it ticking.
+    drop(live);
     let io = Rewind {
         pre: read,
         at: 0,

@@ -143,7 +143,8 @@ thread_local! {
     static LIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Counts a connection's task while it lives (see [`AHEAD`]).
+/// Counts a fast-path connection's task while it lives (see [`AHEAD`]);
+/// dropped when the connection goes to hyper.
 pub(super) struct Live;
 
 impl Live {
