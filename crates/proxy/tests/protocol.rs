@@ -185,10 +185,7 @@ async fn large_bodies_stream_both_ways() {
     let (s, echoed) = c.request(req).await.unwrap();
     assert_eq!(s, 200);
     assert_eq!(echoed.len(), N);
-    // Download: N bytes. (On a new connection: an answer that begins
-    // before the whole body went up, as an echo's does, ends its
-    // connection on the fast path, and says so in its head.)
-    let mut c = Client::connect(p.addr).await;
+    // Download: N bytes, on the same connection.
     let (s, got) = c.get(&format!("/bytes?n={N}")).await.unwrap();
     assert_eq!(s, 200);
     assert_eq!(got.len(), N);
@@ -223,7 +220,7 @@ async fn h2c_prior_knowledge_is_served() {
 /// the body (then shuts its side, or holds the connection open): the
 /// client gets the answer at once, not after the response timeout, even
 /// while it is still sending, and (on the fast path) its connection ends
-/// after it.
+/// once the rest of the body has stopped going up (the response timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
     for fast_path in [true, false] {
@@ -257,7 +254,8 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
             h.enabled = false;
             let mut cfg = service_cfg(Balance::RoundRobin, h);
             cfg.proxy.fast_path = fast_path;
-            cfg.proxy.response_timeout = Duration::from_secs(30);
+            // A body nobody reads stops the upload after this long.
+            cfg.proxy.response_timeout = Duration::from_secs(2);
             let p = TestProxy::start(cfg).await;
             p.add_at(addr, "early");
             p.wait_healthy(1).await;
@@ -276,6 +274,7 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
             });
             let started = std::time::Instant::now();
             let mut got = Vec::new();
+            let mut answered = None;
             let ended = tokio::time::timeout(Duration::from_secs(10), async {
                 let mut b = [0u8; 4096];
                 loop {
@@ -283,8 +282,11 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
                         Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
                         _ => return,
                     }
-                    if !fast_path && got.ends_with(b"too large") {
-                        return;
+                    if got.ends_with(b"too large") {
+                        answered.get_or_insert(started.elapsed());
+                        if !fast_path {
+                            return;
+                        }
                     }
                 }
             })
@@ -293,6 +295,13 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
             let what = format!("fast_path={fast_path} close_write={close_write}: {text}");
             assert!(text.starts_with("HTTP/1.1 413"), "{what}");
             assert!(text.ends_with("\r\n\r\ntoo large"), "{what}");
+            // Before the body stops being sent, which waits for the
+            // response timeout (2 s) with a target that does not read it.
+            let answered = answered.unwrap();
+            assert!(
+                answered < Duration::from_millis(1500),
+                "{answered:?} {what}"
+            );
             if !fast_path {
                 // hyper's path keeps the connection while its client half
                 // waits to send the rest to a target that never reads it:
@@ -348,4 +357,100 @@ async fn a_body_nobody_takes_is_not_read_as_a_request() {
     assert!(r.contains("content-length: 20000\r\n"), "{r}");
     // The POST reached /echo, never the hidden GET.
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A target that answers as soon as it has the head and then reads the
+/// body to drop it (nginx's `return` does): the rest of the body follows
+/// the answer, and both connections carry the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_that_still_reads_the_body_keeps_the_connection() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let target = tokio::spawn({
+        let conns = conns.clone();
+        async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut b = [0u8; 65536];
+                            match s.read(&mut b).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                                _ => return,
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end);
+                        let mut left: usize = head
+                            .split("\r\n")
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        // The answer first, then the body, dropped.
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        while left > 0 {
+                            if buf.is_empty() {
+                                let mut b = [0u8; 65536];
+                                match s.read(&mut b).await {
+                                    Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                                    _ => return,
+                                }
+                            }
+                            let k = left.min(buf.len());
+                            buf.drain(..k);
+                            left -= k;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let mut h = health(1000);
+    h.enabled = false;
+    let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
+    p.add_at(addr, "early");
+    p.wait_healthy(1).await;
+
+    const N: usize = 4 << 20;
+    let s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: {N}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(&vec![b'u'; N]).await.unwrap();
+        wr.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        wr
+    });
+    let mut got = Vec::new();
+    let two = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut b = [0u8; 4096];
+        while got.windows(2).filter(|w| w == b"ok").count() < 2 {
+            match rd.read(&mut b).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(two.is_ok(), "{text}");
+    assert_eq!(text.matches("http/1.1 200 ok").count(), 2, "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    let _wr = writer.await.unwrap();
+    // Both requests on one upstream connection.
+    assert_eq!(conns.load(std::sync::atomic::Ordering::Relaxed), 1);
+    target.abort();
 }

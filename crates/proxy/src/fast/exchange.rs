@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 
-use super::upload::{read_up, write_down, State, Stop, Upload};
+use super::upload::{finish, read_up, write_down, State, Stop, Upload};
 use super::{pool, write_answer, ClientStream};
 use crate::error::Failure;
 use crate::forward::{failed, within_connect_timeout, MAX_ATTEMPTS};
@@ -196,13 +196,12 @@ async fn exchange<S: ClientStream>(
             }
             Ok(_) => answered = true,
         }
-        // An answer before the whole body went up (an early refusal, or an
-        // echo that answers as it reads): the client's connection ends
-        // after it, since the rest may never be read, and the client is
-        // told so in this head, while it can still be told. A target that
-        // reads the whole body first finds the upload whole: its answer is
-        // read only after our last write.
-        let cut = upload.as_ref().is_some_and(|u| u.state != State::Whole);
+        // A target that stopped taking the body: the client's connection
+        // ends after this answer, since the rest is never read, and the
+        // client is told so in this head. One that answers while it still
+        // reads (an echo; nginx's `return`, which drops the rest) gets the
+        // rest after its answer, in `relay`.
+        let cut = upload.as_ref().is_some_and(|u| u.state == State::Cut);
         let extra = &Extra {
             close: extra.close || cut,
             hsts: extra.hsts,
@@ -238,8 +237,6 @@ async fn relay<S: ClientStream>(
     worker: usize,
     started: std::time::Instant,
 ) -> bool {
-    // What `exchange` decided: the head says `connection: close`.
-    let cut = upload.as_ref().is_some_and(|u| u.state != State::Whole);
     // A body that stops coming while the answer waits for it.
     let stalled = svc.settings.response_timeout;
     if resp.status >= 500 {
@@ -339,11 +336,20 @@ async fn relay<S: ClientStream>(
     }
     let wrote = out.is_empty() || write_down(io, &mut up, out, upload.as_deref_mut()).await;
     t.stats.record(resp.status, started.elapsed());
-    // An answer that ended before the whole body went up: the rest of the
-    // body is never read, so neither connection can be used again.
+    // An answer that ended before the whole body went up: the target may
+    // still be reading, so the rest goes on to it while it comes. A body
+    // sent whole leaves both connections fit for the next request; one
+    // that is not (the target stopped reading, the client stopped sending)
+    // ends both, the client's without a word: it is still sending and
+    // cannot have sent another request yet.
+    if let Some(u) = upload.as_deref_mut().filter(|u| u.state == State::Going) {
+        if ok && wrote {
+            let _ = tokio::time::timeout(stalled, finish(io, &mut up, u)).await;
+        }
+    }
     let whole = upload.is_none_or(|u| u.state == State::Whole);
     if ok && whole && reusable && dec.is_done() && resp.framing != Framing::Close {
         t.checkin_raw(worker, up);
     }
-    ok && wrote && !cut
+    ok && wrote && whole
 }

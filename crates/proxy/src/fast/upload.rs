@@ -6,10 +6,11 @@
 //! answer to the client ([`write_down`]): the client is read only
 //! after the target took what came before (back-pressure both ways, one
 //! buffer per direction), and the target may answer at any time, even
-//! before the body is whole, as on hyper's path. A target that stops
-//! reading (it answered early and closed, say) ends the upload; the
-//! answer is still relayed, and neither connection is used again, since
-//! the rest of the body was never read.
+//! before the body is whole, as on hyper's path; the rest of the body
+//! then follows its answer ([`finish`]). A target that stops reading (it
+//! answered early and closed, say) ends the upload; the answer is still
+//! relayed, and neither connection is used again, since the rest of the
+//! body was never read.
 
 use std::future::Future;
 use std::io;
@@ -248,4 +249,10 @@ pub(super) async fn write_down<S: ClientStream>(
         }
     })
     .await
+}
+
+/// Sends the rest of the body after the answer ended; done once the upload
+/// is no longer [`State::Going`].
+pub(super) async fn finish<S: ClientStream>(io: &mut S, up: &mut Upstream, u: &mut Upload) {
+    std::future::poll_fn(|cx| u.poll_pump(cx, io, up)).await
 }
