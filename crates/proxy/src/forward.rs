@@ -92,6 +92,8 @@ pub(crate) async fn handle(
     let mut tried = [0u64; MAX_ATTEMPTS];
     let mut last = Failure::NoHealthyTarget;
     let mut replayed = false;
+    // A new connection for the next attempt, not a pooled one.
+    let mut fresh = false;
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             svc.stats.retries.fetch_add(1, Relaxed);
@@ -102,7 +104,7 @@ pub(crate) async fn handle(
         tried[attempt] = claim.0.id;
         let t = claim.0.clone();
         let connected = tokio::select! {
-            c = connection(&svc, &t, conn.worker) => c,
+            c = connection(&svc, &t, conn.worker, fresh) => c,
             // Its host was lost while we connected: nothing was sent.
             _ = t.abandoned() => Err(()),
         };
@@ -158,11 +160,19 @@ pub(crate) async fn handle(
             }
             Ok(Err(mut e)) => {
                 if let Some(unsent) = e.take_message() {
-                    // hyper never dispatched it: the request is whole again.
+                    // hyper never dispatched it: the request is whole again,
+                    // and the target is not to blame — the pooled connection
+                    // closed before hyper's task saw it (as after an answer
+                    // that came before the whole body went up). It may be
+                    // picked again, on a new connection.
                     let (p, b) = unsent.into_parts();
                     parts = p;
                     body = Some(b);
                     last = Failure::Upstream;
+                    if reused {
+                        tried[attempt] = 0;
+                        fresh = true;
+                    }
                     continue;
                 }
                 let err = e.error();
@@ -223,15 +233,19 @@ pub(crate) fn answer_text(status: StatusCode, why: &str) -> String {
     )
 }
 
-/// Takes a pooled connection or opens one. `Err` means connect failed; the
-/// failure is already counted and reported to passive health.
+/// Takes a pooled connection (unless `fresh`) or opens one. `Err` means
+/// connect failed; the failure is already counted and reported to passive
+/// health.
 async fn connection(
     svc: &ServiceProxy,
     t: &Arc<Target>,
     worker: usize,
+    fresh: bool,
 ) -> Result<(SendRequest<ReqBody>, bool), ()> {
-    if let Some(c) = t.checkout(worker) {
-        return Ok((c, true));
+    if !fresh {
+        if let Some(c) = t.checkout(worker) {
+            return Ok((c, true));
+        }
     }
     let connect = async {
         let s = crate::upstream::dial(t.addr, svc.upstream.as_deref()).await?;
