@@ -53,8 +53,9 @@ pub(super) struct Upload {
     pub state: State,
 }
 
-/// The client's buffer while a body streams: a read of this much is what
-/// hyper's reads grow to for a large body, and `pool` still takes it back.
+/// The client's buffer while a body streams: 64 KiB reads (the first
+/// version's 16 KiB reads and copy trailed hyper's path, 0.89×), and
+/// `pool` still takes a buffer this size back.
 const STREAM_BUF: usize = 64 * 1024;
 
 impl Upload {
