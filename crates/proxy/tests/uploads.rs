@@ -360,3 +360,36 @@ async fn a_request_after_an_early_answer_does_not_meet_a_busy_connection() {
         target.abort();
     }
 }
+
+/// Clients that send their bodies too slowly get 504 after the response
+/// timeout, and the target is not blamed for it: with a passive-failure
+/// threshold of one, it still serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_do_not_eject_a_healthy_target() {
+    let a = upstream("a").await;
+    let mut h = health(1000);
+    h.passive_failures = 1;
+    let mut cfg = service_cfg(Balance::RoundRobin, h);
+    cfg.proxy.response_timeout = Duration::from_millis(300);
+    let p = TestProxy::start(cfg).await;
+    p.add_default(&a);
+    p.wait_healthy(1).await;
+    for framing in ["Content-Length: 100000", "Transfer-Encoding: chunked"] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let head = format!("POST /collect HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let first: &[u8] = if framing.starts_with("Content") {
+            &[b'u'; 20_000]
+        } else {
+            b"5\r\nhello\r\n"
+        };
+        s.write_all(first).await.unwrap();
+        // ...and nothing more.
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 504"), "{framing}: {text}");
+        let (status, _) = Client::connect(p.addr).await.get("/").await.unwrap();
+        assert_eq!(status, 200, "{framing}: the target was ejected");
+    }
+}

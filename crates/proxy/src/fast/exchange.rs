@@ -110,7 +110,11 @@ pub(super) async fn forward<S: ClientStream>(
             }
             Some(Err(_)) => {
                 last = Failure::Timeout;
-                svc.passive_failure(&t);
+                // A body still coming is the client's slowness, not the
+                // target's: slow uploads must not eject healthy targets.
+                if upload.as_ref().is_none_or(|u| u.state != State::Going) {
+                    svc.passive_failure(&t);
+                }
                 break;
             }
             Some(Ok(Err(Missed::Bad(why)))) => {

@@ -133,6 +133,14 @@ async fn serve(
             hits.fetch_add(1, Relaxed);
             Response::new(req.into_body().boxed())
         }
+        // Answers only once the whole body came: its length.
+        "/collect" => {
+            hits.fetch_add(1, Relaxed);
+            match req.into_body().collect().await {
+                Ok(b) => Response::new(full(b.to_bytes().len().to_string())),
+                Err(_) => Response::new(full("broken")),
+            }
+        }
         "/bytes" => {
             let n = num("n").unwrap_or(0);
             let chunk = Bytes::from(vec![b'z'; 65536]);
