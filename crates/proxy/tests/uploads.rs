@@ -161,58 +161,7 @@ async fn a_body_nobody_takes_is_not_read_as_a_request() {
 /// the answer, and both connections carry the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_that_still_reads_the_body_keeps_the_connection() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let conns = Arc::new(AtomicU32::new(0));
-    let target = tokio::spawn({
-        let conns = conns.clone();
-        async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                conns.fetch_add(1, Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut b = [0u8; 65536];
-                            match s.read(&mut b).await {
-                                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                                _ => return,
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        buf.drain(..end);
-                        let mut left: usize = head
-                            .split("\r\n")
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        // The answer first, then the body, dropped.
-                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        while left > 0 {
-                            if buf.is_empty() {
-                                let mut b = [0u8; 65536];
-                                match s.read(&mut b).await {
-                                    Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                                    _ => return,
-                                }
-                            }
-                            let k = left.min(buf.len());
-                            buf.drain(..k);
-                            left -= k;
-                        }
-                    }
-                });
-            }
-        }
-    });
+    let (addr, conns, target) = answering_early(Duration::ZERO).await;
     let mut h = health(1000);
     h.enabled = false;
     let p = TestProxy::start(service_cfg(Balance::RoundRobin, h)).await;
@@ -261,54 +210,8 @@ async fn an_early_answer_that_still_reads_the_body_keeps_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_after_an_early_answer_does_not_meet_a_busy_connection() {
     for fast_path in [true, false] {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         // Answers at once, then reads the rest of a body slowly.
-        let target = tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut b = [0u8; 65536];
-                            match s.read(&mut b).await {
-                                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                                _ => return,
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        buf.drain(..end);
-                        let mut left: usize = head
-                            .split("\r\n")
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        if left > 0 {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        while left > 0 {
-                            if buf.is_empty() {
-                                let mut b = [0u8; 65536];
-                                match s.read(&mut b).await {
-                                    Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                                    _ => return,
-                                }
-                            }
-                            let k = left.min(buf.len());
-                            buf.drain(..k);
-                            left -= k;
-                        }
-                    }
-                });
-            }
-        });
+        let (addr, _, target) = answering_early(Duration::from_millis(300)).await;
         let mut h = health(1000);
         h.enabled = false;
         let mut cfg = service_cfg(Balance::RoundRobin, h);
@@ -392,4 +295,68 @@ async fn slow_uploads_do_not_eject_a_healthy_target() {
         let (status, _) = Client::connect(p.addr).await.get("/").await.unwrap();
         assert_eq!(status, 200, "{framing}: the target was ejected");
     }
+}
+
+/// A target that answers `200 ok` as soon as it has a request's head,
+/// then waits `pause` and reads the body (by `Content-Length`) to drop
+/// it, and goes on with the next request: its address, the connections
+/// it accepted, and its task.
+async fn answering_early(
+    pause: Duration,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicU32>,
+    tokio::task::JoinHandle<()>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicU32::new(0));
+    let counted = conns.clone();
+    let target = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            counted.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut b = [0u8; 65536];
+                        match s.read(&mut b).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    let mut left: usize = head
+                        .split("\r\n")
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if left > 0 && !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    while left > 0 {
+                        if buf.is_empty() {
+                            let mut b = [0u8; 65536];
+                            match s.read(&mut b).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                                _ => return,
+                            }
+                        }
+                        let k = left.min(buf.len());
+                        buf.drain(..k);
+                        left -= k;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, target)
 }
