@@ -443,6 +443,58 @@ fn chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
     b
 }
 
+#[test]
+fn the_clients_address_is_written_as_display_writes_it() {
+    for ip in [
+        "0.0.0.0",
+        "10.1.2.3",
+        "255.255.255.255",
+        "127.0.0.1",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:192.0.2.128",
+        "fe80::1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let mut out = Vec::new();
+        put_ip(&mut out, ip);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            ip.to_canonical().to_string()
+        );
+    }
+}
+
+#[test]
+fn lengths_are_read_as_str_parse_reads_them() {
+    for v in [
+        "0",
+        "7",
+        "0010",
+        "18446744073709551615",
+        "18446744073709551616",
+        "",
+        "1a",
+        "+1",
+        "-1",
+        " 1",
+        "１",
+    ] {
+        let want = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| v.parse::<u64>().ok())
+            .flatten();
+        assert_eq!(digits(v.as_bytes()), want, "{v:?}");
+    }
+    assert_eq!(canonical_length(b" 42 "), Some(42));
+    assert_eq!(canonical_length(b"042"), None);
+    assert_eq!(canonical_length(b"0"), Some(0));
+    assert_eq!(
+        canonical_length(b"999999999999999999"),
+        Some(999_999_999_999_999_999)
+    );
+    assert_eq!(canonical_length(b"1000000000000000000"), None);
+}
+
 proptest! {
     #[test]
     fn any_chunking_and_any_split_gives_the_body_back(
@@ -467,5 +519,19 @@ proptest! {
         let mut out = Vec::new();
         let _ = parse_request(&input, &fwd(), &mut out);
         let _ = parse_response(&input, false, &plain(), &mut out);
+    }
+
+    #[test]
+    fn any_address_is_written_as_display_writes_it(v4 in any::<u32>(), v6 in any::<u128>()) {
+        for ip in [IpAddr::from(v4.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
+            let mut out = Vec::new();
+            put_ip(&mut out, ip);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_canonical().to_string());
+        }
+    }
+
+    #[test]
+    fn any_digits_are_read_as_str_parse_reads_them(v in "[0-9]{1,22}") {
+        prop_assert_eq!(digits(v.as_bytes()), v.parse::<u64>().ok());
     }
 }
