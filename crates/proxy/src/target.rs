@@ -294,6 +294,11 @@ impl Target {
         }
     }
 
+    /// Whether its host is lost ([`Self::abandon`]).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(SeqCst)
+    }
+
     /// Its host answers again (see `abandon`).
     pub(crate) fn restore(&self) {
         self.lost.store(false, SeqCst);
@@ -305,7 +310,7 @@ impl Target {
             let n = self.gone.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if self.lost.load(SeqCst) {
+            if self.is_lost() {
                 return;
             }
             n.await;

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 
+use tokio::time::Instant;
+
+use super::alarm::{self, Alarm, Woke};
 use super::upload::{finish, read_up, write_down, State, Stop, Upload};
 use super::{pool, write_answer, ClientStream};
 use crate::error::Failure;
@@ -45,6 +48,7 @@ pub(super) async fn forward<S: ClientStream>(
     extra: &Extra,
     mut upload: Option<&mut Upload>,
     worker: usize,
+    mut alarm: Alarm<'_>,
 ) -> bool {
     let started = std::time::Instant::now();
     let mut tried = [0u64; MAX_ATTEMPTS];
@@ -77,7 +81,10 @@ pub(super) async fn forward<S: ClientStream>(
         };
         tried[attempt] = claim.0.id;
         let t = claim.0.clone();
+        // Biased: a pooled connection is taken at once, and waits on
+        // nothing (`abandoned` registers a waiter when polled).
         let connected = tokio::select! {
+            biased;
             c = connection(svc, &t, worker) => c,
             _ = t.abandoned() => Err(()),
         };
@@ -85,13 +92,30 @@ pub(super) async fn forward<S: ClientStream>(
             last = Failure::Connect;
             continue;
         };
-        let got = tokio::select! {
-            r = tokio::time::timeout(
-                svc.settings.response_timeout,
-                exchange(io, &mut up, out, &mut ubuf, req.head_method, extra, upload.as_deref_mut()),
-            ) => Some(r),
-            // Its host was lost: no answer can come.
-            _ = t.abandoned() => None,
+        let due = Instant::now() + svc.settings.response_timeout;
+        let got = {
+            let mut ex = std::pin::pin!(exchange(
+                io,
+                &mut up,
+                out,
+                &mut ubuf,
+                req.head_method,
+                extra,
+                upload.as_deref_mut()
+            ));
+            loop {
+                // Its host was lost: no answer can come. Seen within a
+                // tick: a waiter per request on the target's `abandoned`
+                // cost as much as the timer did.
+                if t.is_lost() {
+                    break None;
+                }
+                match alarm::wait(alarm.as_mut(), due, ex.as_mut()).await {
+                    Woke::Done(r) => break Some(Ok(r)),
+                    Woke::Due => break Some(Err(alarm::Late)),
+                    Woke::Tick => {}
+                }
+            }
         };
         match got {
             Some(Ok(Ok(resp))) => {

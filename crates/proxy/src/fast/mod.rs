@@ -50,12 +50,14 @@ use crate::h1::{self, Extra, Forwarded, ReqParse};
 use crate::server::{Front, LINGER};
 use crate::service::ServiceProxy;
 
+mod alarm;
 mod exchange;
 pub(crate) mod park;
 mod pool;
 mod rewind;
 mod upload;
 
+use alarm::Woke;
 use exchange::forward;
 use rewind::Rewind;
 use upload::Upload;
@@ -121,12 +123,13 @@ pub(crate) fn serve<S: ClientStream>(
     tls: bool,
     front: Arc<Front>,
     worker: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     hand: Handover,
     resumed: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let live = park::Live::new();
+        let mut alarm = std::pin::pin!(alarm::new());
         let svc0 = front.routes.first().clone();
         let fwd = Forwarded {
             peer: peer.ip(),
@@ -158,16 +161,24 @@ pub(crate) fn serve<S: ClientStream>(
                 let park_at = (!first && io.parkable())
                     .then(|| Instant::now() + park::PARK_AFTER)
                     .filter(|p| *p < until);
-                let ready = loop {
-                    let wake = match park_at {
-                        Some(p) if !closing => p,
-                        _ => until,
-                    };
-                    tokio::select! {
-                        r = tokio::time::timeout_at(wake, idle(&io)) => break r,
-                        _ = stopped(&mut stop), if !closing => {
-                            closing = true;
-                            until = until.min(Instant::now() + LINGER);
+                let ready = {
+                    let mut readable = std::pin::pin!(idle(&io));
+                    loop {
+                        let wake = match park_at {
+                            Some(p) if !closing => p,
+                            _ => until,
+                        };
+                        match alarm::wait(alarm.as_mut(), wake, readable.as_mut()).await {
+                            Woke::Done(r) => break Ok(r),
+                            Woke::Due => break Err(alarm::Late),
+                            // A stop reaches a connection idle in its task
+                            // within a tick (a parked one, at once: the
+                            // parker hands it back).
+                            Woke::Tick if !closing && *stop.borrow() => {
+                                closing = true;
+                                until = until.min(Instant::now() + LINGER);
+                            }
+                            Woke::Tick => {}
                         }
                     }
                 };
@@ -198,7 +209,7 @@ pub(crate) fn serve<S: ClientStream>(
                     }
                 }
                 buf = pool::take();
-                match tokio::time::timeout_at(until, io.read_buf(&mut buf)).await {
+                match alarm::within(alarm.as_mut(), until, io.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => return pool::give(buf),
                     Err(_) => {
@@ -257,7 +268,7 @@ pub(crate) fn serve<S: ClientStream>(
                 };
                 pool::room(&mut buf);
                 buf.reserve(body_rest);
-                match tokio::time::timeout_at(head_by, io.read_buf(&mut buf)).await {
+                match alarm::within(alarm.as_mut(), head_by, io.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => {
                         // A body cut short is answered (400, as hyper does);
@@ -333,6 +344,7 @@ pub(crate) fn serve<S: ClientStream>(
                         &extra,
                         upload.as_mut(),
                         worker,
+                        alarm.as_mut(),
                     ))
                     .await;
                     if let Some(mut u) = upload {
@@ -422,10 +434,6 @@ async fn discard<S: ClientStream>(io: &mut S, buf: &mut Vec<u8>) {
 /// Resolves once the client has sent something (or EOF, or an error).
 async fn idle<S: ClientStream>(io: &S) -> io::Result<()> {
     std::future::poll_fn(|cx| io.poll_idle(cx).unwrap_or(Poll::Ready(Ok(())))).await
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// A head that did not arrive within `header_timeout`: 408, as on hyper's
