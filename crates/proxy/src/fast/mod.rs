@@ -146,20 +146,23 @@ pub(crate) fn serve<S: ClientStream>(
         loop {
             if buf.is_empty() {
                 // Between requests: nothing held but the socket.
+                let now = Instant::now();
                 let mut until = if first {
                     accepted + svc0.settings.header_timeout
                 } else {
                     idle_until
                         .take()
-                        .unwrap_or_else(|| Instant::now() + svc0.settings.idle_timeout)
+                        .unwrap_or_else(|| now + svc0.settings.idle_timeout)
                 };
+                // A resumed connection may come back to a stop.
+                closing |= *stop.borrow();
                 if closing {
-                    until = until.min(Instant::now() + LINGER);
+                    until = until.min(now + LINGER);
                 }
                 // Idle after a response: parked after a while, unless the
                 // connection is ending anyway.
                 let park_at = (!first && io.parkable())
-                    .then(|| Instant::now() + park::PARK_AFTER)
+                    .then(|| now + park::PARK_AFTER)
                     .filter(|p| *p < until);
                 let ready = {
                     let mut readable = std::pin::pin!(idle(&io));
@@ -221,11 +224,9 @@ pub(crate) fn serve<S: ClientStream>(
                     }
                 }
             }
-            let head_by = if first {
-                accepted + svc0.settings.header_timeout
-            } else {
-                Instant::now() + svc0.settings.header_timeout
-            };
+            // Set when a head needs a second read (rarely: the clock is
+            // not read for nothing).
+            let mut head_by = first.then(|| accepted + svc0.settings.header_timeout);
             let mut out = pool::take();
             // A head whose small body is still coming.
             let mut waiting = None;
@@ -268,7 +269,9 @@ pub(crate) fn serve<S: ClientStream>(
                 };
                 pool::room(&mut buf);
                 buf.reserve(body_rest);
-                match alarm::within(alarm.as_mut(), head_by, io.read_buf(&mut buf)).await {
+                let by =
+                    *head_by.get_or_insert_with(|| Instant::now() + svc0.settings.header_timeout);
+                match alarm::within(alarm.as_mut(), by, io.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => {
                         // A body cut short is answered (400, as hyper does);
