@@ -345,3 +345,48 @@ async fn the_service_request_total_keeps_what_removed_targets_answered() {
     .await;
     assert_eq!(p.svc.requests_total(), 25);
 }
+
+/// A request waiting on a target whose host is lost stops waiting and,
+/// being idempotent, goes to another target: on both paths (the fast path
+/// sees the loss at its connection timer's next tick, within 250 ms; hyper's
+/// at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_on_a_lost_host_goes_to_another_target() {
+    for fast_path in [true, false] {
+        let a = upstream("a").await;
+        let b = upstream("b").await;
+        let mut cfg = service_cfg(Balance::RoundRobin, health(50));
+        cfg.proxy.fast_path = fast_path;
+        cfg.proxy.response_timeout = Duration::from_secs(20);
+        let p = TestProxy::start(cfg).await;
+        let aid = p.add_default(&a);
+        let bid = p.add_default(&b);
+        p.wait_healthy(2).await;
+        // The target it lands on would answer after 3 s: long after its
+        // host is lost.
+        let addr = p.addr;
+        let started = std::time::Instant::now();
+        let req = tokio::spawn(async move { get(addr, "/sleep?ms=3000").await });
+        wait_for("the request on a target", Duration::from_secs(10), || {
+            a.hits.load(Relaxed) + b.hits.load(Relaxed) == 1
+        })
+        .await;
+        let (lost, other) = if a.hits.load(Relaxed) == 1 {
+            (aid, "b")
+        } else {
+            (bid, "a")
+        };
+        p.svc.abandon(lost, "test: its host stopped answering");
+        let (status, body) = req.await.unwrap().unwrap();
+        assert_eq!(
+            (
+                status.as_u16(),
+                body.as_str(),
+                a.hits.load(Relaxed) + b.hits.load(Relaxed)
+            ),
+            (200, other, 2),
+            "fast_path = {fast_path}: answered by {other}, after {:?}",
+            started.elapsed()
+        );
+    }
+}
