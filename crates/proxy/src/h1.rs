@@ -128,30 +128,70 @@ fn offset(buf: &[u8], s: &[u8]) -> Range<usize> {
     start..start + s.len()
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and the old proxy ones.
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+/// What the fast path does with a header field, by its name: each name is
+/// compared once per head ([`classify`]), not once per rule.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    /// The other hop-by-hop fields (RFC 9110 §7.6.1) and the old proxy ones.
+    HopByHop,
+    Host,
+    Expect,
+    XForwardedFor,
+    /// `X-Forwarded-Proto` and `-Host`: what the client spoke to us is
+    /// ours to say.
+    XForwardedOurs,
+    Hsts,
+    Other,
 }
 
-/// The tokens of every `Connection` field: fields named there are
-/// hop-by-hop too. Inline: nearly every head has one (`keep-alive`,
+impl Field {
+    fn of(name: &str) -> Field {
+        let is = |s: &str| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is("te") => Field::HopByHop,
+            4 if is("host") => Field::Host,
+            6 if is("expect") => Field::Expect,
+            7 if is("trailer") => Field::HopByHop,
+            7 if is("upgrade") => Field::Upgrade,
+            10 if is("connection") => Field::Connection,
+            10 if is("keep-alive") => Field::HopByHop,
+            14 if is("content-length") => Field::ContentLength,
+            15 if is("x-forwarded-for") => Field::XForwardedFor,
+            16 if is("proxy-connection") => Field::HopByHop,
+            16 if is("x-forwarded-host") => Field::XForwardedOurs,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            17 if is("x-forwarded-proto") => Field::XForwardedOurs,
+            18 if is("proxy-authenticate") => Field::HopByHop,
+            19 if is("proxy-authorization") => Field::HopByHop,
+            25 if is("strict-transport-security") => Field::Hsts,
+            _ => Field::Other,
+        }
+    }
+
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Field::Connection | Field::TransferEncoding | Field::Upgrade | Field::HopByHop
+        )
+    }
+}
+
+/// Classifies every field of a head into `kinds` (same order), and
+/// returns the tokens of its `Connection` fields: fields named there are
+/// hop-by-hop too. Inline: nearly every head has one token (`keep-alive`,
 /// `close`) or none, and this runs for every request and response.
-fn connection_tokens<'a>(headers: &[httparse::Header<'a>]) -> SmallVec<[&'a [u8]; 4]> {
+fn classify<'a>(
+    headers: &[httparse::Header<'a>],
+    kinds: &mut [Field; MAX_HEADERS],
+) -> SmallVec<[&'a [u8]; 4]> {
     let mut named = SmallVec::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") {
+    for (h, k) in headers.iter().zip(kinds.iter_mut()) {
+        *k = Field::of(h.name);
+        if *k == Field::Connection {
             named.extend(
                 h.value
                     .split(|&b| b == b',')
@@ -161,6 +201,14 @@ fn connection_tokens<'a>(headers: &[httparse::Header<'a>]) -> SmallVec<[&'a [u8]
         }
     }
     named
+}
+
+/// Writes a field as it came: `name: value`.
+fn put_field(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(h.value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn named_in(tokens: &[&[u8]], name: &str) -> bool {
@@ -186,7 +234,8 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
     if method == "CONNECT" || !path.starts_with('/') {
         return ReqParse::Decline;
     }
-    let tokens = connection_tokens(r.headers);
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    let tokens = classify(r.headers, &mut kinds);
     // `Connection: content-length` would drop from the upstream head the
     // very field this path frames the body by, and the target would read
     // the body as further requests: hyper's path judges such heads.
@@ -200,26 +249,27 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
     let mut hosts = 0;
     let mut length = None;
     let mut chunked = false;
-    for h in r.headers.iter() {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if n.eq_ignore_ascii_case("content-length") {
+    for (h, &k) in r.headers.iter().zip(&kinds) {
+        match k {
+            Field::Host => {
+                hosts += 1;
+                host = Some(h.value);
+            }
             // A second length, or one we would have to judge: hyper's
             // path, with its framing checks, takes it.
-            match canonical_length(h.value) {
+            Field::ContentLength => match canonical_length(h.value) {
                 Some(n) if length.is_none() => length = Some(n),
                 _ => return ReqParse::Decline,
+            },
+            Field::TransferEncoding => {
+                // Only a lone `chunked`: other codings, or a list, are hyper's.
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return ReqParse::Decline;
+                }
+                chunked = true;
             }
-        } else if n.eq_ignore_ascii_case("transfer-encoding") {
-            // Only a lone `chunked`: other codings, or a list, are hyper's.
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return ReqParse::Decline;
-            }
-            chunked = true;
-        } else if n.eq_ignore_ascii_case("upgrade") || n.eq_ignore_ascii_case("expect") {
-            return ReqParse::Decline;
+            Field::Upgrade | Field::Expect => return ReqParse::Decline,
+            _ => {}
         }
     }
     let (1, Some(host)) = (hosts, host) else {
@@ -242,34 +292,22 @@ pub(crate) fn parse_request(buf: &[u8], fwd: &Forwarded, out: &mut Vec<u8>) -> R
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Option<&[u8]> = None;
     let mut xff_more = false;
-    for h in r.headers.iter() {
-        let n = h.name;
-        if hop_by_hop(n) || named_in(&tokens, n) {
+    for (h, &k) in r.headers.iter().zip(&kinds) {
+        if k.hop_by_hop() || named_in(&tokens, h.name) {
             continue;
         }
-        if n.eq_ignore_ascii_case("x-forwarded-for") {
-            if xff.is_some() {
-                xff_more = true;
-            } else {
-                xff = Some(h.value);
-            }
-            continue;
+        match k {
+            Field::XForwardedFor if xff.is_some() => xff_more = true,
+            Field::XForwardedFor => xff = Some(h.value),
+            Field::XForwardedOurs => {}
+            _ => put_field(out, h),
         }
-        // What the client spoke to us is ours to say, not the client's.
-        if n.eq_ignore_ascii_case("x-forwarded-proto") || n.eq_ignore_ascii_case("x-forwarded-host")
-        {
-            continue;
-        }
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if xff_more {
         // Several fields are one list (RFC 9110 §5.3), in order.
-        for h in r.headers.iter() {
-            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+        for (h, &k) in r.headers.iter().zip(&kinds) {
+            if k == Field::XForwardedFor {
                 out.extend_from_slice(h.value);
                 out.extend_from_slice(b", ");
             }
@@ -379,20 +417,19 @@ pub(crate) fn parse_response(
     let Ok(code) = http::StatusCode::from_u16(status) else {
         return RespParse::Bad("malformed status");
     };
-    let tokens = connection_tokens(r.headers);
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    let tokens = classify(r.headers, &mut kinds);
     let no_body = head_method || status == 204 || status == 304;
     let mut te_chunked = None;
     let mut length: Option<u64> = None;
-    for h in r.headers.iter() {
-        if no_body {
-            // No length delimits anything here: relayed as it came.
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+    // Without a body, no length delimits anything: relayed as it came.
+    let framing_fields: &[httparse::Header<'_>] = if no_body { &[] } else { r.headers };
+    for (h, &k) in framing_fields.iter().zip(&kinds) {
+        if k == Field::TransferEncoding {
             // Only a final `chunked` delimits; anything else reads to close.
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
+        } else if k == Field::ContentLength {
             for v in h.value.split(|&b| b == b',') {
                 let Some(n) = digits(v.trim_ascii()) else {
                     return RespParse::Bad("invalid content-length");
@@ -428,25 +465,17 @@ pub(crate) fn parse_response(
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in r.headers.iter() {
-        let n = h.name;
-        if hop_by_hop(n) || named_in(&tokens, n) {
+    for (h, &k) in r.headers.iter().zip(&kinds) {
+        if k.hop_by_hop() || named_in(&tokens, h.name) {
             continue;
         }
-        if n.eq_ignore_ascii_case("content-length") {
+        match k {
             // Written below from the framing; without a body, the first
             // one as it came (what hyper relays too).
-            if !no_body || std::mem::replace(&mut length_seen, true) {
-                continue;
-            }
+            Field::ContentLength if !no_body || std::mem::replace(&mut length_seen, true) => {}
+            Field::Hsts if extra.hsts => {}
+            _ => put_field(out, h),
         }
-        if extra.hsts && n.eq_ignore_ascii_case("strict-transport-security") {
-            continue;
-        }
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
     }
     match framing {
         Framing::Length(n) => {

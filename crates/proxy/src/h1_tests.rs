@@ -444,6 +444,48 @@ fn chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
 }
 
 #[test]
+fn fields_are_classified_by_name_in_any_case() {
+    let hop = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+    ];
+    for n in hop {
+        for name in [n.to_string(), n.to_ascii_uppercase()] {
+            assert!(Field::of(&name).hop_by_hop(), "{name}");
+        }
+    }
+    for (n, want) in [
+        ("Host", Field::Host),
+        ("CONTENT-LENGTH", Field::ContentLength),
+        ("Expect", Field::Expect),
+        ("X-Forwarded-For", Field::XForwardedFor),
+        ("x-forwarded-proto", Field::XForwardedOurs),
+        ("X-Forwarded-Host", Field::XForwardedOurs),
+        ("Strict-Transport-Security", Field::Hsts),
+        ("tE", Field::HopByHop),
+        ("te-x", Field::Other),
+        ("hosts", Field::Other),
+        ("content-lengthx", Field::Other),
+        ("x-forwarded-fo", Field::Other),
+        ("", Field::Other),
+    ] {
+        assert!(Field::of(n) == want, "{n}");
+        assert_eq!(
+            Field::of(n).hop_by_hop(),
+            hop.iter().any(|h| h.eq_ignore_ascii_case(n)),
+            "{n}"
+        );
+    }
+}
+
+#[test]
 fn the_clients_address_is_written_as_display_writes_it() {
     for ip in [
         "0.0.0.0",
