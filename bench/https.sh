@@ -14,14 +14,8 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 CORES=$(nproc)
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian..." >&2
-  (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
-fi
+. bench/lib.sh
+install_missing wrk:wrk nginx:nginx-light openssl:openssl
 cargo build --release -q -p handoff >&2
 BIN=$PWD/target/release/handoff
 

@@ -18,14 +18,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-16}
 CORES=$(nproc)
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v valgrind >/dev/null || need+=(valgrind)
-if [ ${#need[@]} -gt 0 ]; then
-  (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
-fi
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy valgrind:valgrind
 cargo build --release -p handoff >&2
 BIN=$PWD/target/release/handoff
 W=$(mktemp -d)

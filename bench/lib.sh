@@ -1,5 +1,16 @@
 # Shared by the bench scripts (sourced, not run).
 
+# install_missing COMMAND:PACKAGE...: installs, with apt-get, the Debian
+# package of every command not found.
+install_missing() {
+  local missing=() cp
+  for cp in "$@"; do command -v "${cp%%:*}" >/dev/null || missing+=("${cp#*:}"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian..." >&2
+    (apt-get install -y "${missing[@]}" || (apt-get update && apt-get install -y "${missing[@]}")) >/dev/null
+  fi
+}
+
 # haproxy_cfg FILE LISTEN_PORT UPSTREAM_PORT GLOBAL_LINE: HAProxy as every
 # benchmark runs it (one thread per core, connection reuse to the upstream);
 # GLOBAL_LINE adds one setting to `global` (a pidfile, a stats socket).

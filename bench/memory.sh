@@ -18,7 +18,8 @@ if [ -z "${MODE:-}" ]; then
   exit
 fi
 CONNS=${CONNS:-10000}
-command -v nginx >/dev/null || (apt-get install -y nginx-light || (apt-get update && apt-get install -y nginx-light)) >/dev/null
+. bench/lib.sh
+install_missing nginx:nginx-light
 [ -x target/release/handoff ] || cargo build --release -p handoff >&2
 ulimit -n $((CONNS * 2 + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=$PWD/target/release/handoff

@@ -17,14 +17,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 CORES=$(nproc)
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v strace >/dev/null || need+=(strace)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
-fi
+install_missing wrk:wrk nginx:nginx-light strace:strace haproxy:haproxy
 cargo build --release -p handoff >&2
 BIN=$PWD/target/release/handoff
 W=$(mktemp -d)

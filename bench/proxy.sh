@@ -23,14 +23,7 @@ CONNS=${CONNS:-"64 256"}
 UPLOAD_BYTES=${UPLOAD_BYTES:-65536}
 CORES=$(nproc)
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian..." >&2
-  (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
-fi
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
 # Always build: a stale binary would measure yesterday's proxy.
 cargo build --release -p handoff >&2
 BIN=$PWD/target/release/handoff

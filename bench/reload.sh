@@ -19,14 +19,7 @@ EVERY=${EVERY:-1}
 CORES=$(nproc)
 DURATION=$((RELOADS * EVERY + 3))
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian..." >&2
-  (apt-get install -y "${need[@]}" || (apt-get update && apt-get install -y "${need[@]}")) >/dev/null
-fi
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
 cargo build --release -q -p handoff >&2
 BIN=$PWD/target/release/handoff
 
