@@ -3,12 +3,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use handoff_core::config::Balance;
 use handoff_core::TargetState;
+use tokio::io::AsyncReadExt;
 
 async fn tally(addr: std::net::SocketAddr, n: usize) -> HashMap<String, usize> {
     let mut c = Client::connect(addr).await;
@@ -388,5 +390,69 @@ async fn a_request_in_flight_on_a_lost_host_goes_to_another_target() {
             "fast_path = {fast_path}: answered by {other}, after {:?}",
             started.elapsed()
         );
+    }
+}
+
+/// The same with a `response_timeout` shorter than the fast path's timer
+/// tick, on a target that never answers: the loss is seen when the wait
+/// ends, and the request goes to another target instead of a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_host_is_seen_even_when_response_timeout_is_shorter_than_a_tick() {
+    for fast_path in [true, false] {
+        // Takes requests and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let got = Arc::new(AtomicU64::new(0));
+        let g = got.clone();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                let (mut s, _) = silent.accept().await.unwrap();
+                let g = g.clone();
+                conns.push(tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut b).await {
+                        if n == 0 {
+                            break;
+                        }
+                        g.fetch_add(1, Relaxed);
+                    }
+                }));
+            }
+        });
+        let b = upstream("b").await;
+        let mut h = health(50);
+        h.enabled = false; // the silent one counts as healthy
+        h.passive_failures = 1000;
+        let mut cfg = service_cfg(Balance::RoundRobin, h);
+        cfg.proxy.fast_path = fast_path;
+        cfg.proxy.response_timeout = Duration::from_millis(200);
+        let p = TestProxy::start(cfg).await;
+        let sid = p.add_at(silent_addr, "silent");
+        p.add_default(&b);
+        // Round robin: within two requests one lands on the silent target.
+        let mut answer = None;
+        for _ in 0..4 {
+            let addr = p.addr;
+            let req = tokio::spawn(async move { get(addr, "/sleep?ms=1").await });
+            let before = b.hits.load(Relaxed);
+            wait_for("the request on a target", Duration::from_secs(10), || {
+                got.load(Relaxed) > 0 || b.hits.load(Relaxed) > before
+            })
+            .await;
+            if got.load(Relaxed) > 0 {
+                p.svc.abandon(sid, "test: its host stopped answering");
+                answer = Some(req.await.unwrap().unwrap());
+                break;
+            }
+            req.await.unwrap().unwrap();
+        }
+        let (status, body) = answer.expect("a request reached the silent target");
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "b"),
+            "fast_path = {fast_path}"
+        );
+        held.abort();
     }
 }

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::task::coop;
 use tokio::time::{Instant, Sleep};
 
 /// The longest a connection's timer is armed ahead, and so the longest a
@@ -55,6 +56,7 @@ pub(super) async fn wait<F: Future>(
     mut fut: Pin<&mut F>,
 ) -> Woke<F::Output> {
     poll_fn(|cx| {
+        let had_budget = coop::has_budget_remaining();
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Woke::Done(v));
         }
@@ -62,7 +64,16 @@ pub(super) async fn wait<F: Future>(
             // Armed for later than this wait may last.
             alarm.as_mut().reset(deadline);
         }
-        match alarm.as_mut().poll(cx) {
+        // As tokio's `Timeout` does: a future that spent the task's
+        // budget must not keep the timer from being seen (a `Sleep` polled
+        // without budget says `Pending`), or a wait that never blocks
+        // would outlive its deadline.
+        let fired = if had_budget && !coop::has_budget_remaining() {
+            Pin::new(&mut coop::unconstrained(alarm.as_mut())).poll(cx)
+        } else {
+            alarm.as_mut().poll(cx)
+        };
+        match fired {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
                 let now = Instant::now();
@@ -157,6 +168,25 @@ mod tests {
             assert!(r.is_ok());
             assert_eq!(alarm.deadline(), first);
         }
+    }
+
+    /// A future that never blocks but spends the task's budget on every
+    /// poll (as a fast stream may) still meets its deadline.
+    #[tokio::test]
+    async fn a_future_that_spends_the_budget_cannot_outlive_its_deadline() {
+        let mut alarm = std::pin::pin!(new());
+        let busy = async {
+            loop {
+                coop::consume_budget().await;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            within(alarm.as_mut(), deadline, busy),
+        )
+        .await;
+        assert!(matches!(r, Ok(Err(Late))), "due at its deadline: {r:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -112,6 +112,10 @@ pub(super) async fn forward<S: ClientStream>(
                 }
                 match alarm::wait(alarm.as_mut(), due, ex.as_mut()).await {
                     Woke::Done(r) => break Some(Ok(r)),
+                    // A host lost after the last tick (or with a
+                    // `response_timeout` shorter than a tick): a lost
+                    // host, not a slow target.
+                    Woke::Due if t.is_lost() => break None,
                     Woke::Due => break Some(Err(alarm::Late)),
                     Woke::Tick => {}
                 }
