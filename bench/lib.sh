@@ -33,3 +33,18 @@ backend be
   server s1 127.0.0.1:$3
 C
 }
+
+# upstream_nginx DIR PORT: starts the upstream that the proxies are
+# measured in front of (nginx, `return 200`, one worker per core), its
+# files in DIR (its pid in DIR/up.pid).
+upstream_nginx() {
+  cat > "$1/up.conf" <<C
+worker_processes $(nproc);
+pid $1/up.pid;
+error_log $1/up.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2; location / { return 200 "hello from upstream\n"; } } }
+C
+  nginx -c "$1/up.conf" -p "$1"
+}

@@ -31,15 +31,7 @@ cleanup() {
 trap cleanup EXIT
 UP=18990; FAST=18991; HYPER=18992; NGINX=18993; HAPROXY=18994
 
-cat > "$W/up.conf" <<C
-worker_processes $CORES;
-pid $W/up.pid;
-error_log $W/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-C
-nginx -c "$W/up.conf" -p "$W"
+upstream_nginx "$W" "$UP"
 cat > "$W/ng.conf" <<C
 worker_processes $CORES;
 pid $W/ng.pid;
