@@ -85,15 +85,8 @@ async fn scripted(script: Arc<Mutex<Script>>, seen: Arc<Mutex<Vec<Vec<u8>>>>) ->
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(end) = read_head(&mut s, &mut buf).await else {
+                        return;
                     };
                     let head: Vec<u8> = buf.drain(..end).collect();
                     // Bodies (of requests declined to hyper) are read and

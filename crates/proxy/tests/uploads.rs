@@ -319,15 +319,8 @@ async fn answering_early(
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut b = [0u8; 65536];
-                        match s.read(&mut b).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                            _ => return,
-                        }
+                    let Some(end) = read_head(&mut s, &mut buf).await else {
+                        return;
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                     buf.drain(..end);

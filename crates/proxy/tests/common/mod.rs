@@ -422,3 +422,19 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Reads from `s` into `buf` until `buf` holds a whole head: its length,
+/// or `None` at EOF or an error. For test targets that speak raw HTTP/1.
+pub async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match s.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
