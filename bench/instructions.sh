@@ -49,20 +49,8 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
 haproxy_cfg "$W/ha.cfg" "$PORT" "$UP" ""
-for mode in fast hyper; do
-  on=true; [ $mode = hyper ] && on=false
-  cat > "$W/$mode.toml" <<C
-[server]
-admin = "127.0.0.1:$((PORT + 100))"
-workers = $CORES
-state_dir = "$W/state-$mode"
-[services.bench]
-listen = "127.0.0.1:$PORT"
-targets = ["127.0.0.1:$UP"]
-[services.bench.proxy]
-fast_path = $on
-C
-done
+handoff_cfg "$W/fast.toml" "$PORT" "$UP" "$W/state-fast" true
+handoff_cfg "$W/hyper.toml" "$PORT" "$UP" "$W/state-hyper" false
 
 printf '%-10s %10s %16s\n' proxy requests instr/req
 for name in handoff hyper nginx haproxy; do

@@ -48,3 +48,20 @@ http { access_log off; keepalive_requests 1000000;
 C
   nginx -c "$1/up.conf" -p "$1"
 }
+
+# handoff_cfg FILE LISTEN_PORT UPSTREAM_PORT STATE_DIR FAST_PATH: handoff
+# as the benchmarks run it (one worker per core, one service, one target;
+# FAST_PATH true or false), its admin API on LISTEN_PORT + 100.
+handoff_cfg() {
+  cat > "$1" <<C
+[server]
+admin = "127.0.0.1:$(($2 + 100))"
+workers = $(nproc)
+state_dir = "$4"
+[services.bench]
+listen = "127.0.0.1:$2"
+targets = ["127.0.0.1:$3"]
+[services.bench.proxy]
+fast_path = $5
+C
+}

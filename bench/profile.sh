@@ -48,17 +48,7 @@ haproxy -D -f "$W/ha.cfg"
 for mode in fast hyper; do
   port=$FAST; [ $mode = hyper ] && port=$HYPER
   on=true; [ $mode = hyper ] && on=false
-  cat > "$W/$mode.toml" <<C
-[server]
-admin = "127.0.0.1:$((port + 100))"
-workers = $CORES
-state_dir = "$W/state-$mode"
-[services.bench]
-listen = "127.0.0.1:$port"
-targets = ["127.0.0.1:$UP"]
-[services.bench.proxy]
-fast_path = $on
-C
+  handoff_cfg "$W/$mode.toml" "$port" "$UP" "$W/state-$mode" "$on"
   HANDOFF_LOG=warn setsid "$BIN" serve -c "$W/$mode.toml" > "$W/$mode.out" 2>&1 &
   pids+=($!)
   echo $! > "$W/$mode.pid"
