@@ -125,7 +125,13 @@ pub fn follow_since(
             }
         }
         shown = v.events.len();
-        let retained = retained_settles && v.status == DeploymentStatus::Retained;
+        // A retention of zero passes through `retained` for an instant,
+        // retained until the moment it began: not a deploy that settled
+        // (CI caught the CLI ending there, without its report).
+        let retains = v
+            .retained_until_ms
+            .is_none_or(|t| v.events.last().is_none_or(|e| t > e.at_ms));
+        let retained = retained_settles && v.status == DeploymentStatus::Retained && retains;
         // The daemon saves the final status a moment before the report it
         // measures after it: wait (briefly) for the report so that it is
         // printed, instead of ending on a status line alone.
